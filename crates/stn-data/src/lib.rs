@@ -1,0 +1,52 @@
+//! MNIST for the stn project, the way a torchvision user expects it, done stricter:
+//!
+//! * [`IdxReader`] parses the IDX files (gzipped or raw) and checks magic, dimensions and counts;
+//! * [`Mnist::load`] finds the four files ([`DataDir::resolve`]: `--data`, `STN_DATA`, `data/mnist`),
+//!   verifies the SHA-256 of the decompressed bytes against the published files, and downloads what
+//!   is missing from the usual mirrors unless offline;
+//! * [`normalize`] is the seed's `(x/255 - 0.1307) / 0.3081`, in f32 like PyTorch;
+//! * [`epoch_order`] gives a shuffled order that depends only on `(seed, epoch)`, on every machine;
+//! * [`distort`] makes the distorted MNIST variants of the spatial-transformer paper (R, RTS, T, clutter).
+
+mod atomic;
+pub mod distort;
+mod download;
+mod idx;
+mod mnist;
+mod sheet;
+
+pub use atomic::write_atomic;
+pub use idx::{IdxArray, IdxReader};
+pub use mnist::{epoch_order, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN, MNIST_STD};
+pub use sheet::contact_sheet_png;
+pub use distort::{distort_split, Distortion};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong with the data. Every variant names the file or directory concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{file}: {what}")]
+    Format { file: String, what: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{file}: SHA-256 of the decompressed bytes is {actual}, expected {expected} (the published \
+         MNIST file): the file is corrupt or not MNIST; delete it (it is downloaded again unless \
+         --offline) or replace it"
+    )]
+    Checksum { file: String, expected: String, actual: String },
+    #[error(
+        "MNIST file(s) {missing} not found in {dir} ({origin}){why}.\n\
+         Provide the four files (gzipped or raw) there, or point --data / STN_DATA at a directory \
+         that has them: train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, \
+         t10k-labels-idx1-ubyte (each optionally with .gz)."
+    )]
+    Missing { missing: String, dir: String, origin: String, why: String },
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), source }
+    }
+}

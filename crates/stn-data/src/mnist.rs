@@ -1,0 +1,280 @@
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::{download, DataError, IdxReader};
+
+/// The seed's normalisation constants (torchvision's MNIST mean and std).
+pub const MNIST_MEAN: f32 = 0.1307;
+pub const MNIST_STD: f32 = 0.3081;
+
+/// One of the four published MNIST files.
+#[derive(Debug, Clone, Copy)]
+pub struct MnistFile {
+    /// File name without `.gz`, as published.
+    pub stem: &'static str,
+    /// SHA-256 of the raw (decompressed) published bytes.
+    pub sha256_raw: &'static str,
+    /// Number of records (images or labels).
+    pub records: usize,
+}
+
+/// train images, train labels, test images, test labels.
+pub const MNIST_FILES: [MnistFile; 4] = [
+    MnistFile {
+        stem: "train-images-idx3-ubyte",
+        sha256_raw: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        records: 60_000,
+    },
+    MnistFile {
+        stem: "train-labels-idx1-ubyte",
+        sha256_raw: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        records: 60_000,
+    },
+    MnistFile {
+        stem: "t10k-images-idx3-ubyte",
+        sha256_raw: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        records: 10_000,
+    },
+    MnistFile {
+        stem: "t10k-labels-idx1-ubyte",
+        sha256_raw: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        records: 10_000,
+    },
+];
+
+/// Where the data lives and how that was decided (for error messages).
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub dir: PathBuf,
+    pub origin: &'static str,
+}
+
+impl DataDir {
+    /// `--data DIR`, else the `STN_DATA` environment variable, else `data/mnist` under the current
+    /// directory.
+    pub fn resolve(cli: Option<&Path>) -> DataDir {
+        if let Some(d) = cli {
+            return DataDir { dir: d.to_path_buf(), origin: "from --data" };
+        }
+        match std::env::var_os("STN_DATA") {
+            Some(d) if !d.is_empty() => DataDir { dir: PathBuf::from(d), origin: "from STN_DATA" },
+            _ => DataDir { dir: PathBuf::from("data/mnist"), origin: "the default; set --data or STN_DATA" },
+        }
+    }
+}
+
+/// One split: `len()` images of `rows × cols` bytes, and their labels (0–9).
+#[derive(Debug, Clone)]
+pub struct MnistSplit {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl MnistSplit {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.rows * self.cols;
+        &self.images[i * n..(i + 1) * n]
+    }
+    /// The first `n` records (all of them when `n` is 0 or larger than the split).
+    pub fn truncate(&mut self, n: usize) {
+        if n > 0 && n < self.len() {
+            self.labels.truncate(n);
+            self.images.truncate(n * self.rows * self.cols);
+        }
+    }
+    /// Number of each label 0–9.
+    pub fn label_counts(&self) -> [usize; 10] {
+        let mut c = [0; 10];
+        for &l in &self.labels {
+            c[l as usize] += 1;
+        }
+        c
+    }
+}
+
+/// The verified MNIST database.
+#[derive(Debug, Clone)]
+pub struct Mnist {
+    pub train: MnistSplit,
+    pub test: MnistSplit,
+}
+
+/// Finds `stem.gz` or `stem` in `dir`.
+fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [format!("{stem}.gz"), stem.to_string()].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+/// Reads a file, decompressing it when it starts with the gzip magic (whatever its name).
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(raw.len() * 8);
+        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| DataError::Format {
+            file: path.display().to_string(),
+            what: format!("gzip data is corrupt or truncated ({e})"),
+        })?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Reads, verifies and parses one file; returns its dimensions and data.
+fn load_file(path: &Path, spec: &MnistFile) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let name = path.display().to_string();
+    let bytes = read_maybe_gz(path)?;
+    // Parse first: a truncated file then says "truncated", which is more useful than a checksum.
+    let arr = IdxReader::parse(&name, &bytes)?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != spec.sha256_raw {
+        return Err(DataError::Checksum { file: name, expected: spec.sha256_raw.into(), actual });
+    }
+    if arr.dims[0] != spec.records {
+        return Err(DataError::Format { file: name, what: format!("{} records, expected {}", arr.dims[0], spec.records) });
+    }
+    Ok((arr.dims, arr.data))
+}
+
+/// Checks downloaded, decompressed bytes (IDX structure and SHA-256) before they are renamed into place.
+pub(crate) fn verify_raw(name: &str, raw: &[u8], spec: &MnistFile) -> Result<(), DataError> {
+    IdxReader::parse(name, raw)?;
+    let actual = hex::encode(Sha256::digest(raw));
+    if actual != spec.sha256_raw {
+        return Err(DataError::Checksum { file: name.into(), expected: spec.sha256_raw.into(), actual });
+    }
+    Ok(())
+}
+
+pub(crate) fn gunzip(name: &str, gz: &[u8]) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(gz)
+        .read_to_end(&mut out)
+        .map_err(|e| DataError::Format { file: name.into(), what: format!("gzip data is corrupt ({e})") })?;
+    Ok(out)
+}
+
+fn split(images: (Vec<usize>, Vec<u8>), labels: (Vec<usize>, Vec<u8>), dir: &Path, prefix: &str) -> Result<MnistSplit, DataError> {
+    let (idims, idata) = images;
+    let (ldims, ldata) = labels;
+    let iname = dir.join(format!("{prefix}-images-idx3-ubyte")).display().to_string();
+    let lname = dir.join(format!("{prefix}-labels-idx1-ubyte")).display().to_string();
+    if idims.len() != 3 {
+        return Err(DataError::Format { file: iname, what: format!("images must have 3 dimensions, found {idims:?}") });
+    }
+    if ldims.len() != 1 {
+        return Err(DataError::Format { file: lname, what: format!("labels must have 1 dimension, found {ldims:?}") });
+    }
+    if idims[0] != ldims[0] {
+        return Err(DataError::Format {
+            file: lname,
+            what: format!("{} labels for {} images in {iname}", ldims[0], idims[0]),
+        });
+    }
+    if let Some(bad) = ldata.iter().find(|&&l| l > 9) {
+        return Err(DataError::Format { file: lname, what: format!("label {bad} is not a digit") });
+    }
+    Ok(MnistSplit { images: idata, labels: ldata, rows: idims[1], cols: idims[2] })
+}
+
+impl Mnist {
+    /// Loads and verifies the four files from `dir`, downloading the missing ones first unless
+    /// `offline`.
+    pub fn load(data: &DataDir, offline: bool) -> Result<Mnist, DataError> {
+        let dir = &data.dir;
+        if dir.exists() && !dir.is_dir() {
+            return Err(DataError::io(dir, std::io::Error::other("not a directory")));
+        }
+        if dir.is_dir() {
+            std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+        }
+        let missing: Vec<&MnistFile> = MNIST_FILES.iter().filter(|f| find(dir, f.stem).is_none()).collect();
+        if !missing.is_empty() {
+            let names = missing.iter().map(|f| f.stem).collect::<Vec<_>>().join(", ");
+            let missing_err = |why: String| DataError::Missing {
+                missing: names.clone(),
+                dir: dir.display().to_string(),
+                origin: data.origin.to_string(),
+                why,
+            };
+            if offline {
+                return Err(missing_err(" and --offline forbids downloading".into()));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+            for f in &missing {
+                if let Err(e) = download::fetch(dir, f) {
+                    return Err(missing_err(format!("; downloading failed: {e}")));
+                }
+            }
+        }
+        let mut loaded: Vec<Result<(Vec<usize>, Vec<u8>), DataError>> = MNIST_FILES
+            .par_iter()
+            .map(|f| load_file(&find(dir, f.stem).expect("checked above"), f))
+            .collect();
+        let mut take = || loaded.remove(0);
+        let (tri, trl, tei, tel) = (take()?, take()?, take()?, take()?);
+        Ok(Mnist { train: split(tri, trl, dir, "train")?, test: split(tei, tel, dir, "t10k")? })
+    }
+}
+
+/// The seed's normalisation, computed in f32 exactly as PyTorch does: `(x / 255 - mean) / std`.
+pub fn normalize(pixels: &[u8]) -> Vec<f32> {
+    pixels.iter().map(|&p| (p as f32 / 255.0 - MNIST_MEAN) / MNIST_STD).collect()
+}
+
+/// The order in which to visit `n` records in `epoch` (1-based or 0-based, any u64): a Fisher–Yates
+/// shuffle driven by ChaCha8 seeded from `(seed, epoch)`. It depends on nothing else, so a resumed
+/// run visits the data in the same order as an uninterrupted one, on every machine.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&epoch.to_le_bytes());
+    key[16..].copy_from_slice(b"stn-epoch-order!");
+    let mut rng = rand_chacha::ChaCha8Rng::from_seed(key);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        // u64 range, so the stream of draws is the same on 32- and 64-bit machines.
+        let j = rng.gen_range(0..=i as u64) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_matches_pytorch_float32() {
+        let v = normalize(&[0, 255, 128]);
+        // PyTorch float32: (0/255 - 0.1307)/0.3081 and (1 - 0.1307)/0.3081.
+        assert_eq!(v[0], -0.424_212_96_f32);
+        assert_eq!(v[1], 2.821_486_7_f32);
+        assert_eq!(v[2], 1.205_001_1_f32); // values printed by numpy float32
+    }
+
+    #[test]
+    fn epoch_order_is_a_seeded_permutation() {
+        let a = epoch_order(1000, 1, 1);
+        assert_eq!(a, epoch_order(1000, 1, 1));
+        assert_ne!(a, epoch_order(1000, 1, 2));
+        assert_ne!(a, epoch_order(1000, 2, 1));
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..1000).collect::<Vec<_>>());
+        // Pinned, so a change of RNG or algorithm (which would change every run) is caught.
+        assert_eq!(&epoch_order(10, 1, 1), &PINNED_ORDER);
+    }
+    const PINNED_ORDER: [usize; 10] = [8, 1, 4, 0, 6, 9, 5, 7, 2, 3];
+}

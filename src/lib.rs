@@ -1,0 +1,35 @@
+//! The command-line stage of stn: shared plumbing of the `stn-train`, `stn-export` and `stn-infer`
+//! binaries (in `src/bin/`). The top-level `tests/` drive those binaries end to end.
+
+use std::process::ExitCode;
+
+/// Runs a CLI body and turns its error into a clear message (with its causes) and exit code 1.
+/// Binaries never panic on bad input: every failure comes back here as an error.
+pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+    match body() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sizes rayon's global pool (the CPU kernels' parallelism). 0 keeps rayon's default (all cores).
+pub fn set_threads(threads: usize) -> anyhow::Result<()> {
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
