@@ -77,7 +77,8 @@ fn main() -> ExitCode {
         if let Some(path) = &args.contact_sheet {
             let n = mnist.train.len().min(64);
             let imgs: Vec<&[u8]> = (0..n).map(|i| mnist.train.image(i)).collect();
-            contact_sheet_png(&imgs, mnist.train.rows, 8, path).with_context(|| format!("--contact-sheet {}", path.display()))?;
+            contact_sheet_png(&imgs, mnist.train.rows, 8, path)
+                .with_context(|| format!("--contact-sheet {}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
         anyhow::bail!("training is not implemented yet (the data loaded and verified)");

@@ -34,7 +34,9 @@ impl FromStr for Distortion {
             "r" => Ok(Distortion::R),
             "rts" => Ok(Distortion::Rts),
             "t" => Ok(Distortion::T),
-            other => Err(format!("unknown distortion '{other}': expected none, r, rts or t")),
+            other => Err(format!(
+                "unknown distortion '{other}': expected none, r, rts or t"
+            )),
         }
     }
 }
@@ -56,13 +58,23 @@ const CLUTTER_SIDE: usize = 6;
 const SCRATCH: usize = 48;
 
 /// A new split with every image distorted; labels are kept. `clutter` pieces per image.
-pub fn distort_split(split: &MnistSplit, kind: Distortion, clutter: usize, seed: u64) -> MnistSplit {
+pub fn distort_split(
+    split: &MnistSplit,
+    kind: Distortion,
+    clutter: usize,
+    seed: u64,
+) -> MnistSplit {
     let side = kind.canvas();
     let images: Vec<u8> = (0..split.len())
         .into_par_iter()
         .flat_map_iter(|i| distort_one(split, i, kind, clutter, seed).0)
         .collect();
-    MnistSplit { images, labels: split.labels.clone(), rows: side, cols: side }
+    MnistSplit {
+        images,
+        labels: split.labels.clone(),
+        rows: side,
+        cols: side,
+    }
 }
 
 fn rng_for(seed: u64, index: usize) -> ChaCha8Rng {
@@ -75,13 +87,22 @@ fn rng_for(seed: u64, index: usize) -> ChaCha8Rng {
 
 /// Distorts image `index` of `split`; returns the canvas and the ink (sum of pixel values) of the
 /// digit as rendered before placement, so a test can check that nothing was cut off.
-pub(crate) fn distort_one(split: &MnistSplit, index: usize, kind: Distortion, clutter: usize, seed: u64) -> (Vec<u8>, u64) {
+pub(crate) fn distort_one(
+    split: &MnistSplit,
+    index: usize,
+    kind: Distortion,
+    clutter: usize,
+    seed: u64,
+) -> (Vec<u8>, u64) {
     let side = kind.canvas();
     let mut rng = rng_for(seed, index);
     let (angle, scale) = match kind {
         Distortion::None | Distortion::T => (0.0f32, 1.0f32),
         Distortion::R => (rng.gen_range(-90.0f32..=90.0).to_radians(), 1.0),
-        Distortion::Rts => (rng.gen_range(-45.0f32..=45.0).to_radians(), rng.gen_range(0.7f32..=1.2)),
+        Distortion::Rts => (
+            rng.gen_range(-45.0f32..=45.0).to_radians(),
+            rng.gen_range(0.7f32..=1.2),
+        ),
     };
     let src = split.image(index);
     let (h, w) = (split.rows, split.cols);
@@ -94,8 +115,14 @@ pub(crate) fn distort_one(split: &MnistSplit, index: usize, kind: Distortion, cl
                 other += 1;
             }
             let o = split.image(other);
-            let (sy, sx) = (rng.gen_range(0..=h - CLUTTER_SIDE), rng.gen_range(0..=w - CLUTTER_SIDE));
-            let (dy, dx) = (rng.gen_range(0..=side - CLUTTER_SIDE), rng.gen_range(0..=side - CLUTTER_SIDE));
+            let (sy, sx) = (
+                rng.gen_range(0..=h - CLUTTER_SIDE),
+                rng.gen_range(0..=w - CLUTTER_SIDE),
+            );
+            let (dy, dx) = (
+                rng.gen_range(0..=side - CLUTTER_SIDE),
+                rng.gen_range(0..=side - CLUTTER_SIDE),
+            );
             for y in 0..CLUTTER_SIDE {
                 for x in 0..CLUTTER_SIDE {
                     let d = &mut canvas[(dy + y) * side + dx + x];
@@ -203,7 +230,12 @@ mod tests {
             images[2 * 28 * 28 + 4 * 28 + 4 + k] = 255; // top edge
             images[2 * 28 * 28 + 23 * 28 + 4 + k] = 255; // bottom edge
         }
-        MnistSplit { images, labels: vec![1, 7, 3], rows: 28, cols: 28 }
+        MnistSplit {
+            images,
+            labels: vec![1, 7, 3],
+            rows: 28,
+            cols: 28,
+        }
     }
 
     #[test]
@@ -226,7 +258,10 @@ mod tests {
                 for i in 0..s.len() {
                     let (canvas, ink_rendered) = distort_one(&s, i, kind, 0, seed);
                     let on_canvas: u64 = canvas.iter().map(|&p| p as u64).sum();
-                    assert_eq!(on_canvas, ink_rendered, "{kind:?} seed {seed} image {i}: ink was cut off");
+                    assert_eq!(
+                        on_canvas, ink_rendered,
+                        "{kind:?} seed {seed} image {i}: ink was cut off"
+                    );
                     assert!(on_canvas > 0);
                 }
             }
@@ -239,8 +274,16 @@ mod tests {
     #[test]
     fn clutter_adds_ink_and_names_are_parsed() {
         let s = toy_split();
-        let plain: u64 = distort_one(&s, 0, Distortion::T, 0, 1).0.iter().map(|&p| p as u64).sum();
-        let cluttered: u64 = distort_one(&s, 0, Distortion::T, 8, 1).0.iter().map(|&p| p as u64).sum();
+        let plain: u64 = distort_one(&s, 0, Distortion::T, 0, 1)
+            .0
+            .iter()
+            .map(|&p| p as u64)
+            .sum();
+        let cluttered: u64 = distort_one(&s, 0, Distortion::T, 8, 1)
+            .0
+            .iter()
+            .map(|&p| p as u64)
+            .sum();
         assert!(cluttered >= plain);
         assert_eq!("RTS".parse::<Distortion>(), Ok(Distortion::Rts));
         assert!("swirl".parse::<Distortion>().unwrap_err().contains("swirl"));

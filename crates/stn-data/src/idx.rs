@@ -21,9 +21,15 @@ pub struct IdxReader;
 
 impl IdxReader {
     pub fn parse(name: &str, bytes: &[u8]) -> Result<IdxArray, DataError> {
-        let bad = |what: String| DataError::Format { file: name.to_string(), what };
+        let bad = |what: String| DataError::Format {
+            file: name.to_string(),
+            what,
+        };
         if bytes.len() < 4 {
-            return Err(bad(format!("{} bytes is too short for an IDX header", bytes.len())));
+            return Err(bad(format!(
+                "{} bytes is too short for an IDX header",
+                bytes.len()
+            )));
         }
         if bytes[0] != 0 || bytes[1] != 0 {
             return Err(bad(format!(
@@ -32,7 +38,10 @@ impl IdxReader {
             )));
         }
         if bytes[2] != IDX_U8 {
-            return Err(bad(format!("element type 0x{:02x}, expected 0x08 (unsigned bytes)", bytes[2])));
+            return Err(bad(format!(
+                "element type 0x{:02x}, expected 0x08 (unsigned bytes)",
+                bytes[2]
+            )));
         }
         let ndim = bytes[3] as usize;
         if ndim == 0 {
@@ -40,7 +49,10 @@ impl IdxReader {
         }
         let header = 4 + 4 * ndim;
         if bytes.len() < header {
-            return Err(bad(format!("truncated header: {ndim} dimensions need {header} bytes, file has {}", bytes.len())));
+            return Err(bad(format!(
+                "truncated header: {ndim} dimensions need {header} bytes, file has {}",
+                bytes.len()
+            )));
         }
         let dims: Vec<usize> = bytes[4..header]
             .chunks_exact(4)
@@ -55,11 +67,17 @@ impl IdxReader {
             let what = if body < count {
                 format!("truncated: dimensions {dims:?} need {count} data bytes, found {body}")
             } else {
-                format!("{} trailing bytes after the {count} data bytes of dimensions {dims:?}", body - count)
+                format!(
+                    "{} trailing bytes after the {count} data bytes of dimensions {dims:?}",
+                    body - count
+                )
             };
             return Err(bad(what));
         }
-        Ok(IdxArray { dims, data: bytes[header..].to_vec() })
+        Ok(IdxArray {
+            dims,
+            data: bytes[header..].to_vec(),
+        })
     }
 }
 
@@ -96,7 +114,9 @@ mod tests {
         b[0] = 0x1f;
         let e = IdxReader::parse("x", &b).unwrap_err().to_string();
         assert!(e.contains("magic"), "{e}");
-        let e = IdxReader::parse("x", &header(&[u32::MAX, u32::MAX, u32::MAX])).unwrap_err().to_string();
+        let e = IdxReader::parse("x", &header(&[u32::MAX, u32::MAX, u32::MAX]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("overflow") || e.contains("truncated"), "{e}");
     }
 

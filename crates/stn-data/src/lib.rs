@@ -16,10 +16,13 @@ mod mnist;
 mod sheet;
 
 pub use atomic::write_atomic;
-pub use idx::{IdxArray, IdxReader};
-pub use mnist::{epoch_order, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN, MNIST_STD};
-pub use sheet::contact_sheet_png;
 pub use distort::{distort_split, Distortion};
+pub use idx::{IdxArray, IdxReader};
+pub use mnist::{
+    epoch_order, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN,
+    MNIST_STD,
+};
+pub use sheet::contact_sheet_png;
 
 use std::path::PathBuf;
 
@@ -29,24 +32,39 @@ pub enum DataError {
     #[error("{file}: {what}")]
     Format { file: String, what: String },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "{file}: SHA-256 of the decompressed bytes is {actual}, expected {expected} (the published \
          MNIST file): the file is corrupt or not MNIST; delete it (it is downloaded again unless \
          --offline) or replace it"
     )]
-    Checksum { file: String, expected: String, actual: String },
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error(
         "MNIST file(s) {missing} not found in {dir} ({origin}){why}.\n\
          Provide the four files (gzipped or raw) there, or point --data / STN_DATA at a directory \
          that has them: train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, \
          t10k-labels-idx1-ubyte (each optionally with .gz)."
     )]
-    Missing { missing: String, dir: String, origin: String, why: String },
+    Missing {
+        missing: String,
+        dir: String,
+        origin: String,
+        why: String,
+    },
 }
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

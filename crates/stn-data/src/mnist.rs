@@ -58,11 +58,20 @@ impl DataDir {
     /// directory.
     pub fn resolve(cli: Option<&Path>) -> DataDir {
         if let Some(d) = cli {
-            return DataDir { dir: d.to_path_buf(), origin: "from --data" };
+            return DataDir {
+                dir: d.to_path_buf(),
+                origin: "from --data",
+            };
         }
         match std::env::var_os("STN_DATA") {
-            Some(d) if !d.is_empty() => DataDir { dir: PathBuf::from(d), origin: "from STN_DATA" },
-            _ => DataDir { dir: PathBuf::from("data/mnist"), origin: "the default; set --data or STN_DATA" },
+            Some(d) if !d.is_empty() => DataDir {
+                dir: PathBuf::from(d),
+                origin: "from STN_DATA",
+            },
+            _ => DataDir {
+                dir: PathBuf::from("data/mnist"),
+                origin: "the default; set --data or STN_DATA",
+            },
         }
     }
 }
@@ -113,7 +122,10 @@ pub struct Mnist {
 
 /// Finds `stem.gz` or `stem` in `dir`.
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [format!("{stem}.gz"), stem.to_string()].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
+    [format!("{stem}.gz"), stem.to_string()]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
 }
 
 /// Reads a file, decompressing it when it starts with the gzip magic (whatever its name).
@@ -121,10 +133,12 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 8);
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| DataError::Format {
-            file: path.display().to_string(),
-            what: format!("gzip data is corrupt or truncated ({e})"),
-        })?;
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Format {
+                file: path.display().to_string(),
+                what: format!("gzip data is corrupt or truncated ({e})"),
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -139,10 +153,17 @@ fn load_file(path: &Path, spec: &MnistFile) -> Result<(Vec<usize>, Vec<u8>), Dat
     let arr = IdxReader::parse(&name, &bytes)?;
     let actual = hex::encode(Sha256::digest(&bytes));
     if actual != spec.sha256_raw {
-        return Err(DataError::Checksum { file: name, expected: spec.sha256_raw.into(), actual });
+        return Err(DataError::Checksum {
+            file: name,
+            expected: spec.sha256_raw.into(),
+            actual,
+        });
     }
     if arr.dims[0] != spec.records {
-        return Err(DataError::Format { file: name, what: format!("{} records, expected {}", arr.dims[0], spec.records) });
+        return Err(DataError::Format {
+            file: name,
+            what: format!("{} records, expected {}", arr.dims[0], spec.records),
+        });
     }
     Ok((arr.dims, arr.data))
 }
@@ -152,7 +173,11 @@ pub(crate) fn verify_raw(name: &str, raw: &[u8], spec: &MnistFile) -> Result<(),
     IdxReader::parse(name, raw)?;
     let actual = hex::encode(Sha256::digest(raw));
     if actual != spec.sha256_raw {
-        return Err(DataError::Checksum { file: name.into(), expected: spec.sha256_raw.into(), actual });
+        return Err(DataError::Checksum {
+            file: name.into(),
+            expected: spec.sha256_raw.into(),
+            actual,
+        });
     }
     Ok(())
 }
@@ -161,20 +186,40 @@ pub(crate) fn gunzip(name: &str, gz: &[u8]) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(gz)
         .read_to_end(&mut out)
-        .map_err(|e| DataError::Format { file: name.into(), what: format!("gzip data is corrupt ({e})") })?;
+        .map_err(|e| DataError::Format {
+            file: name.into(),
+            what: format!("gzip data is corrupt ({e})"),
+        })?;
     Ok(out)
 }
 
-fn split(images: (Vec<usize>, Vec<u8>), labels: (Vec<usize>, Vec<u8>), dir: &Path, prefix: &str) -> Result<MnistSplit, DataError> {
+fn split(
+    images: (Vec<usize>, Vec<u8>),
+    labels: (Vec<usize>, Vec<u8>),
+    dir: &Path,
+    prefix: &str,
+) -> Result<MnistSplit, DataError> {
     let (idims, idata) = images;
     let (ldims, ldata) = labels;
-    let iname = dir.join(format!("{prefix}-images-idx3-ubyte")).display().to_string();
-    let lname = dir.join(format!("{prefix}-labels-idx1-ubyte")).display().to_string();
+    let iname = dir
+        .join(format!("{prefix}-images-idx3-ubyte"))
+        .display()
+        .to_string();
+    let lname = dir
+        .join(format!("{prefix}-labels-idx1-ubyte"))
+        .display()
+        .to_string();
     if idims.len() != 3 {
-        return Err(DataError::Format { file: iname, what: format!("images must have 3 dimensions, found {idims:?}") });
+        return Err(DataError::Format {
+            file: iname,
+            what: format!("images must have 3 dimensions, found {idims:?}"),
+        });
     }
     if ldims.len() != 1 {
-        return Err(DataError::Format { file: lname, what: format!("labels must have 1 dimension, found {ldims:?}") });
+        return Err(DataError::Format {
+            file: lname,
+            what: format!("labels must have 1 dimension, found {ldims:?}"),
+        });
     }
     if idims[0] != ldims[0] {
         return Err(DataError::Format {
@@ -183,9 +228,17 @@ fn split(images: (Vec<usize>, Vec<u8>), labels: (Vec<usize>, Vec<u8>), dir: &Pat
         });
     }
     if let Some(bad) = ldata.iter().find(|&&l| l > 9) {
-        return Err(DataError::Format { file: lname, what: format!("label {bad} is not a digit") });
+        return Err(DataError::Format {
+            file: lname,
+            what: format!("label {bad} is not a digit"),
+        });
     }
-    Ok(MnistSplit { images: idata, labels: ldata, rows: idims[1], cols: idims[2] })
+    Ok(MnistSplit {
+        images: idata,
+        labels: ldata,
+        rows: idims[1],
+        cols: idims[2],
+    })
 }
 
 impl Mnist {
@@ -199,9 +252,16 @@ impl Mnist {
         if dir.is_dir() {
             std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
         }
-        let missing: Vec<&MnistFile> = MNIST_FILES.iter().filter(|f| find(dir, f.stem).is_none()).collect();
+        let missing: Vec<&MnistFile> = MNIST_FILES
+            .iter()
+            .filter(|f| find(dir, f.stem).is_none())
+            .collect();
         if !missing.is_empty() {
-            let names = missing.iter().map(|f| f.stem).collect::<Vec<_>>().join(", ");
+            let names = missing
+                .iter()
+                .map(|f| f.stem)
+                .collect::<Vec<_>>()
+                .join(", ");
             let missing_err = |why: String| DataError::Missing {
                 missing: names.clone(),
                 dir: dir.display().to_string(),
@@ -224,13 +284,19 @@ impl Mnist {
             .collect();
         let mut take = || loaded.remove(0);
         let (tri, trl, tei, tel) = (take()?, take()?, take()?, take()?);
-        Ok(Mnist { train: split(tri, trl, dir, "train")?, test: split(tei, tel, dir, "t10k")? })
+        Ok(Mnist {
+            train: split(tri, trl, dir, "train")?,
+            test: split(tei, tel, dir, "t10k")?,
+        })
     }
 }
 
 /// The seed's normalisation, computed in f32 exactly as PyTorch does: `(x / 255 - mean) / std`.
 pub fn normalize(pixels: &[u8]) -> Vec<f32> {
-    pixels.iter().map(|&p| (p as f32 / 255.0 - MNIST_MEAN) / MNIST_STD).collect()
+    pixels
+        .iter()
+        .map(|&p| (p as f32 / 255.0 - MNIST_MEAN) / MNIST_STD)
+        .collect()
 }
 
 /// The order in which to visit `n` records in `epoch` (1-based or 0-based, any u64): a Fisher–Yates

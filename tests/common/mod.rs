@@ -1,0 +1,26 @@
+//! Shared helpers of the top-level tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The MNIST directory the tests read: `STN_DATA`, else `../shared/data/mnist` beside the repo.
+pub fn mnist_dir() -> PathBuf {
+    match std::env::var_os("STN_DATA") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist"),
+    }
+}
+
+/// Runs one of this package's binaries with `args`.
+pub fn run(bin: &str, args: &[&str]) -> Output {
+    let exe = match bin {
+        "stn-train" => env!("CARGO_BIN_EXE_stn-train"),
+        other => panic!("unknown binary {other}"),
+    };
+    Command::new(exe).args(args).output().expect("binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
