@@ -1,0 +1,120 @@
+//! `max_pool2d(x [N,C,H,W], kernel, stride)` (floor mode, no padding), PyTorch's tie rule: the first
+//! maximum of a window in row-major order wins, and a NaN wins over numbers.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::Dyn4;
+
+/// `torch.nn.functional.max_pool2d(x, kernel, stride)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl MaxPool2d {
+    fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        (
+            (h - self.kernel) / self.stride + 1,
+            (w - self.kernel) / self.stride + 1,
+        )
+    }
+
+    /// Index (in the input plane) of each output's maximum.
+    #[inline]
+    fn argmax<E: Real>(&self, plane: &[E], w: usize, oy: usize, ox: usize) -> usize {
+        let (y0, x0) = (oy * self.stride, ox * self.stride);
+        let mut best = y0 * w + x0;
+        let mut m = plane[best];
+        for ky in 0..self.kernel {
+            for kx in 0..self.kernel {
+                let i = (y0 + ky) * w + x0 + kx;
+                let v = plane[i];
+                if v > m || v.is_nan() {
+                    m = v;
+                    best = i;
+                    if v.is_nan() {
+                        return best;
+                    }
+                }
+            }
+        }
+        best
+    }
+}
+
+impl<E: Real> CustomOp<E> for MaxPool2d {
+    const NAME: &'static str = "max_pool2d";
+
+    fn out_dims(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, OpError> {
+        let [x] = inputs else {
+            return Err(OpError::shape("max_pool2d", "expects one input"));
+        };
+        if x.len() != 4 {
+            return Err(OpError::shape(
+                "max_pool2d",
+                format!("input must be N×C×H×W, got {x:?}"),
+            ));
+        }
+        if self.kernel == 0 || self.stride == 0 || x[2] < self.kernel || x[3] < self.kernel {
+            return Err(OpError::shape(
+                "max_pool2d",
+                format!(
+                    "kernel {} stride {} does not fit input {x:?}",
+                    self.kernel, self.stride
+                ),
+            ));
+        }
+        let (ho, wo) = self.out_hw(x[2], x[3]);
+        Ok(vec![x[0], x[1], ho, wo])
+    }
+
+    fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
+        let (h, w) = (inputs[0].dims[2], inputs[0].dims[3]);
+        let (ho, wo) = self.out_hw(h, w);
+        inputs[0]
+            .data
+            .par_chunks(h * w)
+            .zip(out.par_chunks_mut(ho * wo))
+            .for_each(|(plane, o)| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        o[oy * wo + ox] = plane[self.argmax(plane, w, oy, ox)];
+                    }
+                }
+            });
+    }
+
+    fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
+        let Some(gx) = grads[0].as_deref_mut() else {
+            return;
+        };
+        let (h, w) = (inputs[0].dims[2], inputs[0].dims[3]);
+        let (ho, wo) = self.out_hw(h, w);
+        inputs[0]
+            .data
+            .par_chunks(h * w)
+            .zip(gx.par_chunks_mut(h * w))
+            .zip(grad_out.par_chunks(ho * wo))
+            .for_each(|((plane, g), go)| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        g[self.argmax(plane, w, oy, ox)] += go[oy * wo + ox];
+                    }
+                }
+            });
+    }
+}
+
+/// `max_pool2d(x, kernel, stride)` on `[N, C, H, W]`.
+pub fn max_pool2d<S: Shape, E: Real, D: OpDevice<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+    kernel: usize,
+    stride: usize,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
+    let dev = x.device().clone();
+    let (x, tape) = Input::new("max_pool2d", x)?;
+    apply(MaxPool2d { kernel, stride }, &dev, vec![x], tape)
+}

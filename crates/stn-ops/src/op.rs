@@ -1,0 +1,342 @@
+//! The one shape of every custom op, and its plumbing into dfdx's tape.
+
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use num_traits::Zero;
+
+/// Errors of the ops: shapes that do not fit (never a panic), or the device.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{op}: {what}")]
+    Shape { op: &'static str, what: String },
+    #[error(
+        "{op}: not built with CUDA support (build with the `cuda` feature on a machine with CUDA)"
+    )]
+    NoCuda { op: &'static str },
+    #[error("{op}: device error: {what}")]
+    Device { op: &'static str, what: String },
+}
+
+impl OpError {
+    pub fn shape(op: &'static str, what: impl Into<String>) -> Self {
+        OpError::Shape {
+            op,
+            what: what.into(),
+        }
+    }
+}
+
+/// Element types of the kernels: f32 (training and inference) and f64 (gradient checks).
+pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + Send + Sync + 'static {
+    /// `c = alpha·a·b + beta·c` on row/column-strided matrices (a: m×k, b: k×n, c: m×n).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: &[Self],
+        a_strides: (isize, isize),
+        b: &[Self],
+        b_strides: (isize, isize),
+        beta: Self,
+        c: &mut [Self],
+        c_strides: (isize, isize),
+    );
+    /// The nearest value of this type (named so as not to clash with `num_traits`).
+    fn of(v: f64) -> Self;
+}
+
+macro_rules! real {
+    ($t:ty, $gemm:ident) => {
+        impl Real for $t {
+            fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: &[Self],
+                (rsa, csa): (isize, isize),
+                b: &[Self],
+                (rsb, csb): (isize, isize),
+                beta: Self,
+                c: &mut [Self],
+                (rsc, csc): (isize, isize),
+            ) {
+                // Bounds of the strided views, so the unsafe call below cannot read or write out of
+                // the slices.
+                let span = |r: usize, c: usize, rs: isize, cs: isize| {
+                    if r == 0 || c == 0 {
+                        0
+                    } else {
+                        (r - 1) * rs as usize + (c - 1) * cs as usize + 1
+                    }
+                };
+                assert!(rsa >= 0 && csa >= 0 && rsb >= 0 && csb >= 0 && rsc >= 0 && csc >= 0);
+                assert!(span(m, k, rsa, csa) <= a.len());
+                assert!(span(k, n, rsb, csb) <= b.len());
+                assert!(span(m, n, rsc, csc) <= c.len());
+                // SAFETY: the views lie inside the slices (checked above); c does not alias a or b
+                // (a &mut and two & borrows).
+                unsafe {
+                    matrixmultiply::$gemm(
+                        m,
+                        k,
+                        n,
+                        alpha,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        rsb,
+                        csb,
+                        beta,
+                        c.as_mut_ptr(),
+                        rsc,
+                        csc,
+                    )
+                }
+            }
+            fn of(v: f64) -> Self {
+                v as $t
+            }
+        }
+    };
+}
+real!(f32, sgemm);
+real!(f64, dgemm);
+
+/// An op input as the CPU kernels see it: its data (row-major, contiguous) and its dimensions.
+#[derive(Clone, Copy)]
+pub struct Buf<'a, E> {
+    pub data: &'a [E],
+    pub dims: &'a [usize],
+}
+
+/// One custom op: a struct with the op's options, after candle's `CustomOp1`.
+///
+/// `cpu_bwd` *accumulates* into the gradients it is given (`+=`), as dfdx's gradients are sums over
+/// every use of a tensor; a `None` gradient is one nobody asked for and is not computed.
+pub trait CustomOp<E: Real>: Clone + 'static {
+    /// Name in error messages, e.g. `"grid_sample"`.
+    const NAME: &'static str;
+    /// Checks the inputs' dimensions and returns the output's.
+    fn out_dims(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, OpError>;
+    /// Writes the output (zero-initialised, `out_dims` elements).
+    fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]);
+    /// Accumulates the inputs' gradients from the output's.
+    fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]);
+    /// The CUDA forward. The kernels are their own issue: until they land, every op says so.
+    fn cuda_fwd(&self) -> Result<(), OpError> {
+        Err(OpError::NoCuda { op: Self::NAME })
+    }
+}
+
+/// Finds (allocating if needed) the gradient buffer of one input in the tape's gradients.
+type GradSlot<E, D> = Box<
+    dyn for<'g> Fn(
+        &'g mut Gradients<E, D>,
+    ) -> Result<&'g mut <D as Storage<E>>::Vec, <D as HasErr>::Err>,
+>;
+
+fn grad_slot<E, D: Storage<E>, F>(f: F) -> F
+where
+    F: for<'g> Fn(&'g mut Gradients<E, D>) -> Result<&'g mut D::Vec, D::Err>,
+{
+    f
+}
+
+/// An op input: its data where the kernels read it, its dimensions, and (when it had a tape) where
+/// its gradient goes.
+pub struct Input<E: Real, D: OpDevice<E>> {
+    data: D::Buffer,
+    dims: Vec<usize>,
+    grad: Option<GradSlot<E, D>>,
+}
+
+impl<E: Real, D: OpDevice<E>> Input<E, D> {
+    /// Splits the tape off `t` and reads its data. The input's gradient is wanted when `t` carried a
+    /// tape. A strided view (broadcast, permute) is first made contiguous by dfdx (a copy with its
+    /// own backward); a contiguous tensor is taken as it is.
+    pub fn new<S: Shape, T: Tape<E, D>>(
+        op: &'static str,
+        t: Tensor<S, E, D, T>,
+    ) -> Result<(Self, T), OpError> {
+        let t = t.try_contiguous().map_err(|e| OpError::Device {
+            op,
+            what: e.to_string(),
+        })?;
+        let (t, tape) = t.split_tape();
+        let dims: Vec<usize> = t.shape().concrete().into();
+        let data = t.device().read(&t).map_err(|e| OpError::Device {
+            op,
+            what: e.to_string(),
+        })?;
+        let grad: Option<GradSlot<E, D>> = if T::OWNS_TAPE {
+            let ghost = t.ghost();
+            Some(Box::new(grad_slot(move |g: &mut Gradients<E, D>| {
+                g.get_or_alloc_mut(&ghost)
+            })))
+        } else {
+            None
+        };
+        Ok((Input { data, dims, grad }, tape))
+    }
+}
+
+/// A device the ops run on: the CPU (host kernels) and, with the `cuda` feature, CUDA.
+pub trait OpDevice<E: Real>: Device<E> {
+    /// An input's data where the kernels read it: a host copy on the CPU.
+    type Buffer: 'static;
+    /// Reads a contiguous tensor's data.
+    fn read<S: Shape>(&self, t: &Tensor<S, E, Self>)
+        -> Result<Self::Buffer, <Self as HasErr>::Err>;
+    fn op_forward<Op: CustomOp<E>, S: Shape>(
+        &self,
+        op: &Op,
+        inputs: &[(&Self::Buffer, &[usize])],
+        out_shape: S,
+    ) -> Result<Tensor<S, E, Self>, OpError>;
+    fn op_backward<Op: CustomOp<E>>(
+        &self,
+        op: &Op,
+        inputs: &[(&Self::Buffer, &[usize])],
+        grad_out: &<Self as Storage<E>>::Vec,
+        grads: &mut [Option<&mut <Self as Storage<E>>::Vec>],
+    ) -> Result<(), <Self as HasErr>::Err>;
+}
+
+fn bufs<'a, E>(inputs: &'a [(&'a Vec<E>, &'a [usize])]) -> Vec<Buf<'a, E>> {
+    inputs
+        .iter()
+        .map(|(d, dims)| Buf {
+            data: d.as_slice(),
+            dims,
+        })
+        .collect()
+}
+
+macro_rules! cpu_op_device {
+    ($E:ty) => {
+        impl OpDevice<$E> for Cpu {
+            type Buffer = Vec<$E>;
+
+            fn read<S: Shape>(&self, t: &Tensor<S, $E, Self>) -> Result<Vec<$E>, Self::Err> {
+                // dfdx keeps a tensor's buffer private; `copy_into` is its one public memcpy of it (the
+                // tensor is contiguous here, see `Input::new`).
+                let mut v = vec![<$E>::zero(); t.shape().num_elements()];
+                t.copy_into(&mut v);
+                Ok(v)
+            }
+
+            fn op_forward<Op: CustomOp<$E>, S: Shape>(
+                &self,
+                op: &Op,
+                inputs: &[(&Vec<$E>, &[usize])],
+                out_shape: S,
+            ) -> Result<Tensor<S, $E, Self>, OpError> {
+                let mut out = vec![<$E>::zero(); out_shape.num_elements()];
+                op.cpu_fwd(&bufs(inputs), &mut out);
+                // Moves the buffer into the tensor: no copy.
+                self.try_tensor_from_vec(out, out_shape)
+                    .map_err(|e| OpError::Device {
+                        op: Op::NAME,
+                        what: e.to_string(),
+                    })
+            }
+
+            fn op_backward<Op: CustomOp<$E>>(
+                &self,
+                op: &Op,
+                inputs: &[(&Vec<$E>, &[usize])],
+                grad_out: &<Self as Storage<$E>>::Vec,
+                grads: &mut [Option<&mut <Self as Storage<$E>>::Vec>],
+            ) -> Result<(), Self::Err> {
+                let mut slices: Vec<Option<&mut [$E]>> = grads
+                    .iter_mut()
+                    .map(|g| g.as_mut().map(|g| &mut g[..]))
+                    .collect();
+                op.cpu_bwd(&bufs(inputs), &grad_out[..], &mut slices);
+                Ok(())
+            }
+        }
+    };
+}
+cpu_op_device!(f32);
+cpu_op_device!(f64);
+
+/// Runs `op` on `inputs` and records its backward on `tape`. The output has shape `S` (checked
+/// against the op's `out_dims`).
+pub fn apply<E: Real, D: OpDevice<E>, Op: CustomOp<E>, S: Shape, T: Tape<E, D>>(
+    op: Op,
+    dev: &D,
+    inputs: Vec<Input<E, D>>,
+    mut tape: T,
+) -> Result<Tensor<S, E, D, T>, OpError> {
+    let dims: Vec<&[usize]> = inputs.iter().map(|i| i.dims.as_slice()).collect();
+    let out_dims = op.out_dims(&dims)?;
+    let mut concrete = S::Concrete::default();
+    if out_dims.len() != S::NUM_DIMS {
+        return Err(OpError::shape(
+            Op::NAME,
+            format!(
+                "{} output dims for a rank-{} type",
+                out_dims.len(),
+                S::NUM_DIMS
+            ),
+        ));
+    }
+    for (k, &d) in out_dims.iter().enumerate() {
+        concrete[k] = d;
+    }
+    let out_shape = S::from_concrete(&concrete).ok_or_else(|| {
+        OpError::shape(
+            Op::NAME,
+            format!("output dims {out_dims:?} do not fit the output type"),
+        )
+    })?;
+    let views: Vec<(&D::Buffer, &[usize])> = inputs
+        .iter()
+        .map(|i| (&i.data, i.dims.as_slice()))
+        .collect();
+    let out = dev.op_forward(&op, &views, out_shape)?;
+    if T::OWNS_TAPE && inputs.iter().any(|i| i.grad.is_some()) {
+        let out_ghost = out.ghost();
+        let numel = out_shape.num_elements();
+        let dev = dev.clone();
+        tape.add_backward_op(move |grads| {
+            // Take the buffers out of the gradient store so the output's gradient (read) and the
+            // inputs' (written) can be borrowed together without copying; they are put back below.
+            let grad_out = std::mem::replace(
+                grads.get_or_alloc_mut(&out_ghost)?,
+                <D as Storage<E>>::try_alloc_len(&dev, 0)?,
+            );
+            debug_assert_eq!(<D as Storage<E>>::len(&dev, &grad_out), numel);
+            let mut taken: Vec<Option<<D as Storage<E>>::Vec>> = Vec::with_capacity(inputs.len());
+            for i in &inputs {
+                taken.push(match &i.grad {
+                    Some(slot) => Some(std::mem::replace(
+                        slot(grads)?,
+                        <D as Storage<E>>::try_alloc_len(&dev, 0)?,
+                    )),
+                    None => None,
+                });
+            }
+            let views: Vec<(&D::Buffer, &[usize])> = inputs
+                .iter()
+                .map(|i| (&i.data, i.dims.as_slice()))
+                .collect();
+            let mut slots: Vec<Option<&mut <D as Storage<E>>::Vec>> =
+                taken.iter_mut().map(|g| g.as_mut()).collect();
+            let r = dev.op_backward(&op, &views, &grad_out, &mut slots);
+            for (i, g) in inputs.iter().zip(taken) {
+                if let (Some(slot), Some(g)) = (&i.grad, g) {
+                    *slot(grads)? = g;
+                }
+            }
+            *grads.get_or_alloc_mut(&out_ghost)? = grad_out;
+            r
+        });
+    }
+    Ok(out.put_tape(tape))
+}

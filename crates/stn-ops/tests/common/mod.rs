@@ -1,0 +1,70 @@
+//! Helpers of the ops tests: PyTorch's golden values and tolerant comparisons.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `../shared/fixtures` beside the repository, or `STN_FIXTURES`.
+pub fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("STN_FIXTURES") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+    }
+}
+
+/// A tensor of the fixtures: shape and row-major data (float64).
+#[derive(Deserialize, Clone, Debug)]
+pub struct T {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+impl T {
+    pub fn dims4(&self) -> (usize, usize, usize, usize) {
+        (self.shape[0], self.shape[1], self.shape[2], self.shape[3])
+    }
+    pub fn f32(&self) -> Vec<f32> {
+        self.data.iter().map(|&v| v as f32).collect()
+    }
+}
+
+pub fn load<C: for<'de> Deserialize<'de>>(name: &str) -> C {
+    let path = fixtures_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[derive(Deserialize)]
+pub struct Cases<C> {
+    pub cases: Vec<C>,
+}
+
+/// Asserts |a − b| ≤ atol + rtol·|b| element-wise, with a message naming the worst element.
+/// A negative `atol` means `|atol|·max|b|`: a tolerance relative to the tensor's scale, the right
+/// one for float32 sums with cancellation.
+pub fn assert_close<A: Into<f64> + Copy>(what: &str, a: &[A], b: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    let atol = if atol < 0.0 {
+        -atol * b.iter().fold(0.0f64, |m, v| m.max(v.abs()))
+    } else {
+        atol
+    };
+    let rtol = rtol.abs();
+    let mut worst = (0usize, 0.0f64);
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        let x: f64 = x.into();
+        let excess = (x - y).abs() - (atol + rtol * y.abs());
+        if excess > worst.1 || x.is_nan() != y.is_nan() {
+            worst = (i, excess.max(f64::MIN_POSITIVE));
+        }
+    }
+    if worst.1 > 0.0 {
+        let i = worst.0;
+        panic!(
+            "{what}: element {i}: got {}, expected {} (atol {atol}, rtol {rtol})",
+            a[i].into(),
+            b[i]
+        );
+    }
+}
