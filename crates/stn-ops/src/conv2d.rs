@@ -1,10 +1,12 @@
 //! `conv2d(x [N,C,H,W], weight [O,C,KH,KW], bias [O]) -> [N,O,H-KH+1,W-KW+1]` (stride 1, no
-//! padding), as im2col + GEMM per image, parallel over the batch.
+//! padding), as an implicit im2col (no copy) and skinny matrix products per image (`linalg`),
+//! parallel over the batch.
 
 use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
+use crate::linalg::{gemm_acc_rows, DotAcc};
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
@@ -12,76 +14,57 @@ use crate::Dyn4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Conv2d;
 
-/// The sizes of one convolution.
-#[derive(Clone, Copy)]
+/// The sizes of one convolution, and the implicit im2col: row `(c, ki, kj)` of the im2col matrix
+/// is the image from offset `c·H·W + ki·W + kj` on, read with the image's row length `W` ("wide"
+/// columns `oy·W + ox`; the columns with `ox ≥ Wo` are computed and dropped, or fed zeros).
 struct Geom {
     c: usize,
     h: usize,
     w: usize,
     o: usize,
-    kh: usize,
-    kw: usize,
     ho: usize,
     wo: usize,
+    /// Offsets of the im2col rows in an image, `c·KH·KW` of them.
+    offs: Vec<usize>,
+    /// Offsets of the output channels' rows in a wide buffer.
+    out_offs: Vec<usize>,
 }
 
 impl Geom {
     fn new(x: &[usize], wt: &[usize]) -> Geom {
-        let (kh, kw) = (wt[2], wt[3]);
+        let (c, h, w, o, kh, kw) = (x[1], x[2], x[3], wt[0], wt[2], wt[3]);
+        let (ho, wo) = (h - kh + 1, w - kw + 1);
+        let offs = (0..c)
+            .flat_map(|c| {
+                (0..kh).flat_map(move |ki| (0..kw).map(move |kj| c * h * w + ki * w + kj))
+            })
+            .collect();
+        let n = (ho - 1) * w + wo;
         Geom {
-            c: x[1],
-            h: x[2],
-            w: x[3],
-            o: wt[0],
-            kh,
-            kw,
-            ho: x[2] - kh + 1,
-            wo: x[3] - kw + 1,
+            c,
+            h,
+            w,
+            o,
+            ho,
+            wo,
+            offs,
+            out_offs: (0..o).map(|i| i * n).collect(),
         }
     }
     /// Rows of the im2col matrix (C·KH·KW).
     fn k(&self) -> usize {
-        self.c * self.kh * self.kw
+        self.offs.len()
     }
     /// Output pixels per channel.
     fn p(&self) -> usize {
         self.ho * self.wo
     }
-
-    /// cols[(c,ki,kj), (oy,ox)] = x[c, oy+ki, ox+kj]: row-contiguous copies.
-    fn im2col<E: Real>(&self, x: &[E], cols: &mut [E]) {
-        let (p, wo) = (self.p(), self.wo);
-        for c in 0..self.c {
-            let plane = &x[c * self.h * self.w..];
-            for ki in 0..self.kh {
-                for kj in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + ki) * self.kw + kj) * p..][..p];
-                    for oy in 0..self.ho {
-                        row[oy * wo..(oy + 1) * wo]
-                            .copy_from_slice(&plane[(oy + ki) * self.w + kj..][..wo]);
-                    }
-                }
-            }
-        }
+    /// Wide columns: the last one is `(Ho−1)·W + Wo − 1`, so every row stays inside the image.
+    fn n(&self) -> usize {
+        (self.ho - 1) * self.w + self.wo
     }
-
-    /// The adjoint of im2col: gx[c, oy+ki, ox+kj] += dcols[(c,ki,kj), (oy,ox)].
-    fn col2im_add<E: Real>(&self, dcols: &[E], gx: &mut [E]) {
-        let (p, wo) = (self.p(), self.wo);
-        for c in 0..self.c {
-            let plane = &mut gx[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for ki in 0..self.kh {
-                for kj in 0..self.kw {
-                    let row = &dcols[((c * self.kh + ki) * self.kw + kj) * p..][..p];
-                    for oy in 0..self.ho {
-                        let dst = &mut plane[(oy + ki) * self.w + kj..][..wo];
-                        for (d, &s) in dst.iter_mut().zip(&row[oy * wo..(oy + 1) * wo]) {
-                            *d += s;
-                        }
-                    }
-                }
-            }
-        }
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
     }
 }
 
@@ -127,44 +110,38 @@ impl<E: Real> CustomOp<E> for Conv2d {
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
         let g = Geom::new(inputs[0].dims, inputs[1].dims);
         let (x, wt, bias) = (inputs[0].data, inputs[1].data, inputs[2].data);
-        let (k, p) = (g.k(), g.p());
+        let (k, p, n) = (g.k(), g.p(), g.n());
         out.par_chunks_mut(g.o * p)
-            .zip(x.par_chunks(g.c * g.h * g.w))
+            .zip(x.par_chunks(g.image()))
             .for_each_init(
-                || vec![E::zero(); k * p],
-                |cols, (o, x)| {
-                    g.im2col(x, cols);
-                    for (row, &b) in o.chunks_exact_mut(p).zip(bias) {
-                        row.fill(b);
+                || vec![E::zero(); g.o * n],
+                |wide, (o, x)| {
+                    // wide[O, n] = W[O, K] · im2col(x)[K, n]
+                    wide.fill(E::zero());
+                    gemm_acc_rows(g.o, k, n, wt, (k, 1), x, &g.offs, wide, &g.out_offs);
+                    for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
+                        for oy in 0..g.ho {
+                            let src = &wide[oc * n + oy * g.w..][..g.wo];
+                            for (d, &v) in orow[oy * g.wo..(oy + 1) * g.wo].iter_mut().zip(src) {
+                                *d = v + b;
+                            }
+                        }
                     }
-                    // out[O, P] = W[O, K] · cols[K, P] + out
-                    E::gemm(
-                        g.o,
-                        k,
-                        p,
-                        E::one(),
-                        wt,
-                        (k as isize, 1),
-                        cols,
-                        (p as isize, 1),
-                        E::one(),
-                        o,
-                        (p as isize, 1),
-                    );
                 },
             );
     }
 
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
         let g = Geom::new(inputs[0].dims, inputs[1].dims);
-        let n = inputs[0].dims[0];
+        let nimg = inputs[0].dims[0];
         let (x, wt) = (inputs[0].data, inputs[1].data);
-        let (k, p) = (g.k(), g.p());
+        let (k, p, n) = (g.k(), g.p(), g.n());
         let [gx, gw, gb] = grads else {
             unreachable!("three inputs")
         };
         let want_w = gw.is_some();
-        let gx_chunks = crate::grid_sample::per_image(gx.as_deref_mut(), n, g.c * g.h * g.w);
+        let want_x = gx.is_some();
+        let gx_chunks = crate::grid_sample::per_image(gx.as_deref_mut(), nimg, g.image());
         // One pass over the batch: each image adds to its own slice of the input gradient, and to a
         // per-thread partial of the weight gradient (summed at the end).
         let gw_sum = gx_chunks
@@ -173,61 +150,44 @@ impl<E: Real> CustomOp<E> for Conv2d {
             .fold(
                 || {
                     (
-                        vec![E::zero(); if want_w { g.o * k } else { 0 }],
-                        vec![E::zero(); k * p],
+                        DotAcc::<E>::new(if want_w { g.o } else { 0 }, k),
+                        vec![E::zero(); g.o * n],
                     )
                 },
-                |(mut gw_acc, mut buf), (b, gx)| {
+                |(mut gw_acc, mut go_wide), (b, gx)| {
+                    if !want_w && !want_x {
+                        return (gw_acc, go_wide);
+                    }
+                    // The output gradient in wide columns, zero in the dropped ones.
                     let go = &grad_out[b * g.o * p..(b + 1) * g.o * p];
+                    for (oc, grow) in go.chunks_exact(p).enumerate() {
+                        for oy in 0..g.ho {
+                            let dst = &mut go_wide[oc * n + oy * g.w..][..g.w.min(n - oy * g.w)];
+                            E::copy(&mut dst[..g.wo], &grow[oy * g.wo..(oy + 1) * g.wo]);
+                            dst[g.wo..].fill(E::zero());
+                        }
+                    }
+                    let x = &x[b * g.image()..(b + 1) * g.image()];
                     if want_w {
-                        g.im2col(&x[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w], &mut buf);
-                        // gW[O, K] += gout[O, P] · cols[K, P]ᵀ
-                        E::gemm(
-                            g.o,
-                            p,
-                            k,
-                            E::one(),
-                            go,
-                            (p as isize, 1),
-                            &buf,
-                            (1, p as isize),
-                            E::one(),
-                            &mut gw_acc,
-                            (k as isize, 1),
-                        );
+                        // gW[O, K] += gout[O, n] · im2col(x)[K, n]ᵀ
+                        gw_acc.add_products(n, &go_wide, x, &g.offs);
                     }
                     if let Some(gx) = gx {
-                        // dcols[K, P] = W[O, K]ᵀ · gout[O, P]
-                        E::gemm(
-                            k,
-                            g.o,
-                            p,
-                            E::one(),
-                            wt,
-                            (1, k as isize),
-                            go,
-                            (p as isize, 1),
-                            E::zero(),
-                            &mut buf,
-                            (p as isize, 1),
-                        );
-                        g.col2im_add(&buf, gx);
+                        // col2im(gx) += W[O, K]ᵀ · gout[O, n]
+                        gemm_acc_rows(k, g.o, n, wt, (1, k), &go_wide, &g.out_offs, gx, &g.offs);
                     }
-                    (gw_acc, buf)
+                    (gw_acc, go_wide)
                 },
             )
             .map(|(gw_acc, _)| gw_acc)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
-                a
-            });
+            .reduce_with(DotAcc::merge);
         if let (Some(gw), Some(sum)) = (gw.as_deref_mut(), gw_sum) {
-            gw.iter_mut().zip(&sum).for_each(|(a, &b)| *a += b);
+            sum.sum_into(gw);
         }
         if let Some(gb) = gb.as_deref_mut() {
             for go in grad_out.chunks_exact(g.o * p) {
                 for (gb, row) in gb.iter_mut().zip(go.chunks_exact(p)) {
-                    *gb += row.iter().fold(E::zero(), |a, &v| a + v);
+                    *gb += E::sum(row);
                 }
             }
         }

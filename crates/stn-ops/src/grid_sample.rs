@@ -42,83 +42,149 @@ pub struct GridSample {
     pub align_corners: bool,
 }
 
-/// Where one grid point samples: its four corners' flat indices (or `usize::MAX` when outside the
-/// image) and weights, the fractional parts, and d(source coordinate)/d(grid coordinate).
-#[derive(Clone, Copy)]
-struct Sample<E> {
-    idx: [usize; 4],
-    wt: [E; 4],
-    frac: [E; 2],
-    dsrc: [E; 2],
+/// Points per vector: the kernels work on 8 grid points at once so that the coordinate and weight
+/// arithmetic vectorises (PyTorch's CPU kernel does the same with its `Vectorized` type).
+const LANES: usize = 8;
+
+/// Where 8 grid points sample: per corner (nw, ne, sw, se) the flat indices (clamped to 0 outside
+/// the image) with a 0/1 mask, the bilinear weights (already masked); the fractional parts; and
+/// d(source coordinate)/d(grid coordinate). Branch-free: most samples of a random theta fall
+/// outside the image, and a branch per corner would mispredict half the time.
+struct Sample8<E> {
+    idx: [[usize; LANES]; 4],
+    mask: [[E; LANES]; 4],
+    wt: [[E; LANES]; 4],
+    fx: [E; LANES],
+    fy: [E; LANES],
+    dx: [E; LANES],
+    dy: [E; LANES],
 }
 
-const OUT: usize = usize::MAX;
+/// Unnormalisation along one axis: `source = coord·scale + offset`, then padding.
+#[derive(Clone, Copy)]
+struct Axis<E> {
+    scale: E,
+    offset: E,
+    size: usize,
+    size_e: E,
+}
+
+impl<E: Real> Axis<E> {
+    fn new(size: usize, align_corners: bool) -> Self {
+        let sz = size as f64;
+        let scale = if align_corners {
+            (sz - 1.0) / 2.0
+        } else {
+            sz / 2.0
+        };
+        Axis {
+            scale: E::of(scale),
+            offset: E::of((sz - 1.0) / 2.0),
+            size,
+            size_e: E::of(sz),
+        }
+    }
+}
 
 impl GridSample {
-    /// Source coordinate of a normalised grid coordinate along an axis of `size` pixels, and its
-    /// derivative.
-    #[inline]
-    fn source<E: Real>(&self, coord: E, size: usize) -> (E, E) {
-        let two = E::of(2.0);
-        let sz = E::of(size as f64);
-        let scale = if self.align_corners {
-            (sz - E::one()) / two
-        } else {
-            sz / two
-        };
-        let offset = (sz - E::one()) / two;
-        let x = coord * scale + offset;
+    /// Source coordinate of a normalised grid coordinate, and its derivative.
+    #[inline(always)]
+    fn source<E: Real>(&self, coord: E, ax: &Axis<E>) -> (E, E) {
+        let x = coord * ax.scale + ax.offset;
         match self.padding {
-            Padding::Zeros => (x, scale),
+            Padding::Zeros => (x, ax.scale),
             Padding::Border => {
-                let (c, g) = clip(x, size);
-                (c, scale * g)
+                let (c, g) = clip(x, ax.size_e);
+                (c, ax.scale * g)
             }
             Padding::Reflection => {
+                let two = E::of(2.0);
                 let (r, gr) = if self.align_corners {
-                    reflect(x, E::zero(), two * (sz - E::one()))
+                    reflect(x, E::zero(), two * (ax.size_e - E::one()))
                 } else {
-                    reflect(x, -E::one(), two * sz - E::one())
+                    reflect(x, -E::one(), two * ax.size_e - E::one())
                 };
-                let (c, gc) = clip(r, size);
-                (c, scale * gr * gc)
+                let (c, gc) = clip(r, ax.size_e);
+                (c, ax.scale * gr * gc)
             }
         }
     }
 
-    #[inline]
-    fn sample<E: Real>(&self, gx: E, gy: E, h: usize, w: usize) -> Sample<E> {
-        let (x, dx) = self.source(gx, w);
-        let (y, dy) = self.source(gy, h);
-        let (x0, y0) = (x.floor(), y.floor());
-        let (fx, fy) = (x - x0, y - y0);
-        let (ex, sy) = (E::one() - fx, E::one() - fy);
-        let wt = [sy * ex, sy * fx, fy * ex, fy * fx];
-        let mut idx = [OUT; 4];
-        // NaN or huge coordinates fall through every bounds test, so they read zeros.
-        let inside = |v: E, n: usize| v >= E::zero() && v < E::of(n as f64);
-        let (x1, y1) = (x0 + E::one(), y0 + E::one());
-        for (k, (cy, cx)) in [(y0, x0), (y0, x1), (y1, x0), (y1, x1)]
-            .into_iter()
-            .enumerate()
-        {
-            if inside(cx, w) && inside(cy, h) {
-                idx[k] = cy.to_usize().unwrap_or(0) * w + cx.to_usize().unwrap_or(0);
-            }
+    /// The samples of grid points `q0..q0+8` of one image's grid (`g` holds x, y pairs); lanes past
+    /// the end of the grid repeat its last point (callers ignore them).
+    #[inline(always)]
+    fn sample8<E: Real>(&self, g: &[E], q0: usize, ax: &Axis<E>, ay: &Axis<E>) -> Sample8<E> {
+        let last = g.len() / 2 - 1;
+        let mut x = [E::zero(); LANES];
+        let mut y = [E::zero(); LANES];
+        let mut dx = [E::zero(); LANES];
+        let mut dy = [E::zero(); LANES];
+        for l in 0..LANES {
+            let q = (q0 + l).min(last);
+            (x[l], dx[l]) = self.source(g[2 * q], ax);
+            (y[l], dy[l]) = self.source(g[2 * q + 1], ay);
         }
-        Sample {
-            idx,
-            wt,
-            frac: [fx, fy],
-            dsrc: [dx, dy],
+        let (w, h) = (ax.size as i32, ay.size as i32);
+        let mut sm = Sample8 {
+            idx: [[0; LANES]; 4],
+            mask: [[E::zero(); LANES]; 4],
+            wt: [[E::zero(); LANES]; 4],
+            fx: [E::zero(); LANES],
+            fy: [E::zero(); LANES],
+            dx,
+            dy,
+        };
+        // Simple lane loops, one concern each, so LLVM vectorises them.
+        let mut ix = [0i32; LANES];
+        let mut iy = [0i32; LANES];
+        for l in 0..LANES {
+            let (x0, y0) = (x[l].floor(), y[l].floor());
+            sm.fx[l] = x[l] - x0;
+            sm.fy[l] = y[l] - y0;
+            // Saturating casts send huge coordinates far outside, NaN to 0; a NaN coordinate then
+            // has NaN weights, which the mask below zeroes, so it reads zeros like PyTorch.
+            ix[l] = E::to_i32_sat(x0);
+            iy[l] = E::to_i32_sat(y0);
         }
+        for l in 0..LANES {
+            let ok = !(x[l].is_nan() || y[l].is_nan());
+            let inx0 = ok && (ix[l] as u32) < w as u32;
+            let inx1 = ok && (ix[l].wrapping_add(1) as u32) < w as u32;
+            let iny0 = ok && (iy[l] as u32) < h as u32;
+            let iny1 = ok && (iy[l].wrapping_add(1) as u32) < h as u32;
+            let m = |b: bool| if b { E::one() } else { E::zero() };
+            sm.mask[0][l] = m(iny0 && inx0);
+            sm.mask[1][l] = m(iny0 && inx1);
+            sm.mask[2][l] = m(iny1 && inx0);
+            sm.mask[3][l] = m(iny1 && inx1);
+            // Clamped into the image: an outside corner reads (and writes) pixel 0 with weight 0.
+            let cx0 = ix[l].clamp(0, w - 1);
+            let cx1 = ix[l].saturating_add(1).clamp(0, w - 1);
+            let cy0 = iy[l].clamp(0, h - 1);
+            let cy1 = iy[l].saturating_add(1).clamp(0, h - 1);
+            sm.idx[0][l] = (cy0 * w + cx0) as usize;
+            sm.idx[1][l] = (cy0 * w + cx1) as usize;
+            sm.idx[2][l] = (cy1 * w + cx0) as usize;
+            sm.idx[3][l] = (cy1 * w + cx1) as usize;
+        }
+        for l in 0..LANES {
+            let (fx, fy) = (sm.fx[l], sm.fy[l]);
+            let (ex, sy) = (E::one() - fx, E::one() - fy);
+            // Masks multiply NaN weights too: select instead of multiply.
+            let sel = |m: E, v: E| if m == E::zero() { E::zero() } else { v };
+            sm.wt[0][l] = sel(sm.mask[0][l], sy * ex);
+            sm.wt[1][l] = sel(sm.mask[1][l], sy * fx);
+            sm.wt[2][l] = sel(sm.mask[2][l], fy * ex);
+            sm.wt[3][l] = sel(sm.mask[3][l], fy * fx);
+        }
+        sm
     }
 }
 
 /// PyTorch's `clip_coordinates_set_grad`.
 #[inline]
-fn clip<E: Real>(x: E, size: usize) -> (E, E) {
-    let max = E::of(size as f64 - 1.0);
+fn clip<E: Real>(x: E, size: E) -> (E, E) {
+    let max = size - E::one();
     if x <= E::zero() {
         (E::zero(), E::zero())
     } else if x >= max {
@@ -203,21 +269,27 @@ impl<E: Real> CustomOp<E> for GridSample {
         let [_, c, h, w] = dims4(inputs[0].dims, "input").expect("checked");
         let p = inputs[1].dims[1] * inputs[1].dims[2];
         let (x, grid) = (inputs[0].data, inputs[1].data);
+        let (ax, ay) = (
+            Axis::new(w, self.align_corners),
+            Axis::new(h, self.align_corners),
+        );
         out.par_chunks_mut(c * p)
             .zip(x.par_chunks(c * h * w))
             .zip(grid.par_chunks(p * 2))
             .for_each(|((o, x), g)| {
-                for (q, gq) in g.chunks_exact(2).enumerate() {
-                    let s = self.sample(gq[0], gq[1], h, w);
+                for q0 in (0..p).step_by(LANES) {
+                    let s = self.sample8(g, q0, &ax, &ay);
+                    let lanes = (p - q0).min(LANES);
                     for ch in 0..c {
                         let plane = &x[ch * h * w..(ch + 1) * h * w];
-                        let mut v = E::zero();
-                        for k in 0..4 {
-                            if s.idx[k] != OUT {
-                                v += plane[s.idx[k]] * s.wt[k];
-                            }
+                        let mut v = [E::zero(); LANES];
+                        for (l, v) in v.iter_mut().enumerate() {
+                            *v = plane[s.idx[0][l]] * s.wt[0][l]
+                                + plane[s.idx[1][l]] * s.wt[1][l]
+                                + plane[s.idx[2][l]] * s.wt[2][l]
+                                + plane[s.idx[3][l]] * s.wt[3][l];
                         }
-                        o[ch * p + q] = v;
+                        o[ch * p + q0..ch * p + q0 + lanes].copy_from_slice(&v[..lanes]);
                     }
                 }
             });
@@ -227,11 +299,17 @@ impl<E: Real> CustomOp<E> for GridSample {
         let [n, c, h, w] = dims4(inputs[0].dims, "input").expect("checked");
         let p = inputs[1].dims[1] * inputs[1].dims[2];
         let (x, grid) = (inputs[0].data, inputs[1].data);
-        let (gi, gg) = match grads {
-            [a, b] => (a.as_deref_mut(), b.as_deref_mut()),
-            _ => unreachable!("two inputs"),
+        let (ax, ay) = (
+            Axis::new(w, self.align_corners),
+            Axis::new(h, self.align_corners),
+        );
+        let [gi, gg] = grads else {
+            unreachable!("two inputs")
         };
-        let (gi, gg) = (per_image(gi, n, c * h * w), per_image(gg, n, p * 2));
+        let (gi, gg) = (
+            per_image(gi.as_deref_mut(), n, c * h * w),
+            per_image(gg.as_deref_mut(), n, p * 2),
+        );
         gi.into_par_iter()
             .zip(gg)
             .enumerate()
@@ -239,37 +317,39 @@ impl<E: Real> CustomOp<E> for GridSample {
                 let x = &x[b * c * h * w..(b + 1) * c * h * w];
                 let g = &grid[b * p * 2..(b + 1) * p * 2];
                 let go = &grad_out[b * c * p..(b + 1) * c * p];
-                for q in 0..p {
-                    let s = self.sample(g[2 * q], g[2 * q + 1], h, w);
-                    let (mut dgx, mut dgy) = (E::zero(), E::zero());
+                for q0 in (0..p).step_by(LANES) {
+                    let s = self.sample8(g, q0, &ax, &ay);
+                    let lanes = (p - q0).min(LANES);
+                    let mut gout = [E::zero(); LANES];
+                    let (mut dgx, mut dgy) = ([E::zero(); LANES], [E::zero(); LANES]);
                     for ch in 0..c {
-                        let gout = go[ch * p + q];
+                        gout[..lanes].copy_from_slice(&go[ch * p + q0..ch * p + q0 + lanes]);
                         if let Some(gi) = gi.as_deref_mut() {
+                            // Masked weights: an outside corner adds zero to (clamped) pixel 0. Lanes
+                            // past the grid's end have gout = 0.
                             let plane = &mut gi[ch * h * w..(ch + 1) * h * w];
-                            for k in 0..4 {
-                                if s.idx[k] != OUT {
-                                    plane[s.idx[k]] += s.wt[k] * gout;
+                            for l in 0..lanes {
+                                for k in 0..4 {
+                                    plane[s.idx[k][l]] += s.wt[k][l] * gout[l];
                                 }
                             }
                         }
                         if gg.is_some() {
                             let plane = &x[ch * h * w..(ch + 1) * h * w];
-                            let v = |k: usize| {
-                                if s.idx[k] != OUT {
-                                    plane[s.idx[k]]
-                                } else {
-                                    E::zero()
-                                }
-                            };
-                            let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
-                            let [fx, fy] = s.frac;
-                            dgx += ((ne - nw) * (E::one() - fy) + (se - sw) * fy) * gout;
-                            dgy += ((sw - nw) * (E::one() - fx) + (se - ne) * fx) * gout;
+                            for l in 0..LANES {
+                                let v = |k: usize| plane[s.idx[k][l]] * s.mask[k][l];
+                                let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
+                                let (fx, fy) = (s.fx[l], s.fy[l]);
+                                dgx[l] += ((ne - nw) * (E::one() - fy) + (se - sw) * fy) * gout[l];
+                                dgy[l] += ((sw - nw) * (E::one() - fx) + (se - ne) * fx) * gout[l];
+                            }
                         }
                     }
                     if let Some(gg) = gg.as_deref_mut() {
-                        gg[2 * q] += dgx * s.dsrc[0];
-                        gg[2 * q + 1] += dgy * s.dsrc[1];
+                        for l in 0..lanes {
+                            gg[2 * (q0 + l)] += dgx[l] * s.dx[l];
+                            gg[2 * (q0 + l) + 1] += dgy[l] * s.dy[l];
+                        }
                     }
                 }
             });

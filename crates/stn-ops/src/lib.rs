@@ -13,10 +13,10 @@
 //! `put_tape`, `Tape::add_backward_op`, `ghost()`, `Gradients::get_or_alloc_mut`); the CPU kernels
 //! read tensors in place through `Tensorlike::data` and hand their output to dfdx without a copy.
 //!
-//! conv2d is a custom op (im2col + `matrixmultiply` GEMM, batch-parallel with rayon), not a
+//! conv2d is a custom op (im2col + a skinny matrix product, batch-parallel with rayon), not a
 //! composition of dfdx's stable ops: an im2col through dfdx's `gather` materialises an index tensor
 //! and a gathered copy per call, and its backward scatters through dfdx's generic kernels, where
-//! our backward fuses col2im into one pass per image.
+//! ours does col2im in one pass per image.
 //!
 //! Inputs must be contiguous (every tensor these ops and dfdx's elementwise ops produce is); a
 //! strided view is copied once with `as_vec`. f32 is the working type; f64 is supported for
@@ -25,6 +25,7 @@
 mod affine_grid;
 mod conv2d;
 mod grid_sample;
+mod linalg;
 mod max_pool2d;
 pub mod op;
 

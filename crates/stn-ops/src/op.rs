@@ -27,84 +27,129 @@ impl OpError {
 }
 
 /// Element types of the kernels: f32 (training and inference) and f64 (gradient checks).
+///
+/// `Lanes` is 8 elements the kernels treat as one vector: AVX2 registers for f32 (through `wide`,
+/// because LLVM does not reliably vectorise the register blocks of `linalg`), a plain array for f64,
+/// which only the gradient checks use.
 pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + Send + Sync + 'static {
-    /// `c = alpha·a·b + beta·c` on row/column-strided matrices (a: m×k, b: k×n, c: m×n).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: &[Self],
-        a_strides: (isize, isize),
-        b: &[Self],
-        b_strides: (isize, isize),
-        beta: Self,
-        c: &mut [Self],
-        c_strides: (isize, isize),
-    );
+    type Lanes: Copy + Send + Sync;
     /// The nearest value of this type (named so as not to clash with `num_traits`).
     fn of(v: f64) -> Self;
+    /// `self as i32`: saturating, NaN to 0 (Rust's `as`), without `num_traits`' checks.
+    fn to_i32_sat(self) -> i32;
+    fn splat(v: Self) -> Self::Lanes;
+    fn load(s: &[Self]) -> Self::Lanes;
+    /// `a·b + c`, lane-wise.
+    fn fma(a: Self::Lanes, b: Self::Lanes, c: Self::Lanes) -> Self::Lanes;
+    fn lanes(v: Self::Lanes) -> [Self; 8];
+    /// `dst[..8] += v`.
+    fn add_into(dst: &mut [Self], v: Self::Lanes);
+    fn vadd(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
+
+    /// Σ x, with 8 independent partial sums so the loop vectorises (a plain fold is a serial
+    /// chain of dependent adds, 4 cycles each).
+    #[inline]
+    fn sum(x: &[Self]) -> Self {
+        let mut acc = Self::splat(Self::zero());
+        let chunks = x.chunks_exact(8);
+        let tail = chunks.remainder().iter().fold(Self::zero(), |s, &v| s + v);
+        for c in chunks {
+            acc = Self::vadd(acc, Self::load(c));
+        }
+        Self::lanes(acc).iter().fold(tail, |s, &v| s + v)
+    }
+
+    /// `dst.copy_from_slice(src)` for short rows, without a `memcpy` call per row.
+    #[inline]
+    fn copy(dst: &mut [Self], src: &[Self]) {
+        assert_eq!(dst.len(), src.len());
+        let mut d = dst.chunks_exact_mut(8);
+        let mut s = src.chunks_exact(8);
+        for (d, s) in (&mut d).zip(&mut s) {
+            let v: [Self; 8] = Self::lanes(Self::load(s));
+            d.copy_from_slice(&v);
+        }
+        for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+            *d = s;
+        }
+    }
 }
 
-macro_rules! real {
-    ($t:ty, $gemm:ident) => {
-        impl Real for $t {
-            fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: &[Self],
-                (rsa, csa): (isize, isize),
-                b: &[Self],
-                (rsb, csb): (isize, isize),
-                beta: Self,
-                c: &mut [Self],
-                (rsc, csc): (isize, isize),
-            ) {
-                // Bounds of the strided views, so the unsafe call below cannot read or write out of
-                // the slices.
-                let span = |r: usize, c: usize, rs: isize, cs: isize| {
-                    if r == 0 || c == 0 {
-                        0
-                    } else {
-                        (r - 1) * rs as usize + (c - 1) * cs as usize + 1
-                    }
-                };
-                assert!(rsa >= 0 && csa >= 0 && rsb >= 0 && csb >= 0 && rsc >= 0 && csc >= 0);
-                assert!(span(m, k, rsa, csa) <= a.len());
-                assert!(span(k, n, rsb, csb) <= b.len());
-                assert!(span(m, n, rsc, csc) <= c.len());
-                // SAFETY: the views lie inside the slices (checked above); c does not alias a or b
-                // (a &mut and two & borrows).
-                unsafe {
-                    matrixmultiply::$gemm(
-                        m,
-                        k,
-                        n,
-                        alpha,
-                        a.as_ptr(),
-                        rsa,
-                        csa,
-                        b.as_ptr(),
-                        rsb,
-                        csb,
-                        beta,
-                        c.as_mut_ptr(),
-                        rsc,
-                        csc,
-                    )
-                }
-            }
-            fn of(v: f64) -> Self {
-                v as $t
-            }
-        }
-    };
+impl Real for f32 {
+    type Lanes = wide::f32x8;
+    #[inline(always)]
+    fn to_i32_sat(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn splat(v: f32) -> wide::f32x8 {
+        wide::f32x8::splat(v)
+    }
+    #[inline(always)]
+    fn load(s: &[f32]) -> wide::f32x8 {
+        let a: [f32; 8] = s[..8].try_into().expect("8 lanes");
+        wide::f32x8::from(a)
+    }
+    #[inline(always)]
+    fn fma(a: wide::f32x8, b: wide::f32x8, c: wide::f32x8) -> wide::f32x8 {
+        a.mul_add(b, c)
+    }
+    #[inline(always)]
+    fn lanes(v: wide::f32x8) -> [f32; 8] {
+        v.to_array()
+    }
+    #[inline(always)]
+    fn add_into(dst: &mut [f32], v: wide::f32x8) {
+        let d: &mut [f32; 8] = (&mut dst[..8]).try_into().expect("8 lanes");
+        *d = (wide::f32x8::from(*d) + v).to_array();
+    }
+    #[inline(always)]
+    fn vadd(a: wide::f32x8, b: wide::f32x8) -> wide::f32x8 {
+        a + b
+    }
 }
-real!(f32, sgemm);
-real!(f64, dgemm);
+
+impl Real for f64 {
+    type Lanes = [f64; 8];
+    #[inline(always)]
+    fn to_i32_sat(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn splat(v: f64) -> [f64; 8] {
+        [v; 8]
+    }
+    #[inline(always)]
+    fn load(s: &[f64]) -> [f64; 8] {
+        s[..8].try_into().expect("8 lanes")
+    }
+    #[inline(always)]
+    fn fma(a: [f64; 8], b: [f64; 8], c: [f64; 8]) -> [f64; 8] {
+        std::array::from_fn(|l| a[l].mul_add(b[l], c[l]))
+    }
+    #[inline(always)]
+    fn lanes(v: [f64; 8]) -> [f64; 8] {
+        v
+    }
+    #[inline(always)]
+    fn add_into(dst: &mut [f64], v: [f64; 8]) {
+        for (d, x) in dst[..8].iter_mut().zip(v) {
+            *d += x;
+        }
+    }
+    #[inline(always)]
+    fn vadd(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+}
 
 /// An op input as the CPU kernels see it: its data (row-major, contiguous) and its dimensions.
 #[derive(Clone, Copy)]

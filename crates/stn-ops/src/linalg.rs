@@ -1,0 +1,260 @@
+//! The matrix products of the convolution, for its shapes: few rows (output channels, 8–20) times
+//! long rows (output pixels), where the rows of one operand are *offsets into an image* rather than
+//! a packed matrix. That is the implicit im2col of `conv2d`: row `(c, ki, kj)` of the im2col matrix
+//! is the image plane from offset `ki·W + kj` on, so no im2col copy is made at all.
+//!
+//! A general GEMM spends more time packing such skinny operands than multiplying them (measured:
+//! `matrixmultiply` with an explicit im2col took 2.5× longer); these kernels keep a register block
+//! of the result and stream the long rows once per block.
+
+use crate::Real;
+
+/// Columns of the register block (two AVX2 vectors of f32).
+const NB: usize = 16;
+/// Rows of the register block.
+const MB: usize = 4;
+
+/// `c[coff[i] + j] += Σ_p a[i·rsa + p·csa] · b[boff[p] + j]` for `i < m`, `j < n`, `p < k`.
+///
+/// `a` may be a transpose (through its strides). Rows of `c` may overlap (the transpose of an
+/// implicit im2col scatters into overlapping windows): each row is added in turn.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_acc_rows<E: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[E],
+    (rsa, csa): (usize, usize),
+    b: &[E],
+    boff: &[usize],
+    c: &mut [E],
+    coff: &[usize],
+) {
+    assert!(boff.len() == k && coff.len() == m);
+    assert!(boff.iter().all(|&o| o + n <= b.len()) && coff.iter().all(|&o| o + n <= c.len()));
+    assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
+    let full = n / NB * NB;
+    let rem = n - full;
+    // The last, partial column block, zero-padded to NB once for every row block.
+    let mut tail = vec![E::zero(); if rem > 0 { k * NB } else { 0 }];
+    if rem > 0 {
+        for (p, &o) in boff.iter().enumerate() {
+            tail[p * NB..p * NB + rem].copy_from_slice(&b[o + full..o + n]);
+        }
+    }
+    let tail_off: Vec<usize> = (0..k).map(|p| p * NB).collect();
+    let mut i = 0;
+    while i < m {
+        let rows = (m - i).min(MB);
+        let mut j0 = 0;
+        while j0 < n {
+            let (bb, bo, j, width) = if j0 < full {
+                (b, boff, j0, NB)
+            } else {
+                (&tail[..], &tail_off[..], 0, rem)
+            };
+            match rows {
+                4 => block::<E, 4>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
+                3 => block::<E, 3>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
+                2 => block::<E, 2>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
+                _ => block::<E, 1>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
+            }
+            j0 += NB;
+        }
+        i += rows;
+    }
+}
+
+/// One R×NB block of `gemm_acc_rows`, accumulated in registers: rows `i..i+R` of the result,
+/// columns `j0..j0+width`; `b` rows are read at `boff[p] + jb`, NB entries each.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block<E: Real, const R: usize>(
+    i: usize,
+    k: usize,
+    a: &[E],
+    rsa: usize,
+    csa: usize,
+    b: &[E],
+    boff: &[usize],
+    jb: usize,
+    c: &mut [E],
+    coff: &[usize],
+    j0: usize,
+    width: usize,
+) {
+    let zero = E::splat(E::zero());
+    let mut acc = [[zero; 2]; R];
+    for (p, &o) in boff.iter().enumerate().take(k) {
+        let bp = &b[o + jb..o + jb + NB];
+        let (b0, b1) = (E::load(&bp[..8]), E::load(&bp[8..]));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = E::splat(a[(i + r) * rsa + p * csa]);
+            acc_r[0] = E::fma(av, b0, acc_r[0]);
+            acc_r[1] = E::fma(av, b1, acc_r[1]);
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let row = &mut c[coff[i + r] + j0..coff[i + r] + j0 + width];
+        if width == NB {
+            E::add_into(&mut row[..8], acc_r[0]);
+            E::add_into(&mut row[8..], acc_r[1]);
+        } else {
+            let vals = E::lanes(acc_r[0]).into_iter().chain(E::lanes(acc_r[1]));
+            for (cv, v) in row.iter_mut().zip(vals) {
+                *cv += v;
+            }
+        }
+    }
+}
+
+/// Dot products of long rows, `Σ_j a[i·n + j] · b[boff[p] + j]` for `i < m`, `p < k`, added to
+/// an accumulator that keeps 8 partial sums per result ([`DotAcc::sum_into`] reduces them once,
+/// after a whole batch, instead of after every image). Four rows of `b` share each load of `a`.
+pub(crate) struct DotAcc<E: Real> {
+    lanes: Vec<E::Lanes>,
+    tail: Vec<E>,
+    k: usize,
+}
+
+impl<E: Real> DotAcc<E> {
+    pub(crate) fn new(m: usize, k: usize) -> Self {
+        DotAcc {
+            lanes: vec![E::splat(E::zero()); m * k],
+            tail: vec![E::zero(); m * k],
+            k,
+        }
+    }
+
+    pub(crate) fn add_products(&mut self, n: usize, a: &[E], b: &[E], boff: &[usize]) {
+        let (m, k) = (self.lanes.len() / self.k.max(1), self.k);
+        assert!(a.len() >= m * n && boff.len() == k);
+        assert!(boff.iter().all(|&o| o + n <= b.len()));
+        let full = n / 8 * 8;
+        // Four rows of b against one row of a: 4 accumulators, 5 loads per 4 FMAs, every slice cut
+        // to its exact length first so the loop has no bounds checks.
+        for i in 0..m {
+            let ai = &a[i * n..i * n + full];
+            let mut p = 0;
+            while p + 4 <= k {
+                let [b0, b1, b2, b3] = std::array::from_fn(|t| &b[boff[p + t]..boff[p + t] + full]);
+                let z = E::splat(E::zero());
+                let (mut s0, mut s1, mut s2, mut s3) = (z, z, z, z);
+                for ((((x, y0), y1), y2), y3) in ai
+                    .chunks_exact(8)
+                    .zip(b0.chunks_exact(8))
+                    .zip(b1.chunks_exact(8))
+                    .zip(b2.chunks_exact(8))
+                    .zip(b3.chunks_exact(8))
+                {
+                    let x = E::load(x);
+                    s0 = E::fma(x, E::load(y0), s0);
+                    s1 = E::fma(x, E::load(y1), s1);
+                    s2 = E::fma(x, E::load(y2), s2);
+                    s3 = E::fma(x, E::load(y3), s3);
+                }
+                for (t, s) in [s0, s1, s2, s3].into_iter().enumerate() {
+                    let idx = i * k + p + t;
+                    self.lanes[idx] = E::vadd(self.lanes[idx], s);
+                }
+                p += 4;
+            }
+            for p in p..k {
+                let bp = &b[boff[p]..boff[p] + full];
+                let mut s = E::splat(E::zero());
+                for (x, y) in ai.chunks_exact(8).zip(bp.chunks_exact(8)) {
+                    s = E::fma(E::load(x), E::load(y), s);
+                }
+                self.lanes[i * k + p] = E::vadd(self.lanes[i * k + p], s);
+            }
+            // The last n % 8 columns.
+            for p in 0..k {
+                let o = boff[p];
+                let t = &mut self.tail[i * k + p];
+                *t = (full..n).fold(*t, |s, j| a[i * n + j].mul_add(b[o + j], s));
+            }
+        }
+    }
+
+    /// Adds another partial sum (from another thread).
+    pub(crate) fn merge(mut self, other: Self) -> Self {
+        for (a, b) in self.lanes.iter_mut().zip(&other.lanes) {
+            *a = E::vadd(*a, *b);
+        }
+        for (a, b) in self.tail.iter_mut().zip(&other.tail) {
+            *a += *b;
+        }
+        self
+    }
+
+    /// `c[i·k + p] +=` the finished sums.
+    pub(crate) fn sum_into(&self, c: &mut [E]) {
+        for ((c, l), &t) in c.iter_mut().zip(&self.lanes).zip(&self.tail) {
+            *c += E::lanes(*l).iter().fold(t, |s, &v| s + v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, f: f64) -> Vec<f64> {
+        (0..len).map(|v| (v as f64 * f).sin()).collect()
+    }
+
+    #[test]
+    fn products_match_the_naive_ones_for_every_block_shape() {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (4, 3, 16),
+            (5, 7, 17),
+            (10, 25, 100),
+            (3, 2, 49),
+            (8, 30, 15),
+        ] {
+            let a = data(m * k, 0.37);
+            // b rows at scattered, overlapping offsets of one buffer, as in the implicit im2col.
+            let b = data(n + 3 * k + 5, 0.11);
+            let boff: Vec<usize> = (0..k).map(|p| (p * 3) % (3 * k + 5)).collect();
+            let coff: Vec<usize> = (0..m).map(|i| i * n).collect();
+            let mut c = data(m * n, 0.5);
+            let want: Vec<f64> = (0..m * n)
+                .map(|ij| {
+                    c[ij]
+                        + (0..k)
+                            .map(|p| a[(ij / n) * k + p] * b[boff[p] + ij % n])
+                            .sum::<f64>()
+                })
+                .collect();
+            gemm_acc_rows(m, k, n, &a, (k, 1), &b, &boff, &mut c, &coff);
+            for (x, y) in c.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-12, "{m}×{k}×{n}");
+            }
+            // a given transposed.
+            let at: Vec<f64> = (0..k * m).map(|pi| a[(pi % m) * k + pi / m]).collect();
+            let mut c2 = data(m * n, 0.5);
+            gemm_acc_rows(m, k, n, &at, (1, m), &b, &boff, &mut c2, &coff);
+            for (x, y) in c2.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-12, "transposed {m}×{k}×{n}");
+            }
+            // Dot products: c2[i][p] = Σ_j a2[i][j]·b[boff[p]+j].
+            let a2 = data(m * n, 0.23);
+            let mut d = data(m * k, 0.9);
+            let want: Vec<f64> = (0..m * k)
+                .map(|ip| {
+                    d[ip]
+                        + (0..n)
+                            .map(|j| a2[(ip / k) * n + j] * b[boff[ip % k] + j])
+                            .sum::<f64>()
+                })
+                .collect();
+            let mut acc = DotAcc::new(m, k);
+            acc.add_products(n, &a2, &b, &boff);
+            acc.sum_into(&mut d);
+            for (x, y) in d.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-12, "nt {m}×{k}×{n}");
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Our ops beside PyTorch's, same shapes, same thread count, one run: prints one JSON line per op
+# with ours_us, torch_us and ratio = torch_us / ours_us (> 1: we are faster).
+#
+#   scripts/bench-ops.sh [THREADS]        # default 2 (the project's machines)
+#
+# PyTorch comes from PyPI into target/venv (made on first use; torch brings ~3 GB of CUDA
+# libraries but runs on the CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-2}
+scripts/venv.sh >/dev/null
+ours=$(RAYON_NUM_THREADS=$threads cargo bench --locked -q -p stn-ops --bench ops 2>/dev/null)
+theirs=$(OMP_NUM_THREADS=$threads target/venv/bin/python scripts/bench_ops_torch.py "$threads")
+python3 - "$threads" "$ours" "$theirs" <<'PY'
+import json, sys
+threads, ours, theirs = sys.argv[1], sys.argv[2].splitlines(), sys.argv[3].splitlines()
+key = lambda d: (d["op"], d.get("layer", ""), tuple(d["shape"]))
+t = {key(d): d for d in map(json.loads, theirs)}
+for d in map(json.loads, ours):
+    d["torch_us"] = t[key(d)]["torch_us"]
+    d["ratio"] = round(d["torch_us"] / d["ours_us"], 2)
+    d["threads"] = int(threads)
+    print(json.dumps(d))
+PY
