@@ -141,23 +141,21 @@ impl<E: Real> CustomOp<E> for Conv2d {
         };
         let want_w = gw.is_some();
         let want_x = gx.is_some();
-        let gx_chunks = crate::grid_sample::per_image(gx.as_deref_mut(), nimg, g.image());
-        // One pass over the batch: each image adds to its own slice of the input gradient, and to a
-        // per-thread partial of the weight gradient (summed at the end).
-        let gw_sum = gx_chunks
-            .into_par_iter()
+        if !want_w && !want_x {
+            return self.bias_grad(gb.as_deref_mut(), grad_out, g.o, p);
+        }
+        let mut gx_images = crate::grid_sample::per_image(gx.as_deref_mut(), nimg, g.image());
+        // Fixed groups of images, each with its own partial weight gradient, summed in group order:
+        // the result does not depend on the thread count or on rayon's scheduling, so training is
+        // bit-for-bit reproducible (and resumable).
+        let partials: Vec<DotAcc<E>> = gx_images
+            .par_chunks_mut(GROUP)
             .enumerate()
-            .fold(
-                || {
-                    (
-                        DotAcc::<E>::new(if want_w { g.o } else { 0 }, k),
-                        vec![E::zero(); g.o * n],
-                    )
-                },
-                |(mut gw_acc, mut go_wide), (b, gx)| {
-                    if !want_w && !want_x {
-                        return (gw_acc, go_wide);
-                    }
+            .map(|(grp, gxs)| {
+                let mut gw_acc = DotAcc::<E>::new(if want_w { g.o } else { 0 }, k);
+                let mut go_wide = vec![E::zero(); g.o * n];
+                for (t, gx) in gxs.iter_mut().enumerate() {
+                    let b = grp * GROUP + t;
                     // The output gradient in wide columns, zero in the dropped ones.
                     let go = &grad_out[b * g.o * p..(b + 1) * g.o * p];
                     for (oc, grow) in go.chunks_exact(p).enumerate() {
@@ -172,20 +170,29 @@ impl<E: Real> CustomOp<E> for Conv2d {
                         // gW[O, K] += gout[O, n] · im2col(x)[K, n]ᵀ
                         gw_acc.add_products(n, &go_wide, x, &g.offs);
                     }
-                    if let Some(gx) = gx {
+                    if let Some(gx) = gx.as_deref_mut() {
                         // col2im(gx) += W[O, K]ᵀ · gout[O, n]
                         gemm_acc_rows(k, g.o, n, wt, (1, k), &go_wide, &g.out_offs, gx, &g.offs);
                     }
-                    (gw_acc, go_wide)
-                },
-            )
-            .map(|(gw_acc, _)| gw_acc)
-            .reduce_with(DotAcc::merge);
+                }
+                gw_acc
+            })
+            .collect();
+        let gw_sum = partials.into_iter().reduce(DotAcc::merge);
         if let (Some(gw), Some(sum)) = (gw.as_deref_mut(), gw_sum) {
             sum.sum_into(gw);
         }
-        if let Some(gb) = gb.as_deref_mut() {
-            for go in grad_out.chunks_exact(g.o * p) {
+        self.bias_grad(gb.as_deref_mut(), grad_out, g.o, p);
+    }
+}
+
+/// Images per group of the weight-gradient reduction (see `cpu_bwd`).
+const GROUP: usize = 4;
+
+impl Conv2d {
+    fn bias_grad<E: Real>(&self, gb: Option<&mut [E]>, grad_out: &[E], o: usize, p: usize) {
+        if let Some(gb) = gb {
+            for go in grad_out.chunks_exact(o * p) {
                 for (gb, row) in gb.iter_mut().zip(go.chunks_exact(p)) {
                     *gb += E::sum(row);
                 }

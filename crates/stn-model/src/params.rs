@@ -1,0 +1,130 @@
+//! The network's parameters under PyTorch's `state_dict` names and layouts.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::Arch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParamError {
+    #[error("parameter {name}: shape {got:?}, expected {want:?} for {arch}")]
+    Shape {
+        name: String,
+        got: Vec<usize>,
+        want: Vec<usize>,
+        arch: String,
+    },
+    #[error("parameter {name} is missing (expected for {arch})")]
+    Missing { name: String, arch: String },
+    #[error("unexpected parameter {name} (not part of {arch})")]
+    Unexpected { name: String, arch: String },
+}
+
+/// All parameters of one network, in `state_dict` order, as host f32 buffers: the master copy the
+/// optimiser updates and checkpoints store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    pub arch: Arch,
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<usize>>,
+    pub data: Vec<Vec<f32>>,
+}
+
+impl Params {
+    /// PyTorch's default initialisation (`kaiming_uniform_(a=√5)` for weights and
+    /// `U(−1/√fan_in, 1/√fan_in)` for biases, which are the same bound), from a seeded ChaCha8;
+    /// `fc_loc.2` starts as the identity transform, as in the tutorial.
+    pub fn init(arch: Arch, seed: u64) -> Params {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5354_4e5f_494e_4954);
+        let specs = arch.param_specs();
+        let mut data = Vec::with_capacity(specs.len());
+        let mut fan_in = 1;
+        for (name, shape) in &specs {
+            let n: usize = shape.iter().product();
+            if name.ends_with(".weight") {
+                fan_in = shape[1..].iter().product();
+            }
+            let v: Vec<f32> = if *name == "fc_loc.2.weight" {
+                vec![0.0; n]
+            } else if *name == "fc_loc.2.bias" {
+                vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            } else {
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                (0..n)
+                    .map(|_| rng.gen_range(-bound..bound) as f32)
+                    .collect()
+            };
+            data.push(v);
+        }
+        Params {
+            arch,
+            names: specs.iter().map(|(n, _)| n.to_string()).collect(),
+            shapes: specs.into_iter().map(|(_, s)| s).collect(),
+            data,
+        }
+    }
+
+    /// Builds from named tensors (any order), checking that the names and shapes are exactly those
+    /// of `arch`.
+    pub fn from_named(
+        arch: Arch,
+        mut named: Vec<(String, Vec<usize>, Vec<f32>)>,
+    ) -> Result<Params, ParamError> {
+        let specs = arch.param_specs();
+        let desc = arch.to_string();
+        if let Some((name, _, _)) = named
+            .iter()
+            .find(|(n, _, _)| !specs.iter().any(|(s, _)| s == n))
+        {
+            return Err(ParamError::Unexpected {
+                name: name.clone(),
+                arch: desc,
+            });
+        }
+        let mut p = Params {
+            arch,
+            names: vec![],
+            shapes: vec![],
+            data: vec![],
+        };
+        for (name, want) in specs {
+            let i = named
+                .iter()
+                .position(|(n, _, _)| n == name)
+                .ok_or_else(|| ParamError::Missing {
+                    name: name.to_string(),
+                    arch: desc.clone(),
+                })?;
+            let (n, shape, data) = named.swap_remove(i);
+            if shape != want || data.len() != want.iter().product::<usize>() {
+                return Err(ParamError::Shape {
+                    name: n,
+                    got: shape,
+                    want,
+                    arch: desc,
+                });
+            }
+            p.names.push(n);
+            p.shapes.push(shape);
+            p.data.push(data);
+        }
+        Ok(p)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| self.data[i].as_slice())
+    }
+
+    /// Number of scalar parameters.
+    pub fn count(&self) -> usize {
+        self.data.iter().map(|d| d.len()).sum()
+    }
+
+    /// Whether a parameter belongs to the localisation head (`localization.*`, `fc_loc.*`).
+    pub fn is_localization(name: &str) -> bool {
+        name.starts_with("localization.") || name.starts_with("fc_loc.")
+    }
+}

@@ -1,0 +1,246 @@
+//! The seed's training recipe: shuffled mini-batches, NLL loss on log-probabilities, one optimiser
+//! step per batch; evaluation on the test set. Every random choice (order, dropout) is derived from
+//! `(seed, epoch, batch)`, so an epoch is reproducible on its own and a resumed run is bit-for-bit
+//! the uninterrupted one.
+
+use dfdx::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use stn_ops::OpError;
+
+use crate::net::DropoutMasks;
+use crate::{forward, Optimizer, Params};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("the loss became {loss} at epoch {epoch}, batch {batch}: training diverged (try a smaller --lr, --clip, or another --optimizer); the last good checkpoint is kept")]
+    NonFinite { epoch: u64, batch: usize, loss: f32 },
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+/// A split as the trainer reads it: normalised images `[N, side, side]` and labels.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    pub images: &'a [f32],
+    pub labels: &'a [u8],
+    pub side: usize,
+}
+
+impl<'a> Batch<'a> {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    fn image(&self, i: usize) -> &'a [f32] {
+        let n = self.side * self.side;
+        &self.images[i * n..(i + 1) * n]
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TrainOptions {
+    pub batch: usize,
+    pub seed: u64,
+    /// Clip the gradient's global L2 norm to this (None: no clipping, the seed's recipe).
+    pub clip: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EpochStats {
+    pub images: usize,
+    pub mean_loss: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalStats {
+    pub images: usize,
+    /// Mean NLL over the images (the seed's "Average loss").
+    pub loss: f64,
+    pub correct: usize,
+}
+
+impl EvalStats {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.images.max(1) as f64
+    }
+}
+
+/// A 32-byte ChaCha key from a purpose tag and two counters.
+fn rng(seed: u64, a: u64, b: u64, tag: &[u8; 8]) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&a.to_le_bytes());
+    key[16..24].copy_from_slice(&b.to_le_bytes());
+    key[24..].copy_from_slice(tag);
+    ChaCha8Rng::from_seed(key)
+}
+
+/// The seed's dropout masks for a batch of `n`: `Dropout2d(0.5)` on conv2's 20 channels and
+/// `dropout(0.5)` on fc1's 50 units, scaled by 2.
+fn dropout_masks(seed: u64, epoch: u64, batch: usize, n: usize) -> DropoutMasks<f32> {
+    let mut r = rng(seed, epoch, batch as u64, b"dropout!");
+    let mut draw = |len: usize| {
+        (0..len)
+            .map(|_| if r.gen::<bool>() { 2.0 } else { 0.0 })
+            .collect()
+    };
+    DropoutMasks {
+        conv2: draw(n * 20),
+        fc1: draw(n * 50),
+    }
+}
+
+/// The parameters as dfdx tensors (flat, without tape).
+fn tensors(dev: &Cpu, params: &Params) -> Vec<Tensor<(usize,), f32, Cpu>> {
+    params
+        .data
+        .iter()
+        .map(|d| dev.tensor_from_vec(d.clone(), (d.len(),)))
+        .collect()
+}
+
+/// Trains the parameters it owns with its optimiser.
+pub struct Trainer {
+    pub params: Params,
+    pub optimizer: Optimizer,
+    pub opts: TrainOptions,
+    dev: Cpu,
+}
+
+impl Trainer {
+    pub fn new(params: Params, optimizer: Optimizer, opts: TrainOptions) -> Self {
+        Trainer {
+            params,
+            optimizer,
+            opts,
+            dev: Cpu::default(),
+        }
+    }
+
+    /// One optimiser step on images `idx` of `data`; returns the batch's mean loss.
+    pub fn step(
+        &mut self,
+        data: &Batch,
+        idx: &[usize],
+        epoch: u64,
+        batch: usize,
+    ) -> Result<f32, TrainError> {
+        let (n, side) = (idx.len(), data.side);
+        let mut x = Vec::with_capacity(n * side * side);
+        let mut onehot = vec![0f32; n * 10];
+        for (k, &i) in idx.iter().enumerate() {
+            x.extend_from_slice(data.image(i));
+            onehot[k * 10 + data.labels[i] as usize] = 1.0;
+        }
+        let dev = &self.dev;
+        let x = dev.tensor_from_vec(x, (n, 1, side, side));
+        let onehot = dev.tensor_from_vec(onehot, (n, 10));
+        let base = tensors(dev, &self.params);
+        let traced = base.iter().map(|t| t.leaky_trace()).collect();
+        let masks = dropout_masks(self.opts.seed, epoch, batch, n);
+        let out = forward(&self.params.arch, traced, x, Some(&masks))?;
+        let loss = (out.log_probs * onehot).sum::<Rank0, _>() * (-1.0 / n as f32);
+        let value = loss.array();
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                epoch,
+                batch,
+                loss: value,
+            });
+        }
+        let grads = loss.backward();
+        let mut g: Vec<Vec<f32>> = base.iter().map(|t| grads.get(t).as_vec()).collect();
+        if let Some(max) = self.opts.clip {
+            let norm = g
+                .iter()
+                .flatten()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
+            if norm > max {
+                let s = max / norm;
+                g.iter_mut().flatten().for_each(|v| *v *= s);
+            }
+        }
+        self.optimizer.update(&mut self.params, &g);
+        Ok(value)
+    }
+
+    /// One pass over `data` in the order of `stn_data::epoch_order(seed, epoch)`. `on_batch` sees
+    /// each batch's index, the images done so far and the batch's loss.
+    pub fn train_epoch(
+        &mut self,
+        data: &Batch,
+        epoch: u64,
+        mut on_batch: impl FnMut(usize, usize, f32),
+    ) -> Result<EpochStats, TrainError> {
+        let t0 = std::time::Instant::now();
+        let order = stn_data::epoch_order(data.len(), self.opts.seed, epoch);
+        let mut sum = 0.0f64;
+        let mut done = 0;
+        for (b, idx) in order.chunks(self.opts.batch.max(1)).enumerate() {
+            let loss = self.step(data, idx, epoch, b)?;
+            sum += loss as f64 * idx.len() as f64;
+            on_batch(b, done, loss);
+            done += idx.len();
+        }
+        Ok(EpochStats {
+            images: done,
+            mean_loss: sum / done.max(1) as f64,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The network's outputs for images `start..start+n` of `data` (eval mode), as host buffers:
+/// log-probs `[n, 10]`, and with the STN theta `[n, 2, 3]` and the warped images `[n, 28, 28]`.
+pub fn predict(
+    params: &Params,
+    data: &Batch,
+    start: usize,
+    n: usize,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), TrainError> {
+    let dev = Cpu::default();
+    let side = data.side;
+    let x = dev.tensor_from_vec(
+        data.images[start * side * side..(start + n) * side * side].to_vec(),
+        (n, 1, side, side),
+    );
+    let out = forward(&params.arch, tensors(&dev, params), x, None)?;
+    Ok((
+        out.log_probs.as_vec(),
+        out.theta.map(|t| t.as_vec()).unwrap_or_default(),
+        out.warped.map(|w| w.as_vec()).unwrap_or_default(),
+    ))
+}
+
+/// Mean NLL and correct count over `data`, in eval mode (no dropout), `batch` images at a time.
+pub fn evaluate(params: &Params, data: &Batch, batch: usize) -> Result<EvalStats, TrainError> {
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    let mut start = 0;
+    while start < data.len() {
+        let n = batch.max(1).min(data.len() - start);
+        let (lp, _, _) = predict(params, data, start, n)?;
+        for (k, row) in lp.chunks_exact(10).enumerate() {
+            let y = data.labels[start + k] as usize;
+            loss -= row[y] as f64;
+            // First maximum wins, as torch.argmax.
+            let arg = row
+                .iter()
+                .enumerate()
+                .fold(0, |a, (i, &v)| if v > row[a] { i } else { a });
+            correct += (arg == y) as usize;
+        }
+        start += n;
+    }
+    Ok(EvalStats {
+        images: data.len(),
+        loss: loss / data.len().max(1) as f64,
+        correct,
+    })
+}
