@@ -22,7 +22,7 @@ pub use mnist::{
     epoch_order, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN,
     MNIST_STD,
 };
-pub use sheet::contact_sheet_png;
+pub use sheet::{contact_sheet_png, side_by_side_png};
 
 use std::path::PathBuf;
 

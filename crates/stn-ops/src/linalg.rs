@@ -11,8 +11,8 @@ use crate::Real;
 
 /// Columns of the register block (two AVX2 vectors of f32).
 const NB: usize = 16;
-/// Rows of the register block.
-const MB: usize = 4;
+/// Most rows of a register block: 6×16 f32 is 12 AVX2 accumulators.
+const MB: usize = 6;
 
 /// `c[coff[i] + j] += Σ_p a[i·rsa + p·csa] · b[boff[p] + j]` for `i < m`, `j < n`, `p < k`.
 ///
@@ -43,9 +43,22 @@ pub(crate) fn gemm_acc_rows<E: Real>(
         }
     }
     let tail_off: Vec<usize> = (0..k).map(|p| p * NB).collect();
+    let mut apack = vec![E::zero(); k * MB];
     let mut i = 0;
     while i < m {
-        let rows = (m - i).min(MB);
+        // Blocks of up to MB rows, split evenly (10 = 5 + 5, not 6 + 4).
+        let left = m - i;
+        let rows = if left <= MB {
+            left
+        } else {
+            left.div_ceil(left.div_ceil(MB))
+        };
+        // This block's rows of `a`, packed p-major so the kernel reads them in order.
+        for p in 0..k {
+            for r in 0..rows {
+                apack[p * rows + r] = a[(i + r) * rsa + p * csa];
+            }
+        }
         let mut j0 = 0;
         while j0 < n {
             let (bb, bo, j, width) = if j0 < full {
@@ -53,11 +66,14 @@ pub(crate) fn gemm_acc_rows<E: Real>(
             } else {
                 (&tail[..], &tail_off[..], 0, rem)
             };
+            let cr = &coff[i..i + rows];
             match rows {
-                4 => block::<E, 4>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
-                3 => block::<E, 3>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
-                2 => block::<E, 2>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
-                _ => block::<E, 1>(i, k, a, rsa, csa, bb, bo, j, c, coff, j0, width),
+                6 => block::<E, 6>(k, &apack, bb, bo, j, c, cr, j0, width),
+                5 => block::<E, 5>(k, &apack, bb, bo, j, c, cr, j0, width),
+                4 => block::<E, 4>(k, &apack, bb, bo, j, c, cr, j0, width),
+                3 => block::<E, 3>(k, &apack, bb, bo, j, c, cr, j0, width),
+                2 => block::<E, 2>(k, &apack, bb, bo, j, c, cr, j0, width),
+                _ => block::<E, 1>(k, &apack, bb, bo, j, c, cr, j0, width),
             }
             j0 += NB;
         }
@@ -65,16 +81,13 @@ pub(crate) fn gemm_acc_rows<E: Real>(
     }
 }
 
-/// One R×NB block of `gemm_acc_rows`, accumulated in registers: rows `i..i+R` of the result,
-/// columns `j0..j0+width`; `b` rows are read at `boff[p] + jb`, NB entries each.
+/// One R×NB block of `gemm_acc_rows`, accumulated in registers: `a` packed as `a[p·R + r]`;
+/// `b` rows read at `boff[p] + jb`, NB entries each; result rows at `coff[r] + j0`, `width` of them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn block<E: Real, const R: usize>(
-    i: usize,
     k: usize,
     a: &[E],
-    rsa: usize,
-    csa: usize,
     b: &[E],
     boff: &[usize],
     jb: usize,
@@ -83,19 +96,25 @@ fn block<E: Real, const R: usize>(
     j0: usize,
     width: usize,
 ) {
+    // `gemm_acc_rows` checked every row range against the slices (and pads the tail block);
+    // checking each element again costs a third of the kernel's time.
+    assert!(a.len() >= k * R && boff.len() >= k && width <= NB);
+    debug_assert!(boff[..k].iter().all(|&o| o + jb + NB <= b.len()));
     let zero = E::splat(E::zero());
     let mut acc = [[zero; 2]; R];
-    for (p, &o) in boff.iter().enumerate().take(k) {
-        let bp = &b[o + jb..o + jb + NB];
-        let (b0, b1) = (E::load(&bp[..8]), E::load(&bp[8..]));
+    for p in 0..k {
+        // SAFETY: p < k ≤ boff.len(), and boff[p] + jb + NB ≤ b.len() (asserted above).
+        let bp = unsafe { b.get_unchecked(*boff.get_unchecked(p) + jb..) };
+        let (b0, b1) = (E::load(&bp[..8]), E::load(&bp[8..16]));
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = E::splat(a[(i + r) * rsa + p * csa]);
+            // SAFETY: p·R + r < k·R ≤ a.len().
+            let av = E::splat(unsafe { *a.get_unchecked(p * R + r) });
             acc_r[0] = E::fma(av, b0, acc_r[0]);
             acc_r[1] = E::fma(av, b1, acc_r[1]);
         }
     }
     for (r, acc_r) in acc.iter().enumerate() {
-        let row = &mut c[coff[i + r] + j0..coff[i + r] + j0 + width];
+        let row = &mut c[coff[r] + j0..coff[r] + j0 + width];
         if width == NB {
             E::add_into(&mut row[..8], acc_r[0]);
             E::add_into(&mut row[8..], acc_r[1]);
