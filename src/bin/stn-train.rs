@@ -103,8 +103,10 @@ enum DeviceArg {
     Cuda,
 }
 
-/// Accuracy at or below this after an epoch is a collapse (chance is 10%): stop like on a NaN.
+/// A run that had reached `LEARNED` test accuracy and falls to `COLLAPSED` or below (chance is
+/// 10%) has collapsed (an STN whose transform ran away): stop as on a NaN.
 const COLLAPSED: f64 = 0.15;
+const LEARNED: f64 = 0.5;
 
 /// Fails early, before any work, if `path` cannot be written: its directory is created and a temp
 /// file is made and removed there.
@@ -302,12 +304,16 @@ fn main() -> ExitCode {
                     100.0 * ev.accuracy()
                 )
             });
-            if !ev.loss.is_finite() || ev.accuracy() <= COLLAPSED {
+            let best = history
+                .iter()
+                .filter_map(|h| h["test_accuracy"].as_f64())
+                .fold(0.0, f64::max);
+            if !ev.loss.is_finite() || (ev.accuracy() <= COLLAPSED && best >= LEARNED) {
                 bail!(
-                    "training collapsed at epoch {epoch}: test accuracy {:.2}% (chance is 10%); the checkpoint of \
-                     epoch {} in {} is kept. Try a smaller --lr or --loc-lr-scale, --clip, or --optimizer adam",
+                    "training collapsed at epoch {epoch}: test accuracy {:.2}% after {:.2}% (chance is 10%); \
+                     {} is kept as it was. Try a smaller --lr or --loc-lr-scale, --clip, or --optimizer adam",
                     100.0 * ev.accuracy(),
-                    epoch - 1,
+                    100.0 * best,
                     args.out.display()
                 );
             }
