@@ -7,7 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -z "${STN_DATA:-}" && -d ../shared/data/mnist ]]; then export STN_DATA=../shared/data/mnist; fi
+if [[ -z "${STN_DATA:-}" ]]; then
+  if [[ -d ../shared/data/mnist ]]; then
+    STN_DATA=../shared/data/mnist
+  else
+    # A fresh machine: download (and verify) MNIST into data/mnist once.
+    STN_DATA=data/mnist
+    cargo run --release --locked -q --bin stn-train -- --data "$STN_DATA" --epochs 0
+  fi
+fi
+# Absolute, because cargo runs each crate's tests and benchmarks in that crate's directory.
+if [[ -n "${STN_DATA:-}" ]]; then STN_DATA=$(cd "$STN_DATA" && pwd); export STN_DATA; fi
 
 # ONNX Runtime's shared library, for the ort runner and the parity tests.
 ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh | tail -n1); export ORT_DYLIB_PATH

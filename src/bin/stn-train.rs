@@ -212,6 +212,10 @@ fn main() -> ExitCode {
                 .with_context(|| format!("--contact-sheet {}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
+        if args.epochs == 0 {
+            eprintln!("--epochs 0: the data is loaded and verified; nothing to train");
+            return Ok(());
+        }
         let (train_x, test_x) = (
             normalize(&mnist.train.images),
             normalize(&mnist.test.images),

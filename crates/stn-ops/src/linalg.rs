@@ -150,48 +150,60 @@ impl<E: Real> DotAcc<E> {
         assert!(a.len() >= m * n && boff.len() == k);
         assert!(boff.iter().all(|&o| o + n <= b.len()));
         let full = n / 8 * 8;
-        // Four rows of b against one row of a: 4 accumulators, 5 loads per 4 FMAs, every slice cut
+        // Two rows of a against four rows of b: 8 accumulators, 6 loads per 8 FMAs, every slice cut
         // to its exact length first so the loop has no bounds checks.
-        for i in 0..m {
-            let ai = &a[i * n..i * n + full];
+        let mut i = 0;
+        while i < m {
+            let two = i + 1 < m;
+            let a0 = &a[i * n..i * n + full];
+            let a1 = if two {
+                &a[(i + 1) * n..(i + 1) * n + full]
+            } else {
+                a0
+            };
             let mut p = 0;
-            while p + 4 <= k {
-                let [b0, b1, b2, b3] = std::array::from_fn(|t| &b[boff[p + t]..boff[p + t] + full]);
+            while p < k {
+                let q = (k - p).min(4);
+                // Short groups repeat their last row; the extra sums are not stored.
+                let [b0, b1, b2, b3] = std::array::from_fn(|t| {
+                    let o = boff[p + t.min(q - 1)];
+                    &b[o..o + full]
+                });
                 let z = E::splat(E::zero());
-                let (mut s0, mut s1, mut s2, mut s3) = (z, z, z, z);
-                for ((((x, y0), y1), y2), y3) in ai
+                let mut s0 = [z; 4];
+                let mut s1 = [z; 4];
+                for (((((x0, x1), y0), y1), y2), y3) in a0
                     .chunks_exact(8)
+                    .zip(a1.chunks_exact(8))
                     .zip(b0.chunks_exact(8))
                     .zip(b1.chunks_exact(8))
                     .zip(b2.chunks_exact(8))
                     .zip(b3.chunks_exact(8))
                 {
-                    let x = E::load(x);
-                    s0 = E::fma(x, E::load(y0), s0);
-                    s1 = E::fma(x, E::load(y1), s1);
-                    s2 = E::fma(x, E::load(y2), s2);
-                    s3 = E::fma(x, E::load(y3), s3);
+                    let (x0, x1) = (E::load(x0), E::load(x1));
+                    let ys = [E::load(y0), E::load(y1), E::load(y2), E::load(y3)];
+                    for t in 0..4 {
+                        s0[t] = E::fma(x0, ys[t], s0[t]);
+                        s1[t] = E::fma(x1, ys[t], s1[t]);
+                    }
                 }
-                for (t, s) in [s0, s1, s2, s3].into_iter().enumerate() {
+                for t in 0..q {
                     let idx = i * k + p + t;
-                    self.lanes[idx] = E::vadd(self.lanes[idx], s);
+                    self.lanes[idx] = E::vadd(self.lanes[idx], s0[t]);
+                    if two {
+                        self.lanes[idx + k] = E::vadd(self.lanes[idx + k], s1[t]);
+                    }
                 }
-                p += 4;
-            }
-            for p in p..k {
-                let bp = &b[boff[p]..boff[p] + full];
-                let mut s = E::splat(E::zero());
-                for (x, y) in ai.chunks_exact(8).zip(bp.chunks_exact(8)) {
-                    s = E::fma(E::load(x), E::load(y), s);
-                }
-                self.lanes[i * k + p] = E::vadd(self.lanes[i * k + p], s);
+                p += q;
             }
             // The last n % 8 columns.
-            for p in 0..k {
-                let o = boff[p];
-                let t = &mut self.tail[i * k + p];
-                *t = (full..n).fold(*t, |s, j| a[i * n + j].mul_add(b[o + j], s));
+            for r in i..(i + 2).min(m) {
+                for (p, &o) in boff.iter().enumerate() {
+                    let t = &mut self.tail[r * k + p];
+                    *t = (full..n).fold(*t, |s, j| a[r * n + j].mul_add(b[o + j], s));
+                }
             }
+            i += 2;
         }
     }
 
