@@ -19,7 +19,8 @@ case "${1:-all}" in
     # The default model: the seed's recipe, 20 epochs.
     run default --epochs 20 --out models/stn.safetensors --visualize models/stn-warped.png ;;&
   best|all)
-    run best-adam --epochs 10 --optimizer adam --lr 0.001 --out target/runs/best-adam.safetensors ;;&
+    run best-adam --epochs 10 --optimizer adam --lr 0.001 --out target/runs/best-adam.safetensors
+    run best-cosine --epochs 10 --optimizer adam --lr 0.002 --schedule cosine --out target/runs/best-cosine.safetensors ;;&
   rts|all)
     run rts-stn --distort rts --epochs 10 --optimizer adam --lr 0.001 --loc-lr-scale 0.1 --clip 5 \
       --out target/runs/rts-stn.safetensors --visualize target/runs/rts-stn-warped.png

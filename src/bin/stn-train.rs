@@ -49,6 +49,10 @@ struct Args {
     /// Optimiser: sgd (the seed's), momentum (SGD with momentum 0.9) or adam
     #[arg(long, default_value = "sgd", value_name = "NAME")]
     optimizer: OptimizerKind,
+    /// Learning-rate schedule over the epochs: constant (the seed's) or cosine (from --lr down to 0
+    /// at the last epoch, per epoch)
+    #[arg(long, default_value = "constant", value_name = "NAME")]
+    schedule: Schedule,
     /// Learning-rate factor for the localisation head (localization.*, fc_loc.*); < 1 steadies STN training
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     loc_lr_scale: f32,
@@ -95,6 +99,26 @@ struct Args {
     /// Print one JSON object with the run's figures as the last line of stdout
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Schedule {
+    Constant,
+    Cosine,
+}
+
+impl Schedule {
+    /// The learning-rate factor of `epoch` (1-based) out of `epochs`.
+    fn factor(self, epoch: u64, epochs: u64) -> f32 {
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                0.5 * (1.0
+                    + (std::f64::consts::PI * (epoch - 1) as f64 / epochs.max(1) as f64).cos())
+                    as f32
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -283,6 +307,7 @@ fn main() -> ExitCode {
         let mut last_eval = None;
         for epoch in start..=args.epochs {
             bar.set_message(format!("epoch {epoch}/{}", args.epochs));
+            trainer.optimizer.schedule = args.schedule.factor(epoch, args.epochs);
             let stats = trainer
                 .train_epoch(&train, epoch, |b, done, loss| {
                     bar.inc(1);
@@ -332,7 +357,8 @@ fn main() -> ExitCode {
             history.push(line.clone());
             let run = serde_json::json!({
                 "seed": args.seed, "batch": args.batch, "distort": format!("{:?}", args.distort).to_lowercase(),
-                "clutter": args.clutter, "limit": args.limit, "clip": args.clip, "history": history,
+                "clutter": args.clutter, "limit": args.limit, "clip": args.clip,
+                "schedule": format!("{:?}", args.schedule).to_lowercase(), "history": history,
             });
             let ck = Checkpoint {
                 params: trainer.params.clone(),

@@ -16,6 +16,7 @@ pub fn mnist_dir() -> PathBuf {
 pub fn run(bin: &str, args: &[&str]) -> Output {
     let exe = match bin {
         "stn-train" => env!("CARGO_BIN_EXE_stn-train"),
+        "stn-export" => env!("CARGO_BIN_EXE_stn-export"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(exe).args(args).output().expect("binary runs")

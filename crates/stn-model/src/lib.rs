@@ -15,7 +15,7 @@ mod params;
 mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use net::{forward, Arch, Outputs};
+pub use net::{forward, Arch, Outputs, SAMPLED};
 pub use optim::{Optimizer, OptimizerKind};
 pub use params::{ParamError, Params};
 pub use train::{

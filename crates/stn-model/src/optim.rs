@@ -41,6 +41,9 @@ pub struct Optimizer {
     pub lr: f32,
     /// Learning-rate factor of the localisation head (`localization.*`, `fc_loc.*`).
     pub loc_lr_scale: f32,
+    /// Factor of the learning-rate schedule for the current epoch (1 with a constant rate); set by
+    /// the trainer from the epoch, so it is not part of a checkpoint.
+    pub schedule: f32,
     pub step: u64,
     /// Momentum buffers (momentum) or first moments (adam).
     pub m: Vec<Vec<f32>>,
@@ -61,6 +64,7 @@ impl Optimizer {
             kind,
             lr,
             loc_lr_scale,
+            schedule: 1.0,
             step: 0,
             m: zeros(kind != OptimizerKind::Sgd),
             v: zeros(kind == OptimizerKind::Adam),
@@ -72,10 +76,11 @@ impl Optimizer {
         self.step += 1;
         let t = self.step as i32;
         for (i, (p, g)) in params.data.iter_mut().zip(grads).enumerate() {
+            let base = self.lr * self.schedule;
             let lr = if Params::is_localization(&params.names[i]) {
-                self.lr * self.loc_lr_scale
+                base * self.loc_lr_scale
             } else {
-                self.lr
+                base
             };
             match self.kind {
                 OptimizerKind::Sgd => {

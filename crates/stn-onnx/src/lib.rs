@@ -1,0 +1,37 @@
+//! ONNX for stn: the seed network written as an ONNX graph with prost (schema: `proto/onnx.proto`,
+//! wire-compatible with the official one), and ONNX models read back into the dfdx model.
+//!
+//! * [`export`]: opset 16 (the affine grid decomposed into a constant base grid, Transpose, MatMul,
+//!   Reshape; `GridSample` mode "bilinear") or opset 20 (`AffineGrid` + `GridSample` mode
+//!   "linear"); initializers under PyTorch's `state_dict` names; normalisation and training summary
+//!   in `metadata_props`.
+//! * [`read_model`]: the parameters of such a graph (or of PyTorch's own export of the seed
+//!   network) by name, checked against the architecture its input size implies.
+
+mod export;
+mod read;
+
+/// The generated ONNX types.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+pub use export::{export, to_bytes, ExportOptions, Output};
+pub use read::{read_model, LoadedModel};
+
+/// Errors of export and import; each names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("{path}: not an ONNX model ({what})")]
+    Decode { path: String, what: String },
+    #[error("{path}: {what}")]
+    Model { path: String, what: String },
+    #[error("{0}")]
+    Options(String),
+    #[error("{path}: {source}")]
+    Params {
+        path: String,
+        source: stn_model::ParamError,
+    },
+}

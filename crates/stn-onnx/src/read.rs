@@ -1,0 +1,152 @@
+//! ONNX models read back into the seed network's parameters.
+
+use prost::Message;
+use stn_model::{Arch, Params};
+
+use crate::proto::{
+    tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto,
+    TensorProto,
+};
+use crate::OnnxError;
+
+/// A model's parameters and what else the runtimes and the CLI want to know about it.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub params: Params,
+    pub opset: i64,
+    pub outputs: Vec<String>,
+    pub metadata: Vec<(String, String)>,
+}
+
+impl LoadedModel {
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn floats(t: &TensorProto, path: &str, name: &str) -> Result<Vec<f32>, OnnxError> {
+    let bad = |what: String| OnnxError::Model {
+        path: path.to_string(),
+        what: format!("initializer {name}: {what}"),
+    };
+    if t.data_type != Some(DataType::Float as i32) {
+        return Err(bad(format!(
+            "data type {:?}, expected FLOAT (1)",
+            t.data_type
+        )));
+    }
+    let n = t.dims.iter().try_fold(1usize, |a, &d| {
+        usize::try_from(d).ok().and_then(|d| a.checked_mul(d))
+    });
+    let n = n.ok_or_else(|| bad(format!("bad dimensions {:?}", t.dims)))?;
+    let data: Vec<f32> = match &t.raw_data {
+        Some(raw) if !raw.is_empty() => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        _ => t.float_data.clone(),
+    };
+    if data.len() != n {
+        return Err(bad(format!(
+            "{} values for dimensions {:?}",
+            data.len(),
+            t.dims
+        )));
+    }
+    Ok(data)
+}
+
+/// Reads an ONNX model of the seed network: ours, or PyTorch's export of `Net`.
+pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
+    let model = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
+        path: path.into(),
+        what: e.to_string(),
+    })?;
+    let bad = |what: String| OnnxError::Model {
+        path: path.into(),
+        what,
+    };
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| bad("has no graph".into()))?;
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| {
+            o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
+        })
+        .and_then(|o| o.version)
+        .ok_or_else(|| bad("imports no ONNX opset".into()))?;
+    let init_names: Vec<&str> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let input = graph
+        .input
+        .iter()
+        .find(|i| !init_names.contains(&i.name.as_deref().unwrap_or("")))
+        .ok_or_else(|| bad("has no input".into()))?;
+    let dims: Vec<Option<i64>> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| {
+                        if let Some(Dim::DimValue(v)) = d.value {
+                            Some(v)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => vec![],
+    };
+    let side = match dims.as_slice() {
+        [_, Some(1), Some(h), Some(w)] if h == w && *h >= 28 => *h as usize,
+        _ => {
+            return Err(bad(format!(
+                "input '{}' has shape {dims:?}; expected [N, 1, S, S] with S ≥ 28 (an MNIST-like image batch)",
+                input.name.as_deref().unwrap_or("")
+            )))
+        }
+    };
+    let stn = init_names.contains(&"localization.0.weight");
+    let arch = Arch { canvas: side, stn };
+    let specs = arch.param_specs();
+    let mut named = Vec::new();
+    for t in &graph.initializer {
+        let name = t.name.clone().unwrap_or_default();
+        if specs.iter().any(|(s, _)| *s == name) {
+            let data = floats(t, path, &name)?;
+            named.push((name, t.dims.iter().map(|&d| d as usize).collect(), data));
+        }
+    }
+    let params = Params::from_named(arch, named).map_err(|e| OnnxError::Params {
+        path: path.into(),
+        source: e,
+    })?;
+    Ok(LoadedModel {
+        params,
+        opset,
+        outputs: graph.output.iter().filter_map(|o| o.name.clone()).collect(),
+        metadata: model
+            .metadata_props
+            .iter()
+            .map(|e| {
+                (
+                    e.key.clone().unwrap_or_default(),
+                    e.value.clone().unwrap_or_default(),
+                )
+            })
+            .collect(),
+    })
+}
