@@ -8,18 +8,19 @@ mkdir -p target/runs
 data=${STN_DATA:-../shared/data/mnist}
 run() { # name, args...
   local name=$1; shift
+  rm -f "target/runs/$name.metrics.jsonl"
   echo "== $name: stn-train $*" >&2
   ./target/release/stn-train --data "$data" --offline --threads 2 --json \
     --metrics "target/runs/$name.metrics.jsonl" "$@" > "target/runs/$name.log" 2>&1 || echo "   ($name exited $?)" >&2
   tail -n1 "target/runs/$name.log" >&2
 }
-rm -f target/runs/*.metrics.jsonl
 case "${1:-all}" in
   default|all)
     # The default model: the seed's recipe, 20 epochs.
     run default --epochs 20 --out models/stn.safetensors --visualize models/stn-warped.png ;;&
-  best|all)
-    run best-adam --epochs 10 --optimizer adam --lr 0.001 --out target/runs/best-adam.safetensors
+  best-adam|all)
+    run best-adam --epochs 10 --optimizer adam --lr 0.001 --out target/runs/best-adam.safetensors ;;&
+  best-cosine|all)
     run best-cosine --epochs 10 --optimizer adam --lr 0.002 --schedule cosine --out target/runs/best-cosine.safetensors ;;&
   rts|all)
     run rts-stn --distort rts --epochs 10 --optimizer adam --lr 0.001 --loc-lr-scale 0.1 --clip 5 \

@@ -205,3 +205,77 @@ fn corrupt_or_foreign_models_are_errors_not_panics() {
         assert!(read_model(&noise, "noise.onnx").is_err());
     }
 }
+
+#[test]
+fn init_from_an_exported_model_fine_tunes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("m.onnx");
+    let o = common::run(
+        "stn-export",
+        &[
+            onnx.to_str().unwrap(),
+            "--checkpoint",
+            default_checkpoint().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let out = dir.path().join("ft.safetensors");
+    let data = common::mnist_dir();
+    // A vanishing learning rate: the fine-tuned model is the exported one.
+    let o = common::run(
+        "stn-train",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--offline",
+            "--init-from",
+            onnx.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--lr",
+            "1e-12",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let (a, b) = (
+        Checkpoint::load(&out).unwrap(),
+        Checkpoint::load(&default_checkpoint()).unwrap(),
+    );
+    for (x, y) in a
+        .params
+        .data
+        .iter()
+        .flatten()
+        .zip(b.params.data.iter().flatten())
+    {
+        assert!((x - y).abs() < 1e-6);
+    }
+    // A model for other inputs is refused.
+    let o = common::run(
+        "stn-train",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--offline",
+            "--init-from",
+            onnx.to_str().unwrap(),
+            "--distort",
+            "rts",
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && common::stderr(&o).contains("--init-from"),
+        "{}",
+        common::stderr(&o)
+    );
+}

@@ -84,6 +84,10 @@ struct Args {
     /// Continue from the checkpoint at --out up to --epochs
     #[arg(long)]
     resume: bool,
+    /// Start from the parameters of an ONNX model (stn-export's, or PyTorch's export of the seed
+    /// network) instead of a fresh initialisation: fine-tuning
+    #[arg(long, value_name = "MODEL.onnx", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     /// Append one JSON line per epoch to this file
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
@@ -275,7 +279,24 @@ fn main() -> ExitCode {
                 )
             }
             None => {
-                let params = Params::init(arch, args.seed);
+                let params = match &args.init_from {
+                    Some(path) => {
+                        let bytes = std::fs::read(path)
+                            .with_context(|| format!("--init-from {}", path.display()))?;
+                        let m = stn_onnx::read_model(&bytes, &path.display().to_string())
+                            .context("--init-from")?;
+                        if m.params.arch != arch {
+                            bail!(
+                                "--init-from {}: the model is {}, but these options ask for {arch}",
+                                path.display(),
+                                m.params.arch
+                            );
+                        }
+                        eprintln!("starting from the parameters of {}", path.display());
+                        m.params
+                    }
+                    None => Params::init(arch, args.seed),
+                };
                 let opt = Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &params);
                 (Trainer::new(params, opt, opts), 1, Vec::new())
             }
