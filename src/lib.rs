@@ -1,6 +1,8 @@
 //! The command-line stage of stn: shared plumbing of the `stn-train`, `stn-export` and `stn-infer`
 //! binaries (in `src/bin/`). The top-level `tests/` drive those binaries end to end.
 
+pub mod preprocess;
+
 use std::process::ExitCode;
 
 /// Runs a CLI body and turns its error into a clear message (with its causes) and exit code 1.
@@ -32,4 +34,25 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// `data` `[rows, cols]` as a NumPy `.npy` (float32, C order), written atomically.
+pub fn write_npy(
+    path: &std::path::Path,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+) -> std::io::Result<()> {
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    stn_data::write_atomic(path, &bytes)
 }

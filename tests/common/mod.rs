@@ -17,6 +17,7 @@ pub fn run(bin: &str, args: &[&str]) -> Output {
     let exe = match bin {
         "stn-train" => env!("CARGO_BIN_EXE_stn-train"),
         "stn-export" => env!("CARGO_BIN_EXE_stn-export"),
+        "stn-infer" => env!("CARGO_BIN_EXE_stn-infer"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(exe).args(args).output().expect("binary runs")

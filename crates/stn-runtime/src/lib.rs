@@ -1,0 +1,60 @@
+//! One [`Runner`] trait over three runtimes of the same ONNX model: [`TractRunner`] (tract),
+//! [`OrtRunner`] (ONNX Runtime through `ort`, loaded at run time) and [`DfdxRunner`] (our dfdx
+//! model, read from the ONNX file's initializers; in f32, or f64 as the reference).
+
+mod dfdx_runner;
+mod ort_runner;
+mod tract_runner;
+
+pub use dfdx_runner::DfdxRunner;
+pub use ort_runner::{find_ort_library, Device, OrtRunner};
+pub use tract_runner::TractRunner;
+
+/// What a runner computes for a batch `[N, 1, S, S]`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOutput {
+    /// `[N, 10]`
+    pub log_probs: Vec<f32>,
+    /// `[N, 1, 28, 28]` when the model has a `warped` output (the STN's images).
+    pub warped: Option<Vec<f32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{runtime}: {path}: {what}")]
+    Load {
+        runtime: &'static str,
+        path: String,
+        what: String,
+    },
+    #[error("{runtime}: {what}")]
+    Run { runtime: &'static str, what: String },
+    #[error(transparent)]
+    Onnx(#[from] stn_onnx::OnnxError),
+}
+
+/// A loaded model on one runtime.
+pub trait Runner {
+    /// `tract`, `ort`, `ort-cuda`, `dfdx` or `dfdx-f64`.
+    fn name(&self) -> String;
+    /// Side of the square input images (28 for MNIST).
+    fn input_side(&self) -> usize;
+    /// Runs `n` normalised images (`n · S · S` values).
+    fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError>;
+}
+
+/// Checks a batch's length against the model's input.
+pub(crate) fn check_batch(
+    runtime: &'static str,
+    images: &[f32],
+    n: usize,
+    side: usize,
+) -> Result<(), RuntimeError> {
+    if n == 0 || images.len() != n * side * side {
+        return Err(RuntimeError::Run {
+            runtime,
+            what: format!("{} values for {n} images of {side}×{side} (the model's input is [N, 1, {side}, {side}])", images.len()),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+use std::collections::HashMap;
+
+use tract_onnx::prelude::*;
+
+use crate::{check_batch, RunOutput, Runner, RuntimeError};
+
+type Plan = std::sync::Arc<TypedRunnableModel>;
+
+/// The model on tract, optimised once per batch size (tract plans for concrete shapes).
+pub struct TractRunner {
+    model: InferenceModel,
+    side: usize,
+    outputs: Vec<String>,
+    plans: HashMap<usize, Plan>,
+}
+
+fn load_err(path: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Load {
+        runtime: "tract",
+        path: path.into(),
+        what: format!("{e:#}"),
+    }
+}
+
+impl TractRunner {
+    pub fn load(bytes: &[u8], path: &str) -> Result<Self, RuntimeError> {
+        // Our reader checks the input shape and the parameters first, with clear messages.
+        let m = stn_onnx::read_model(bytes, path)?;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| load_err(path, e))?;
+        Ok(TractRunner {
+            model,
+            side: m.params.arch.canvas,
+            outputs: m.outputs,
+            plans: HashMap::new(),
+        })
+    }
+
+    fn plan(&mut self, n: usize) -> Result<&Plan, RuntimeError> {
+        if !self.plans.contains_key(&n) {
+            let s = self.side;
+            let plan = self
+                .model
+                .clone()
+                .with_input_fact(0, f32::fact([n, 1, s, s]).into())
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+                .map_err(|e| RuntimeError::Run {
+                    runtime: "tract",
+                    what: format!("planning batch {n}: {e:#}"),
+                })?;
+            self.plans.insert(n, plan);
+        }
+        Ok(&self.plans[&n])
+    }
+}
+
+impl Runner for TractRunner {
+    fn name(&self) -> String {
+        "tract".into()
+    }
+    fn input_side(&self) -> usize {
+        self.side
+    }
+    fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
+        check_batch("tract", images, n, self.side)?;
+        let s = self.side;
+        let warped_at = self.outputs.iter().position(|o| o == "warped");
+        let plan = self.plan(n)?;
+        let run_err = |e: TractError| RuntimeError::Run {
+            runtime: "tract",
+            what: format!("{e:#}"),
+        };
+        let input = Tensor::from_shape(&[n, 1, s, s], images).map_err(run_err)?;
+        let out = plan.run(tvec!(input.into())).map_err(run_err)?;
+        let vec = |i: usize| -> Result<Vec<f32>, RuntimeError> {
+            Ok(out[i]
+                .to_plain_array_view::<f32>()
+                .map_err(run_err)?
+                .iter()
+                .copied()
+                .collect())
+        };
+        Ok(RunOutput {
+            log_probs: vec(0)?,
+            warped: warped_at.map(vec).transpose()?,
+        })
+    }
+}

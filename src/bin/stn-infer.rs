@@ -1,0 +1,340 @@
+//! stn-infer: runs an ONNX model of the seed network on tract, ONNX Runtime or our dfdx model.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use stn_data::{normalize, DataDir, Mnist, MNIST_MEAN, MNIST_STD};
+use stn_runtime::{find_ort_library, Device, DfdxRunner, OrtRunner, Runner, TractRunner};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Run an ONNX model of the seed network (stn-export's, or PyTorch's export) on tract, ONNX
+/// Runtime or our own dfdx model: accuracy and speed on the MNIST test set (--data), the digit in
+/// image files (--images), or the agreement between runtimes (--compare).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The runtime: tract, ort (ONNX Runtime) or dfdx (our model, from the file's initializers)
+    #[arg(long, default_value = "tract", value_name = "NAME")]
+    runtime: RuntimeArg,
+    /// cpu, or cuda (ONNX Runtime's CUDA execution provider, TF32 off)
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: DeviceArg,
+    /// With --device cuda: warn and run on the CPU when CUDA is not available, instead of failing
+    #[arg(long)]
+    allow_cpu_fallback: bool,
+    /// The ONNX model
+    #[arg(long, default_value = "models/stn.onnx", value_name = "PATH")]
+    model: PathBuf,
+    /// Threads of ONNX Runtime and of the dfdx kernels (0: all cores; tract runs on one)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// Images per run
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    batch: usize,
+    /// Evaluate on the MNIST test set in DIR [default: $STN_DATA, else data/mnist]
+    #[arg(long, value_name = "DIR", conflicts_with = "images")]
+    data: Option<PathBuf>,
+    /// Never download MNIST
+    #[arg(long)]
+    offline: bool,
+    /// Classify these image files (PNG, PGM/PPM, JPEG; any size), prepared like MNIST unless --raw
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// The images are already 28×28 MNIST-like digits (light on black): only normalise them
+    #[arg(long)]
+    raw: bool,
+    /// Run each of these runtimes on the same inputs and report their agreement, e.g. tract,ort,dfdx
+    /// (dfdx-f64: our model in float64, the reference)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    compare: Vec<RuntimeArg>,
+    /// Write every input's log-probs as a float32 array [N, 10] (NumPy .npy)
+    #[arg(long, value_name = "FILE.npy")]
+    save_logprobs: Option<PathBuf>,
+    /// ONNX Runtime's shared library [default: $ORT_DYLIB_PATH, else what scripts/fetch-onnxruntime.sh fetched]
+    #[arg(long, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// Print one JSON object with the figures as the last line of stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeArg {
+    Tract,
+    Ort,
+    Dfdx,
+    #[value(name = "dfdx-f64")]
+    DfdxF64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn Runner>> {
+    let path = args.model.display().to_string();
+    if args.device == DeviceArg::Cuda && which != RuntimeArg::Ort {
+        if args.allow_cpu_fallback {
+            eprintln!("warning: --device cuda: {which:?} runs on the CPU only in this build; running on the CPU");
+        } else {
+            bail!("--device cuda: only --runtime ort has a CUDA path in this build (dfdx's CUDA kernels are not written yet)");
+        }
+    }
+    Ok(match which {
+        RuntimeArg::Tract => Box::new(TractRunner::load(bytes, &path)?),
+        RuntimeArg::Dfdx => Box::new(DfdxRunner::load(bytes, &path, false)?),
+        RuntimeArg::DfdxF64 => Box::new(DfdxRunner::load(bytes, &path, true)?),
+        RuntimeArg::Ort => {
+            let device = if args.device == DeviceArg::Cuda {
+                Device::Cuda
+            } else {
+                Device::Cpu
+            };
+            let lib = find_ort_library(args.ort_lib.as_deref(), device)?;
+            match OrtRunner::load(bytes, &path, &lib, device, args.threads) {
+                Err(e) if device == Device::Cuda && args.allow_cpu_fallback => {
+                    eprintln!(
+                        "warning: {e}; --allow-cpu-fallback: running ONNX Runtime on the CPU"
+                    );
+                    let lib = find_ort_library(args.ort_lib.as_deref(), Device::Cpu)
+                        .or_else(|_| Ok::<_, anyhow::Error>(lib))?;
+                    Box::new(OrtRunner::load(
+                        bytes,
+                        &path,
+                        &lib,
+                        Device::Cpu,
+                        args.threads,
+                    )?)
+                }
+                r => Box::new(r?),
+            }
+        }
+    })
+}
+
+/// Every image's log-probs, `batch` at a time; returns them with the seconds spent in the runner.
+fn run_all(
+    r: &mut dyn Runner,
+    images: &[f32],
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<(Vec<f32>, f64, usize)> {
+    let px = r.input_side() * r.input_side();
+    let mut out = Vec::with_capacity(n * 10);
+    let mut secs = 0.0;
+    let mut runs = 0;
+    for start in (0..n).step_by(batch.max(1)) {
+        let k = batch.max(1).min(n - start);
+        let t0 = Instant::now();
+        let o = r.run(&images[start * px..(start + k) * px], k)?;
+        secs += t0.elapsed().as_secs_f64();
+        runs += 1;
+        out.extend(o.log_probs);
+    }
+    Ok((out, secs, runs))
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |a, (i, &v)| if v > row[a] { i } else { a })
+}
+
+/// numpy's allclose(rtol=1e-5, atol=1e-5) and friends, for one pair of runtimes.
+fn compare(a: &[f32], b: &[f32]) -> serde_json::Value {
+    let (mut max_abs, mut max_rel, mut sum, mut close) = (0f64, 0f64, 0f64, true);
+    for (&x, &y) in a.iter().zip(b) {
+        let d = (x as f64 - y as f64).abs();
+        max_abs = max_abs.max(d);
+        max_rel = max_rel.max(d / (y.abs() as f64).max(1.0));
+        sum += d;
+        close &= d <= 1e-5 + 1e-5 * (y as f64).abs();
+    }
+    let rows = a.len() / 10;
+    let agree = a
+        .chunks(10)
+        .zip(b.chunks(10))
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count();
+    serde_json::json!({
+        "max_abs_diff": max_abs, "max_rel_diff": max_rel, "mean_abs_diff": sum / a.len().max(1) as f64,
+        "argmax_agree": agree as f64 / rows.max(1) as f64, "allclose": close,
+    })
+}
+
+fn main() -> ExitCode {
+    stn::run_main(|| {
+        let args = Args::parse();
+        stn::set_threads(args.threads)?;
+        let bytes = std::fs::read(&args.model)
+            .with_context(|| format!("--model {}", args.model.display()))?;
+        if let Some(p) = &args.save_logprobs {
+            if p.parent()
+                .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                bail!(
+                    "--save-logprobs {}: its directory does not exist",
+                    p.display()
+                );
+            }
+        }
+        let main = if args.compare.is_empty() {
+            args.runtime
+        } else {
+            args.compare[0]
+        };
+        let mut first = load(&args, main, &bytes)?;
+        let side = first.input_side();
+        let meta = stn_onnx::read_model(&bytes, &args.model.display().to_string())?;
+        let mean: f32 = meta
+            .meta("stn.normalize.mean")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MNIST_MEAN);
+        let std: f32 = meta
+            .meta("stn.normalize.std")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MNIST_STD);
+
+        // Inputs: image files, or the MNIST test set.
+        let (images, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if !args
+            .images
+            .is_empty()
+        {
+            if side != 28 {
+                bail!("--images: the model takes {side}×{side} inputs; image files are prepared as 28×28 MNIST digits");
+            }
+            let mut px = Vec::new();
+            for f in &args.images {
+                let img = image::open(f)
+                    .with_context(|| format!("--images {}: cannot decode", f.display()))?
+                    .to_luma8();
+                let d = if args.raw {
+                    if img.dimensions() != (28, 28) {
+                        bail!(
+                            "--images {} --raw: {}×{} pixels, --raw needs 28×28",
+                            f.display(),
+                            img.width(),
+                            img.height()
+                        );
+                    }
+                    img
+                } else {
+                    stn::preprocess::mnist_like(&img)
+                };
+                px.extend(d.pixels().map(|p| (p[0] as f32 / 255.0 - mean) / std));
+            }
+            (
+                px,
+                None,
+                args.images
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            )
+        } else {
+            let data = DataDir::resolve(args.data.as_deref());
+            let m = Mnist::load(&data, args.offline)?;
+            if m.test.rows != side {
+                bail!(
+                    "the model takes {side}×{side} inputs, MNIST is {}×{}",
+                    m.test.rows,
+                    m.test.cols
+                );
+            }
+            (
+                normalize(&m.test.images),
+                Some(m.test.labels.clone()),
+                vec![],
+            )
+        };
+        let n = images.len() / (side * side);
+
+        if !args.compare.is_empty() {
+            let mut results: Vec<(String, Vec<f32>, f64)> = Vec::new();
+            let (lp, secs, _) = run_all(first.as_mut(), &images, n, args.batch)?;
+            results.push((first.name(), lp, secs));
+            for &which in &args.compare[1..] {
+                let mut r = load(&args, which, &bytes)?;
+                let (lp, secs, _) = run_all(r.as_mut(), &images, n, args.batch)?;
+                results.push((r.name(), lp, secs));
+            }
+            let mut pairs = Vec::new();
+            for i in 0..results.len() {
+                for j in i + 1..results.len() {
+                    let mut c = compare(&results[i].1, &results[j].1);
+                    c["a"] = results[i].0.clone().into();
+                    c["b"] = results[j].0.clone().into();
+                    println!(
+                        "{:>9} vs {:<9} max |Δ| {:.2e}  mean |Δ| {:.2e}  argmax agree {:.4}  allclose(1e-5) {}",
+                        results[i].0, results[j].0, c["max_abs_diff"].as_f64().unwrap_or(f64::NAN),
+                        c["mean_abs_diff"].as_f64().unwrap_or(f64::NAN), c["argmax_agree"].as_f64().unwrap_or(0.0), c["allclose"]
+                    );
+                    pairs.push(c);
+                }
+            }
+            if args.json {
+                let speeds: serde_json::Map<String, serde_json::Value> = results
+                    .iter()
+                    .map(|(name, _, s)| (name.clone(), (n as f64 / s).into()))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"images": n, "model": args.model, "batch": args.batch, "img_per_s": speeds, "pairs": pairs})
+                );
+            }
+            return Ok(());
+        }
+
+        let (lp, secs, runs) = run_all(first.as_mut(), &images, n, args.batch)?;
+        if let Some(p) = &args.save_logprobs {
+            stn::write_npy(p, &lp, n, 10)
+                .with_context(|| format!("--save-logprobs {}", p.display()))?;
+        }
+        let mut summary = serde_json::json!({
+            "runtime": first.name(), "model": args.model, "images": n, "batch": args.batch,
+            "threads": if main == RuntimeArg::Tract { 1 } else if args.threads == 0 { rayon::current_num_threads() } else { args.threads },
+            "img_per_s": n as f64 / secs, "batch_latency_ms": 1e3 * secs / runs as f64,
+        });
+        match &labels {
+            Some(labels) => {
+                let correct = lp
+                    .chunks(10)
+                    .zip(labels)
+                    .filter(|(row, &y)| argmax(row) == y as usize)
+                    .count();
+                println!(
+                    "{}: {correct}/{n} correct ({:.2}%), {:.0} images/s, {:.3} ms per batch of {}",
+                    first.name(),
+                    100.0 * correct as f64 / n as f64,
+                    n as f64 / secs,
+                    1e3 * secs / runs as f64,
+                    args.batch
+                );
+                summary["correct"] = correct.into();
+                summary["accuracy"] = (correct as f64 / n as f64).into();
+            }
+            None => {
+                let mut files = Vec::new();
+                for (name, row) in names.iter().zip(lp.chunks(10)) {
+                    let d = argmax(row);
+                    println!("{name}: {d} (p = {:.3})", row[d].exp());
+                    files.push(
+                        serde_json::json!({"file": name, "digit": d, "probability": row[d].exp()}),
+                    );
+                }
+                summary["predictions"] = files.into();
+            }
+        }
+        if args.json {
+            println!("{summary}");
+        }
+        Ok(())
+    })
+}
