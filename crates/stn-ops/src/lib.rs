@@ -25,6 +25,8 @@
 mod affine_grid;
 mod conv2d;
 mod grid_sample;
+#[doc(hidden)]
+pub mod kernels_host;
 mod linalg;
 mod max_pool2d;
 pub mod op;
