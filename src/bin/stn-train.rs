@@ -14,8 +14,8 @@ use stn_data::{
     MNIST_MEAN, MNIST_STD,
 };
 use stn_model::{
-    evaluate, predict, Arch, Batch, Checkpoint, Optimizer, OptimizerKind, Params, TrainError,
-    TrainOptions, Trainer,
+    evaluate, predict, Arch, Batch, Checkpoint, Optimizer, OptimizerKind, Params, TrainDevice,
+    TrainError, TrainOptions, Trainer,
 };
 
 #[global_allocator]
@@ -171,10 +171,10 @@ fn denormalize(v: &[f32]) -> Vec<u8> {
 fn main() -> ExitCode {
     stn::run_main(|| {
         let args = Args::parse();
-        if args.device == DeviceArg::Cuda {
+        if args.device == DeviceArg::Cuda && !cfg!(feature = "cuda") {
             bail!(
-                "--device cuda: this build has no CUDA support (stn-train is built without the `cuda` \
-                 feature, whose kernels are not written yet); use --device cpu"
+                "--device cuda: this stn-train is built without CUDA support; build it with `--features cuda` \
+                 on a machine with the CUDA toolkit (see scripts/gpu-check.sh), or use --device cpu"
             );
         }
         if args.batch == 0 {
@@ -259,6 +259,10 @@ fn main() -> ExitCode {
             side,
         };
 
+        let device = match args.device {
+            DeviceArg::Cpu => TrainDevice::Cpu,
+            DeviceArg::Cuda => TrainDevice::Cuda(0),
+        };
         let opts = TrainOptions {
             batch: args.batch,
             seed: args.seed,
@@ -298,7 +302,11 @@ fn main() -> ExitCode {
                     None => Params::init(arch, args.seed),
                 };
                 let opt = Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &params);
-                (Trainer::new(params, opt, opts), 1, Vec::new())
+                (
+                    Trainer::with_device(params, opt, opts, device)?,
+                    1,
+                    Vec::new(),
+                )
             }
         };
         eprintln!(

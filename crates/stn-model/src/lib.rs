@@ -19,5 +19,5 @@ pub use net::{forward, Arch, Outputs, SAMPLED};
 pub use optim::{Optimizer, OptimizerKind};
 pub use params::{ParamError, Params};
 pub use train::{
-    evaluate, predict, Batch, EpochStats, EvalStats, TrainError, TrainOptions, Trainer,
+    evaluate, predict, Batch, EpochStats, EvalStats, TrainDevice, TrainError, TrainOptions, Trainer,
 };

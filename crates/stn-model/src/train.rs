@@ -6,7 +6,7 @@
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use stn_ops::OpError;
+use stn_ops::{OpDevice, OpError};
 
 use crate::net::DropoutMasks;
 use crate::{forward, Optimizer, Params};
@@ -95,7 +95,7 @@ fn dropout_masks(seed: u64, epoch: u64, batch: usize, n: usize) -> DropoutMasks<
 }
 
 /// The parameters as dfdx tensors (flat, without tape).
-fn tensors(dev: &Cpu, params: &Params) -> Vec<Tensor<(usize,), f32, Cpu>> {
+fn tensors<D: OpDevice<f32>>(dev: &D, params: &Params) -> Vec<Tensor<(usize,), f32, D>> {
     params
         .data
         .iter()
@@ -103,12 +103,29 @@ fn tensors(dev: &Cpu, params: &Params) -> Vec<Tensor<(usize,), f32, Cpu>> {
         .collect()
 }
 
-/// Trains the parameters it owns with its optimiser.
+/// Where the training step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainDevice {
+    Cpu,
+    /// The CUDA GPU of this ordinal (feature `cuda`).
+    Cuda(usize),
+}
+
+/// The device a trainer holds.
+enum Dev {
+    Cpu(Cpu),
+    #[cfg(feature = "cuda")]
+    Cuda(dfdx::tensor::Cuda),
+}
+
+/// Trains the parameters it owns with its optimiser. The parameters' master copy and the
+/// optimiser live on the host (27,360 floats); each step uploads them, runs the forward and
+/// backward pass on the device, and downloads the gradients.
 pub struct Trainer {
     pub params: Params,
     pub optimizer: Optimizer,
     pub opts: TrainOptions,
-    dev: Cpu,
+    dev: Dev,
 }
 
 impl Trainer {
@@ -117,8 +134,41 @@ impl Trainer {
             params,
             optimizer,
             opts,
-            dev: Cpu::default(),
+            dev: Dev::Cpu(Cpu::default()),
         }
+    }
+
+    /// A trainer on `device`; CUDA is an error without the `cuda` feature or without a GPU.
+    pub fn with_device(
+        params: Params,
+        optimizer: Optimizer,
+        opts: TrainOptions,
+        device: TrainDevice,
+    ) -> Result<Self, TrainError> {
+        let dev = match device {
+            TrainDevice::Cpu => Dev::Cpu(Cpu::default()),
+            #[cfg(feature = "cuda")]
+            TrainDevice::Cuda(i) => {
+                Dev::Cuda(dfdx::tensor::Cuda::try_build(i, opts.seed).map_err(|e| {
+                    TrainError::Op(OpError::Device {
+                        op: "cuda",
+                        what: format!("no usable CUDA GPU {i}: {e:?}"),
+                    })
+                })?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            TrainDevice::Cuda(_) => {
+                return Err(TrainError::Op(OpError::NoCuda {
+                    op: "stn-train --device cuda",
+                }))
+            }
+        };
+        Ok(Trainer {
+            params,
+            optimizer,
+            opts,
+            dev,
+        })
     }
 
     /// One optimiser step on images `idx` of `data`; returns the batch's mean loss.
@@ -129,43 +179,11 @@ impl Trainer {
         epoch: u64,
         batch: usize,
     ) -> Result<f32, TrainError> {
-        let (n, side) = (idx.len(), data.side);
-        let mut x = Vec::with_capacity(n * side * side);
-        let mut onehot = vec![0f32; n * 10];
-        for (k, &i) in idx.iter().enumerate() {
-            x.extend_from_slice(data.image(i));
-            onehot[k * 10 + data.labels[i] as usize] = 1.0;
-        }
-        let dev = &self.dev;
-        let x = dev.tensor_from_vec(x, (n, 1, side, side));
-        let onehot = dev.tensor_from_vec(onehot, (n, 10));
-        let base = tensors(dev, &self.params);
-        let traced = base.iter().map(|t| t.leaky_trace()).collect();
-        let masks = dropout_masks(self.opts.seed, epoch, batch, n);
-        let out = forward(&self.params.arch, traced, x, Some(&masks))?;
-        let loss = (out.log_probs * onehot).sum::<Rank0, _>() * (-1.0 / n as f32);
-        let value = loss.array();
-        if !value.is_finite() {
-            return Err(TrainError::NonFinite {
-                epoch,
-                batch,
-                loss: value,
-            });
-        }
-        let grads = loss.backward();
-        let mut g: Vec<Vec<f32>> = base.iter().map(|t| grads.get(t).as_vec()).collect();
-        if let Some(max) = self.opts.clip {
-            let norm = g
-                .iter()
-                .flatten()
-                .map(|&v| (v as f64) * (v as f64))
-                .sum::<f64>()
-                .sqrt() as f32;
-            if norm > max {
-                let s = max / norm;
-                g.iter_mut().flatten().for_each(|v| *v *= s);
-            }
-        }
+        let (value, g) = match &self.dev {
+            Dev::Cpu(d) => step_on(d, &self.params, &self.opts, data, idx, epoch, batch)?,
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(d) => step_on(d, &self.params, &self.opts, data, idx, epoch, batch)?,
+        };
         self.optimizer.update(&mut self.params, &g);
         Ok(value)
     }
@@ -194,6 +212,56 @@ impl Trainer {
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// The forward and backward pass of one batch on `dev`: the loss and the parameters' gradients.
+fn step_on<D: OpDevice<f32>>(
+    dev: &D,
+    params: &Params,
+    opts: &TrainOptions,
+    data: &Batch,
+    idx: &[usize],
+    epoch: u64,
+    batch: usize,
+) -> Result<(f32, Vec<Vec<f32>>), TrainError> {
+    let (n, side) = (idx.len(), data.side);
+    let mut x = Vec::with_capacity(n * side * side);
+    let mut onehot = vec![0f32; n * 10];
+    for (k, &i) in idx.iter().enumerate() {
+        x.extend_from_slice(data.image(i));
+        onehot[k * 10 + data.labels[i] as usize] = 1.0;
+    }
+
+    let x = dev.tensor_from_vec(x, (n, 1, side, side));
+    let onehot = dev.tensor_from_vec(onehot, (n, 10));
+    let base = tensors(dev, params);
+    let traced = base.iter().map(|t| t.leaky_trace()).collect();
+    let masks = dropout_masks(opts.seed, epoch, batch, n);
+    let out = forward(&params.arch, traced, x, Some(&masks))?;
+    let loss = (out.log_probs * onehot).sum::<Rank0, _>() * (-1.0 / n as f32);
+    let value = loss.as_vec()[0];
+    if !value.is_finite() {
+        return Err(TrainError::NonFinite {
+            epoch,
+            batch,
+            loss: value,
+        });
+    }
+    let grads = loss.backward();
+    let mut g: Vec<Vec<f32>> = base.iter().map(|t| grads.get(t).as_vec()).collect();
+    if let Some(max) = opts.clip {
+        let norm = g
+            .iter()
+            .flatten()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt() as f32;
+        if norm > max {
+            let s = max / norm;
+            g.iter_mut().flatten().for_each(|v| *v *= s);
+        }
+    }
+    Ok((value, g))
 }
 
 /// The network's outputs for images `start..start+n` of `data` (eval mode), as host buffers:

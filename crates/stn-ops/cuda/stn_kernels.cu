@@ -118,10 +118,12 @@ KERNEL void grid_sample_fwd(const float* input, const float* grid, float* out, l
     }
 }
 
-// grad_input (atomically: samples share pixels) when want_input, grad_grid when want_grid.
+// grad_input (atomically: samples share pixels) and grad_grid. `flags`: padding (bits 0-1),
+// align_corners (bit 2), want grad_input (bit 3), want grad_grid (bit 4) -- packed because a
+// launch takes at most 12 parameters.
 KERNEL void grid_sample_bwd(const float* input, const float* grid, const float* grad_out, float* grad_input,
-                            float* grad_grid, long n, long c, long h, long w, long p, int padding, int align_corners,
-                            int want_input, int want_grid) {
+                            float* grad_grid, long n, long c, long h, long w, long p, int flags) {
+    int padding = flags & 3, align_corners = (flags >> 2) & 1, want_input = (flags >> 3) & 1, want_grid = (flags >> 4) & 1;
     for (long t = FIRST; t < n * p; t += STEP) {
         long b = t / p, q = t % p;
         struct Corners s = corners(grid[2 * t], grid[2 * t + 1], h, w, padding, align_corners);
@@ -182,8 +184,10 @@ KERNEL void conv2d_bwd_input(const float* wt, const float* grad_out, float* grad
 
 // grad_w[oc, ic, ki, kj] += Σ_{b, oy, ox} grad_out · x, and grad_b[oc] += Σ grad_out (item ic = 0,
 // ki = kj = 0 does the bias); one item per weight (a sum over the batch in each thread).
+// `want`: bit 0 the weight gradient, bit 1 the bias gradient.
 KERNEL void conv2d_bwd_weight(const float* x, const float* grad_out, float* grad_w, float* grad_b, long n, long c,
-                              long h, long w, long o, long kh, long kw, int want_w, int want_b) {
+                              long h, long w, long o, long kh, long kw, int want) {
+    int want_w = want & 1, want_b = (want >> 1) & 1;
     long ho = h - kh + 1, wo = w - kw + 1;
     for (long t = FIRST; t < o * c * kh * kw; t += STEP) {
         long oc = t / (c * kh * kw), ic = (t / (kh * kw)) % c, ki = (t / kw) % kh, kj = t % kw;

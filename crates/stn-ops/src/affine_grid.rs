@@ -5,6 +5,11 @@ use dfdx::prelude::*;
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
+#[cfg(feature = "cuda")]
+use crate::cuda::{launch, CudaBuf, CudaKernels};
+#[cfg(feature = "cuda")]
+use cudarc::driver::CudaSlice;
+
 /// `torch.nn.functional.affine_grid` for 2-d images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AffineGrid {
@@ -117,6 +122,48 @@ impl<E: Real> CustomOp<E> for AffineGrid {
             for k in 0..6 {
                 gt[k] += E::of(acc[k]);
             }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        k: &CudaKernels,
+        inputs: &[CudaBuf],
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), OpError> {
+        let [n, _, h, w] = self.size.map(|v| v as i64);
+        let f = k.func("affine_grid_fwd")?;
+        // SAFETY: theta is [n, 2, 3] (checked by out_dims), out [n, h, w, 2].
+        unsafe {
+            launch(
+                f,
+                (n * h * w) as usize,
+                (inputs[0].data, out, n, h, w, self.align_corners as i32),
+            )
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_bwd(
+        &self,
+        k: &CudaKernels,
+        _inputs: &[CudaBuf],
+        grad_out: &CudaSlice<f32>,
+        grads: &mut [Option<&mut CudaSlice<f32>>],
+    ) -> Result<(), OpError> {
+        let Some(gt) = grads[0].as_deref_mut() else {
+            return Ok(());
+        };
+        let [n, _, h, w] = self.size.map(|v| v as i64);
+        let f = k.func("affine_grid_bwd")?;
+        // SAFETY: as in cuda_fwd.
+        unsafe {
+            launch(
+                f,
+                (n * h * w) as usize,
+                (grad_out, gt, n, h, w, self.align_corners as i32),
+            )
         }
     }
 }

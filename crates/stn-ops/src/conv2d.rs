@@ -10,6 +10,11 @@ use crate::linalg::{gemm_acc_rows, DotAcc};
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
+#[cfg(feature = "cuda")]
+use crate::cuda::{launch, CudaBuf, CudaKernels};
+#[cfg(feature = "cuda")]
+use cudarc::driver::CudaSlice;
+
 /// `torch.nn.functional.conv2d(x, weight, bias)` with stride 1 and no padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Conv2d;
@@ -272,6 +277,96 @@ impl<E: Real> CustomOp<E> for Conv2d {
             sum.sum_into(gw);
         }
         self.bias_grad(gb.as_deref_mut(), grad_out, g.o, p);
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        k: &CudaKernels,
+        inputs: &[CudaBuf],
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), OpError> {
+        let (x, w) = (inputs[0].dims, inputs[1].dims);
+        let [n, c, h, wd] = [x[0], x[1], x[2], x[3]].map(|v| v as i64);
+        let [o, _, kh, kw] = [w[0], w[1], w[2], w[3]].map(|v| v as i64);
+        let items = (n * o * (h - kh + 1) * (wd - kw + 1)) as usize;
+        let f = k.func("conv2d_fwd")?;
+        // SAFETY: shapes checked by out_dims.
+        unsafe {
+            launch(
+                f,
+                items,
+                (
+                    inputs[0].data,
+                    inputs[1].data,
+                    inputs[2].data,
+                    out,
+                    n,
+                    c,
+                    h,
+                    wd,
+                    o,
+                    kh,
+                    kw,
+                ),
+            )
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_bwd(
+        &self,
+        k: &CudaKernels,
+        inputs: &[CudaBuf],
+        grad_out: &CudaSlice<f32>,
+        grads: &mut [Option<&mut CudaSlice<f32>>],
+    ) -> Result<(), OpError> {
+        let (x, w) = (inputs[0].dims, inputs[1].dims);
+        let [n, c, h, wd] = [x[0], x[1], x[2], x[3]].map(|v| v as i64);
+        let [o, _, kh, kw] = [w[0], w[1], w[2], w[3]].map(|v| v as i64);
+        let [gx, gw, gb] = grads else {
+            return Err(OpError::shape("conv2d", "three gradients expected"));
+        };
+        if let Some(gx) = gx.as_deref_mut() {
+            let f = k.func("conv2d_bwd_input")?;
+            // SAFETY: shapes checked by out_dims.
+            unsafe {
+                launch(
+                    f,
+                    (n * c * h * wd) as usize,
+                    (inputs[1].data, grad_out, gx, n, c, h, wd, o, kh, kw),
+                )?
+            }
+        }
+        let want = gw.is_some() as i32 | (gb.is_some() as i32) << 1;
+        if want != 0 {
+            let (mut d1, mut d2) = (k.dummy()?, k.dummy()?);
+            let gw = gw.as_deref_mut().unwrap_or(&mut d1);
+            let gb = gb.as_deref_mut().unwrap_or(&mut d2);
+            let f = k.func("conv2d_bwd_weight")?;
+            // SAFETY: shapes checked by out_dims; `want` keeps the kernel off the dummies.
+            unsafe {
+                launch(
+                    f,
+                    (o * c * kh * kw) as usize,
+                    (
+                        inputs[0].data,
+                        grad_out,
+                        gw,
+                        gb,
+                        n,
+                        c,
+                        h,
+                        wd,
+                        o,
+                        kh,
+                        kw,
+                        want,
+                    ),
+                )?
+            }
+        }
+        Ok(())
     }
 }
 

@@ -13,6 +13,11 @@ use rayon::prelude::*;
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
+#[cfg(feature = "cuda")]
+use crate::cuda::{launch, CudaBuf, CudaKernels};
+#[cfg(feature = "cuda")]
+use cudarc::driver::CudaSlice;
+
 /// What a sample outside the image reads, as PyTorch's `padding_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Padding {
@@ -353,6 +358,81 @@ impl<E: Real> CustomOp<E> for GridSample {
                     }
                 }
             });
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        k: &CudaKernels,
+        inputs: &[CudaBuf],
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), OpError> {
+        let [n, c, h, w] = dims4(inputs[0].dims, "input")?.map(|v| v as i64);
+        let p = (inputs[1].dims[1] * inputs[1].dims[2]) as i64;
+        let f = k.func("grid_sample_fwd")?;
+        let pad = self.padding as i32;
+        // SAFETY: shapes checked by out_dims; out is [n, c, p].
+        unsafe {
+            launch(
+                f,
+                (n * p) as usize,
+                (
+                    inputs[0].data,
+                    inputs[1].data,
+                    out,
+                    n,
+                    c,
+                    h,
+                    w,
+                    p,
+                    pad,
+                    self.align_corners as i32,
+                ),
+            )
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_bwd(
+        &self,
+        k: &CudaKernels,
+        inputs: &[CudaBuf],
+        grad_out: &CudaSlice<f32>,
+        grads: &mut [Option<&mut CudaSlice<f32>>],
+    ) -> Result<(), OpError> {
+        let [n, c, h, w] = dims4(inputs[0].dims, "input")?.map(|v| v as i64);
+        let p = (inputs[1].dims[1] * inputs[1].dims[2]) as i64;
+        let [gi, gg] = grads else {
+            return Err(OpError::shape("grid_sample", "two gradients expected"));
+        };
+        let flags = self.padding as i32
+            | (self.align_corners as i32) << 2
+            | (gi.is_some() as i32) << 3
+            | (gg.is_some() as i32) << 4;
+        let (mut d1, mut d2) = (k.dummy()?, k.dummy()?);
+        let gi = gi.as_deref_mut().unwrap_or(&mut d1);
+        let gg = gg.as_deref_mut().unwrap_or(&mut d2);
+        let f = k.func("grid_sample_bwd")?;
+        // SAFETY: shapes checked by out_dims; the flags keep the kernel off the dummies.
+        unsafe {
+            launch(
+                f,
+                (n * p) as usize,
+                (
+                    inputs[0].data,
+                    inputs[1].data,
+                    grad_out,
+                    gi,
+                    gg,
+                    n,
+                    c,
+                    h,
+                    w,
+                    p,
+                    flags,
+                ),
+            )
+        }
     }
 }
 

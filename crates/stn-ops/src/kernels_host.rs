@@ -45,10 +45,7 @@ extern "C" {
         h: c_long,
         w: c_long,
         p: c_long,
-        padding: c_int,
-        align_corners: c_int,
-        want_input: c_int,
-        want_grid: c_int,
+        flags: c_int,
     );
     pub fn conv2d_fwd(
         x: *const f32,
@@ -87,8 +84,7 @@ extern "C" {
         o: c_long,
         kh: c_long,
         kw: c_long,
-        want_w: c_int,
-        want_b: c_int,
+        want: c_int,
     );
     pub fn max_pool2d_fwd(
         x: *const f32,

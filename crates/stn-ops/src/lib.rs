@@ -24,6 +24,8 @@
 
 mod affine_grid;
 mod conv2d;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod grid_sample;
 #[doc(hidden)]
 pub mod kernels_host;

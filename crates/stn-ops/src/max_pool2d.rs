@@ -7,6 +7,11 @@ use rayon::prelude::*;
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
+#[cfg(feature = "cuda")]
+use crate::cuda::{launch, CudaBuf, CudaKernels};
+#[cfg(feature = "cuda")]
+use cudarc::driver::CudaSlice;
+
 /// `torch.nn.functional.max_pool2d(x, kernel, stride)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2d {
@@ -105,6 +110,71 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
                     }
                 }
             });
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        k: &CudaKernels,
+        inputs: &[CudaBuf],
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), OpError> {
+        let x = inputs[0].dims;
+        let (h, w) = (x[2], x[3]);
+        let (ho, wo) = self.out_hw(h, w);
+        let planes = (x[0] * x[1]) as i64;
+        let f = k.func("max_pool2d_fwd")?;
+        // SAFETY: shapes checked by out_dims.
+        unsafe {
+            launch(
+                f,
+                planes as usize * ho * wo,
+                (
+                    inputs[0].data,
+                    out,
+                    planes,
+                    h as i64,
+                    w as i64,
+                    self.kernel as i64,
+                    self.stride as i64,
+                ),
+            )
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_bwd(
+        &self,
+        k: &CudaKernels,
+        inputs: &[CudaBuf],
+        grad_out: &CudaSlice<f32>,
+        grads: &mut [Option<&mut CudaSlice<f32>>],
+    ) -> Result<(), OpError> {
+        let Some(gx) = grads[0].as_deref_mut() else {
+            return Ok(());
+        };
+        let x = inputs[0].dims;
+        let (h, w) = (x[2], x[3]);
+        let (ho, wo) = self.out_hw(h, w);
+        let planes = (x[0] * x[1]) as i64;
+        let f = k.func("max_pool2d_bwd")?;
+        // SAFETY: shapes checked by out_dims.
+        unsafe {
+            launch(
+                f,
+                planes as usize * ho * wo,
+                (
+                    inputs[0].data,
+                    grad_out,
+                    gx,
+                    planes,
+                    h as i64,
+                    w as i64,
+                    self.kernel as i64,
+                    self.stride as i64,
+                ),
+            )
+        }
     }
 }
 

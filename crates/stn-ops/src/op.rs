@@ -171,10 +171,23 @@ pub trait CustomOp<E: Real>: Clone + 'static {
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]);
     /// Accumulates the inputs' gradients from the output's.
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]);
-    /// The CUDA forward. The kernels are their own issue: until they land, every op says so.
-    fn cuda_fwd(&self) -> Result<(), OpError> {
-        Err(OpError::NoCuda { op: Self::NAME })
-    }
+    /// The CUDA forward: writes `out` (zeroed) on the device (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        k: &crate::cuda::CudaKernels,
+        inputs: &[crate::cuda::CudaBuf],
+        out: &mut cudarc::driver::CudaSlice<f32>,
+    ) -> Result<(), OpError>;
+    /// The CUDA backward: accumulates into the gradients asked for (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    fn cuda_bwd(
+        &self,
+        k: &crate::cuda::CudaKernels,
+        inputs: &[crate::cuda::CudaBuf],
+        grad_out: &cudarc::driver::CudaSlice<f32>,
+        grads: &mut [Option<&mut cudarc::driver::CudaSlice<f32>>],
+    ) -> Result<(), OpError>;
 }
 
 /// Finds (allocating if needed) the gradient buffer of one input in the tape's gradients.

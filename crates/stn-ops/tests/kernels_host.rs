@@ -85,10 +85,7 @@ fn check_stn(
             h as _,
             w as _,
             p as _,
-            pc,
-            a,
-            1,
-            1,
+            pc | (a << 2) | (1 << 3) | (1 << 4),
         );
         k::affine_grid_bwd(gg.as_ptr(), gt.as_mut_ptr(), n as _, ho as _, wo as _, a);
     }
@@ -252,8 +249,7 @@ fn conv_and_pool_kernels_match_the_cpu_ops() {
                 o_,
                 k_,
                 k_,
-                1,
-                1,
+                3,
             );
         }
         let tag = format!("{:?}", (n, c, h, w, o, kk));
