@@ -19,8 +19,9 @@ fi
 # Absolute, because cargo runs each crate's tests and benchmarks in that crate's directory.
 if [[ -n "${STN_DATA:-}" ]]; then STN_DATA=$(cd "$STN_DATA" && pwd); export STN_DATA; fi
 
-# The reference ONNX checker and onnxruntime-Python, for the export tests.
-STN_PYTHON=$(pwd)/$(scripts/venv.sh --test)/bin/python; export STN_PYTHON
+# The reference ONNX checker, onnxruntime-Python and PyTorch (the seed's Net, to check that an
+# exported graph is the seed network), for the export tests.
+STN_PYTHON=$(pwd)/$(scripts/venv.sh)/bin/python; export STN_PYTHON
 # ONNX Runtime's shared library, for the ort runner and the parity tests.
 ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh | tail -n1); export ORT_DYLIB_PATH
 

@@ -106,15 +106,23 @@ fn every_variant_passes_the_checker_and_matches_onnxruntime() {
     let case_path = dir.path().join("case.json");
     std::fs::write(&case_path, case.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_onnx.py");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
     let o = std::process::Command::new(&python)
         .arg(script)
         .arg(&case_path)
+        .arg(&reference)
         .output()
         .expect("python runs");
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{report}\n{}", common::stderr(&o));
     let r: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
     assert_eq!(r["models"].as_array().unwrap().len(), 4, "{r}");
+    for m in r["models"].as_array().unwrap() {
+        assert_eq!(
+            m["torch_allclose"], true,
+            "PyTorch's Net with the exported weights: {m}"
+        );
+    }
 }
 
 #[test]

@@ -199,3 +199,41 @@ fn classifies_image_files_and_saves_logprobs() {
         bytes.len()
     );
 }
+
+#[test]
+fn pytorch_exported_stn_runs_bit_close_on_ort_and_dfdx() {
+    // PyTorch's own export of the seed network (opset 20: AffineGrid + GridSample), made here by
+    // the reference program after a short training.
+    let python = std::env::var("STN_PYTHON")
+        .expect("STN_PYTHON: a Python with torch and onnx (scripts/test.sh sets it)");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("torch20.onnx");
+    let data = common::mnist_dir();
+    let o = std::process::Command::new(python)
+        .arg(repo().join("../shared/reference/pytorch_stn.py"))
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--limit",
+            "640",
+            "--threads",
+            "2",
+            "--opset",
+            "20",
+        ])
+        .arg("--export")
+        .arg(&model)
+        .output()
+        .expect("python runs");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let report = compare(&model, "ort,dfdx,dfdx-f64");
+    assert_bit_close(&report, 3);
+    assert_eq!(
+        stn_onnx::read_model(&std::fs::read(&model).unwrap(), "torch20.onnx")
+            .unwrap()
+            .opset,
+        20
+    );
+}
