@@ -97,7 +97,16 @@ fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn 
             } else {
                 Device::Cpu
             };
-            let lib = find_ort_library(args.ort_lib.as_deref(), device)?;
+            let lib = find_ort_library(args.ort_lib.as_deref(), device).with_context(|| {
+                format!(
+                    "--runtime ort --device {}",
+                    if device == Device::Cuda {
+                        "cuda"
+                    } else {
+                        "cpu"
+                    }
+                )
+            })?;
             match OrtRunner::load(bytes, &path, &lib, device, args.threads) {
                 Err(e) if device == Device::Cuda && args.allow_cpu_fallback => {
                     eprintln!(

@@ -4,6 +4,7 @@
 
 mod dfdx_runner;
 mod ort_runner;
+mod tract_affine_grid;
 mod tract_runner;
 
 pub use dfdx_runner::DfdxRunner;

@@ -26,7 +26,10 @@ impl TractRunner {
     pub fn load(bytes: &[u8], path: &str) -> Result<Self, RuntimeError> {
         // Our reader checks the input shape and the parameters first, with clear messages.
         let m = stn_onnx::read_model(bytes, path)?;
-        let model = tract_onnx::onnx()
+        let mut onnx = tract_onnx::onnx();
+        onnx.op_register
+            .insert("AffineGrid", crate::tract_affine_grid::affine_grid);
+        let model = onnx
             .model_for_read(&mut &bytes[..])
             .map_err(|e| load_err(path, e))?;
         Ok(TractRunner {
