@@ -80,12 +80,24 @@ enum DeviceArg {
 
 fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn Runner>> {
     let path = args.model.display().to_string();
-    if args.device == DeviceArg::Cuda && which != RuntimeArg::Ort {
+    if args.device == DeviceArg::Cuda && matches!(which, RuntimeArg::Tract | RuntimeArg::DfdxF64) {
         if args.allow_cpu_fallback {
-            eprintln!("warning: --device cuda: {which:?} runs on the CPU only in this build; running on the CPU");
+            eprintln!(
+                "warning: --device cuda: {which:?} runs on the CPU only; running it on the CPU"
+            );
         } else {
-            bail!("--device cuda: only --runtime ort has a CUDA path in this build (dfdx's CUDA kernels are not written yet)");
+            bail!("--device cuda: {which:?} runs on the CPU only (the CUDA runtimes are ort and dfdx)");
         }
+    }
+    if args.device == DeviceArg::Cuda && which == RuntimeArg::Dfdx {
+        return match DfdxRunner::load_cuda(bytes, &path, 0) {
+            Ok(r) => Ok(Box::new(r)),
+            Err(e) if args.allow_cpu_fallback => {
+                eprintln!("warning: {e}; --allow-cpu-fallback: running dfdx on the CPU");
+                Ok(Box::new(DfdxRunner::load(bytes, &path, false)?))
+            }
+            Err(e) => Err(e.into()),
+        };
     }
     Ok(match which {
         RuntimeArg::Tract => Box::new(TractRunner::load(bytes, &path)?),

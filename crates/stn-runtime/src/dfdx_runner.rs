@@ -1,14 +1,23 @@
 use dfdx::prelude::*;
 use stn_model::{forward, Params};
+use stn_ops::{OpDevice, Real};
 
 use crate::{check_batch, RunOutput, Runner, RuntimeError};
 
-/// Our dfdx model with the ONNX file's parameters, in f32 or (the reference) f64.
+/// Where the dfdx runner computes.
+enum Dev {
+    /// f32, or f64 (the reference).
+    Cpu(Cpu, bool),
+    #[cfg(feature = "cuda")]
+    Cuda(dfdx::tensor::Cuda),
+}
+
+/// Our dfdx model with the ONNX file's parameters: on the CPU in f32 or (the reference) f64, or on
+/// a CUDA GPU (feature `cuda`).
 pub struct DfdxRunner {
     params: Params,
-    f64: bool,
     warped: bool,
-    dev: Cpu,
+    dev: Dev,
 }
 
 impl DfdxRunner {
@@ -17,25 +26,56 @@ impl DfdxRunner {
         let warped = m.outputs.iter().any(|o| o == "warped");
         Ok(DfdxRunner {
             params: m.params,
-            f64,
             warped,
-            dev: Cpu::default(),
+            dev: Dev::Cpu(Cpu::default(), f64),
         })
     }
 
-    fn run_as<E: stn_ops::Real>(&self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError>
-    where
-        Cpu: stn_ops::OpDevice<E>,
-    {
+    /// The model on CUDA GPU `ordinal`; an error without the `cuda` feature or without a GPU.
+    pub fn load_cuda(bytes: &[u8], path: &str, ordinal: usize) -> Result<Self, RuntimeError> {
+        let m = stn_onnx::read_model(bytes, path)?;
+        let warped = m.outputs.iter().any(|o| o == "warped");
+        #[cfg(feature = "cuda")]
+        {
+            let dev =
+                dfdx::tensor::Cuda::try_build(ordinal, 0).map_err(|e| RuntimeError::Load {
+                    runtime: "dfdx",
+                    path: path.into(),
+                    what: format!("--device cuda: no usable CUDA GPU {ordinal}: {e:?}"),
+                })?;
+            Ok(DfdxRunner {
+                params: m.params,
+                warped,
+                dev: Dev::Cuda(dev),
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (warped, ordinal);
+            Err(RuntimeError::Load {
+                runtime: "dfdx",
+                path: path.into(),
+                what: "--device cuda: this build has no CUDA support (build with --features cuda)"
+                    .into(),
+            })
+        }
+    }
+
+    fn run_on<E: Real, D: OpDevice<E>>(
+        &self,
+        dev: &D,
+        images: &[f32],
+        n: usize,
+    ) -> Result<RunOutput, RuntimeError> {
         let s = self.params.arch.canvas;
         let cast = |v: &[f32]| -> Vec<E> { v.iter().map(|&x| E::of(x as f64)).collect() };
-        let params: Vec<Tensor<(usize,), E, Cpu>> = self
+        let params: Vec<Tensor<(usize,), E, D>> = self
             .params
             .data
             .iter()
-            .map(|d| self.dev.tensor_from_vec(cast(d), (d.len(),)))
+            .map(|d| dev.tensor_from_vec(cast(d), (d.len(),)))
             .collect();
-        let x = self.dev.tensor_from_vec(cast(images), (n, 1, s, s));
+        let x = dev.tensor_from_vec(cast(images), (n, 1, s, s));
         let out = forward(&self.params.arch, params, x, None).map_err(|e| RuntimeError::Run {
             runtime: "dfdx",
             what: e.to_string(),
@@ -58,10 +98,11 @@ impl DfdxRunner {
 
 impl Runner for DfdxRunner {
     fn name(&self) -> String {
-        if self.f64 {
-            "dfdx-f64".into()
-        } else {
-            "dfdx".into()
+        match self.dev {
+            Dev::Cpu(_, false) => "dfdx".into(),
+            Dev::Cpu(_, true) => "dfdx-f64".into(),
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(_) => "dfdx-cuda".into(),
         }
     }
     fn input_side(&self) -> usize {
@@ -69,10 +110,11 @@ impl Runner for DfdxRunner {
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
         check_batch("dfdx", images, n, self.input_side())?;
-        if self.f64 {
-            self.run_as::<f64>(images, n)
-        } else {
-            self.run_as::<f32>(images, n)
+        match &self.dev {
+            Dev::Cpu(d, false) => self.run_on::<f32, _>(d, images, n),
+            Dev::Cpu(d, true) => self.run_on::<f64, _>(d, images, n),
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(d) => self.run_on::<f32, _>(d, images, n),
         }
     }
 }
