@@ -216,3 +216,59 @@ fn pytorch_exported_stn_runs_bit_close_on_tract_ort_and_dfdx() {
         20
     );
 }
+
+#[test]
+fn visualize_needs_and_draws_the_warped_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("w.onnx");
+    let ck = repo().join("models/stn.safetensors");
+    let o = common::run(
+        "stn-export",
+        &[
+            model.to_str().unwrap(),
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--outputs",
+            "log_probs,warped",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let data = common::mnist_dir();
+    let png = dir.path().join("v.png");
+    let o = common::run(
+        "stn-infer",
+        &[
+            "--runtime",
+            "dfdx",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--offline",
+            "--visualize",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let plain = repo().join("models/stn.onnx");
+    let o = common::run(
+        "stn-infer",
+        &[
+            "--runtime",
+            "dfdx",
+            "--model",
+            plain.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--offline",
+            "--visualize",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && common::stderr(&o).contains("warped"),
+        "{}",
+        common::stderr(&o)
+    );
+}

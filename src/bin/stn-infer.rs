@@ -52,6 +52,10 @@ struct Args {
     /// (dfdx-f64: our model in float64, the reference)
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     compare: Vec<RuntimeArg>,
+    /// Write the first 32 inputs beside their STN-warped images as a PNG (the model needs a `warped`
+    /// output: stn-export --outputs log_probs,warped)
+    #[arg(long, value_name = "FILE.png")]
+    visualize: Option<PathBuf>,
     /// Write every input's log-probs as a float32 array [N, 10] (NumPy .npy)
     #[arg(long, value_name = "FILE.npy")]
     save_logprobs: Option<PathBuf>,
@@ -276,6 +280,9 @@ fn main() -> ExitCode {
             )
         };
         let n = images.len() / (side * side);
+        if args.visualize.is_some() && !meta.outputs.iter().any(|o| o == "warped") {
+            bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
+        }
 
         if !args.compare.is_empty() {
             let mut results: Vec<(String, Vec<f32>, f64)> = Vec::new();
@@ -314,6 +321,24 @@ fn main() -> ExitCode {
         }
 
         let (lp, secs, runs) = run_all(first.as_mut(), &images, n, args.batch)?;
+        if let Some(path) = &args.visualize {
+            let k = n.min(32);
+            let out = first.run(&images[..k * side * side], k)?;
+            let Some(warped) = out.warped else {
+                bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
+            };
+            let to_u8 = |v: &[f32]| -> Vec<u8> {
+                v.iter()
+                    .map(|&x| ((x * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8)
+                    .collect()
+            };
+            let (before, after) = (to_u8(&images[..k * side * side]), to_u8(&warped));
+            let l: Vec<&[u8]> = before.chunks(side * side).collect();
+            let r: Vec<&[u8]> = after.chunks(28 * 28).collect();
+            stn_data::side_by_side_png(&l, side, &r, 28, 8, path)
+                .with_context(|| format!("--visualize {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
         if let Some(p) = &args.save_logprobs {
             stn::write_npy(p, &lp, n, 10)
                 .with_context(|| format!("--save-logprobs {}", p.display()))?;
