@@ -109,6 +109,23 @@ pub struct DropoutMasks<E> {
     pub fc1: Vec<E>,
 }
 
+impl<E: Clone> DropoutMasks<E> {
+    /// The masks of images `..at` and `at..`.
+    pub fn split(&self, at: usize) -> (DropoutMasks<E>, DropoutMasks<E>) {
+        let (c, f) = (self.conv2.split_at(at * 20), self.fc1.split_at(at * 50));
+        (
+            DropoutMasks {
+                conv2: c.0.to_vec(),
+                fc1: f.0.to_vec(),
+            },
+            DropoutMasks {
+                conv2: c.1.to_vec(),
+                fc1: f.1.to_vec(),
+            },
+        )
+    }
+}
+
 /// `x · wᵀ + b` with `w` stored `[out, in]` as in PyTorch.
 fn linear<E: Real, D: OpDevice<E>, T: Tape<E, D> + Merge<T>>(
     x: Tensor<(usize, usize), E, D, T>,

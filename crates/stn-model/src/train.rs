@@ -118,6 +118,9 @@ enum Dev {
     Cuda(dfdx::tensor::Cuda),
 }
 
+/// Batches of fewer than twice this many images run whole (see `Trainer::step`).
+const MIN_HALF: usize = 8;
+
 /// Trains the parameters it owns with its optimiser. The parameters' master copy and the
 /// optimiser live on the host (27,360 floats); each step uploads them, runs the forward and
 /// backward pass on the device, and downloads the gradients.
@@ -179,11 +182,49 @@ impl Trainer {
         epoch: u64,
         batch: usize,
     ) -> Result<f32, TrainError> {
-        let (value, g) = match &self.dev {
-            Dev::Cpu(d) => step_on(d, &self.params, &self.opts, data, idx, epoch, batch)?,
+        let n = idx.len();
+        let masks = dropout_masks(self.opts.seed, epoch, batch, n);
+        let (params, opts) = (&self.params, &self.opts);
+        let (value, mut g) = match &self.dev {
+            // On the CPU the batch runs as two halves side by side (rayon::join), their gradients
+            // summed in a fixed order: the cores stay busy between the ops' own parallel loops,
+            // and the result does not depend on the number of threads.
+            Dev::Cpu(d) if n >= 2 * MIN_HALF => {
+                let h = n / 2;
+                let (ma, mb) = masks.split(h);
+                let (a, b) = rayon::join(
+                    || step_on(d, params, data, &idx[..h], n, &ma),
+                    || step_on(d, params, data, &idx[h..], n, &mb),
+                );
+                let ((la, mut ga), (lb, gb)) = (a?, b?);
+                for (x, y) in ga.iter_mut().zip(&gb) {
+                    x.iter_mut().zip(y).for_each(|(x, &y)| *x += y);
+                }
+                (la + lb, ga)
+            }
+            Dev::Cpu(d) => step_on(d, params, data, idx, n, &masks)?,
             #[cfg(feature = "cuda")]
-            Dev::Cuda(d) => step_on(d, &self.params, &self.opts, data, idx, epoch, batch)?,
+            Dev::Cuda(d) => step_on(d, params, data, idx, n, &masks)?,
         };
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                epoch,
+                batch,
+                loss: value,
+            });
+        }
+        if let Some(max) = opts.clip {
+            let norm = g
+                .iter()
+                .flatten()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
+            if norm > max {
+                let s = max / norm;
+                g.iter_mut().flatten().for_each(|v| *v *= s);
+            }
+        }
         self.optimizer.update(&mut self.params, &g);
         Ok(value)
     }
@@ -214,15 +255,15 @@ impl Trainer {
     }
 }
 
-/// The forward and backward pass of one batch on `dev`: the loss and the parameters' gradients.
+/// The forward and backward pass of images `idx` (part of a batch of `total`) on `dev`: their
+/// share of the batch's mean loss, and of its gradients.
 fn step_on<D: OpDevice<f32>>(
     dev: &D,
     params: &Params,
-    opts: &TrainOptions,
     data: &Batch,
     idx: &[usize],
-    epoch: u64,
-    batch: usize,
+    total: usize,
+    masks: &DropoutMasks<f32>,
 ) -> Result<(f32, Vec<Vec<f32>>), TrainError> {
     let (n, side) = (idx.len(), data.side);
     let mut x = Vec::with_capacity(n * side * side);
@@ -231,37 +272,15 @@ fn step_on<D: OpDevice<f32>>(
         x.extend_from_slice(data.image(i));
         onehot[k * 10 + data.labels[i] as usize] = 1.0;
     }
-
     let x = dev.tensor_from_vec(x, (n, 1, side, side));
     let onehot = dev.tensor_from_vec(onehot, (n, 10));
     let base = tensors(dev, params);
     let traced = base.iter().map(|t| t.leaky_trace()).collect();
-    let masks = dropout_masks(opts.seed, epoch, batch, n);
-    let out = forward(&params.arch, traced, x, Some(&masks))?;
-    let loss = (out.log_probs * onehot).sum::<Rank0, _>() * (-1.0 / n as f32);
+    let out = forward(&params.arch, traced, x, Some(masks))?;
+    let loss = (out.log_probs * onehot).sum::<Rank0, _>() * (-1.0 / total as f32);
     let value = loss.as_vec()[0];
-    if !value.is_finite() {
-        return Err(TrainError::NonFinite {
-            epoch,
-            batch,
-            loss: value,
-        });
-    }
     let grads = loss.backward();
-    let mut g: Vec<Vec<f32>> = base.iter().map(|t| grads.get(t).as_vec()).collect();
-    if let Some(max) = opts.clip {
-        let norm = g
-            .iter()
-            .flatten()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>()
-            .sqrt() as f32;
-        if norm > max {
-            let s = max / norm;
-            g.iter_mut().flatten().for_each(|v| *v *= s);
-        }
-    }
-    Ok((value, g))
+    Ok((value, base.iter().map(|t| grads.get(t).as_vec()).collect()))
 }
 
 /// The network's outputs for images `start..start+n` of `data` (eval mode), as host buffers:
