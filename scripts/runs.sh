@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The training runs recorded in BENCHMARKS.md and models/README.md (long: ~1 hour on 2 cores).
+# The training runs recorded in BENCHMARKS.md and models/README.md (~15 minutes on 2 cores).
+#   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine]
 # Each run writes its log and metrics under target/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +26,10 @@ case "${1:-all}" in
   rts|all)
     run rts-stn --distort rts --epochs 10 --optimizer adam --lr 0.001 --loc-lr-scale 0.1 --clip 5 \
       --out target/runs/rts-stn.safetensors --visualize target/runs/rts-stn-warped.png
-    run rts-nostn --distort rts --no-stn --epochs 10 --optimizer adam --lr 0.001 --out target/runs/rts-nostn.safetensors ;;
+    run rts-nostn --distort rts --no-stn --epochs 10 --optimizer adam --lr 0.001 --out target/runs/rts-nostn.safetensors ;;&
+  rts-cosine|all)
+    run rts-stn-cosine --distort rts --epochs 10 --optimizer adam --lr 0.002 --schedule cosine --loc-lr-scale 0.3 --clip 5 \
+      --out target/runs/rts-stn-cosine.safetensors
+    run rts-nostn-cosine --distort rts --no-stn --epochs 10 --optimizer adam --lr 0.002 --schedule cosine --clip 5 \
+      --out target/runs/rts-nostn-cosine.safetensors ;;
 esac
