@@ -212,7 +212,7 @@ impl<E: Real> CustomOp<E> for Conv2d {
         if !want_w && !want_x {
             return self.bias_grad(gb.as_deref_mut(), grad_out, g.o, p);
         }
-        let mut gx_images = crate::grid_sample::per_image(gx.as_deref_mut(), nimg, g.image());
+        let mut gx_images = crate::op::per_image(gx.as_deref_mut(), nimg, g.image());
         // Fixed groups of images, each with its own partial weight gradient, summed in group order:
         // the result does not depend on the thread count or on rayon's scheduling, so training is
         // bit-for-bit reproducible (and resumable).

@@ -10,7 +10,7 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
-use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::op::{apply, per_image, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
 #[cfg(feature = "cuda")]
@@ -220,14 +220,6 @@ fn reflect<E: Real>(x: E, twice_low: E, twice_high: E) -> (E, E) {
         (extra + min, g)
     } else {
         (span - extra + min, -g)
-    }
-}
-
-/// Splits an optional gradient into one optional slice per image.
-pub(crate) fn per_image<E>(g: Option<&mut [E]>, n: usize, len: usize) -> Vec<Option<&mut [E]>> {
-    match g {
-        Some(g) => g.chunks_mut(len).map(Some).collect(),
-        None => (0..n).map(|_| None).collect(),
     }
 }
 

@@ -398,3 +398,11 @@ pub fn apply<E: Real, D: OpDevice<E>, Op: CustomOp<E>, S: Shape, T: Tape<E, D>>(
     }
     Ok(out.put_tape(tape))
 }
+
+/// Splits an optional gradient into one optional slice per image.
+pub(crate) fn per_image<E>(g: Option<&mut [E]>, n: usize, len: usize) -> Vec<Option<&mut [E]>> {
+    match g {
+        Some(g) => g.chunks_mut(len).map(Some).collect(),
+        None => (0..n).map(|_| None).collect(),
+    }
+}
