@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one call, for a lent GPU machine (the `device` tool):
-#   scripts/gpu-check.sh            # writes $OUT/gpu-report.md (or target/gpu-report.md)
+# Every GPU check of the project in one call, for a lent GPU machine (the `device` tool), after
+# scripts/device-pack.sh here (vendored crates, MNIST, the reference; the machine has no network):
+#   run(command="scripts/gpu-check.sh", carry=["target/device"])   # writes $OUT/gpu-report.md
 # 1. the GPU and driver (nvidia-smi);
 # 2. the CUDA ops against the CPU ops (crates/stn-ops/tests/cuda_vs_cpu.rs: outputs and gradients,
 #    random shapes, 1e-5);
@@ -16,8 +17,17 @@ cd "$(dirname "$0")/.."
 out=${OUT:-target}
 mkdir -p "$out"
 report="$out/gpu-report.md"
-data=${STN_DATA:-../shared/data/mnist}
+# Data and the reference from ../shared, else from what scripts/device-pack.sh packed.
+data=${STN_DATA:-../shared/data/mnist}; [[ -d $data ]] || data=target/device/mnist
+ref=../shared/reference; [[ -d $ref ]] || ref=target/device/reference
 py=${PYTHON:-python3}
+# Offline builds from the vendored crates, when packed.
+cargo_src=()
+if [[ -f target/device/vendor.tar.xz ]]; then
+  [[ -d target/device/vendor ]] || tar xJf target/device/vendor.tar.xz -C target/device
+  cargo_src=(--offline --config 'source.crates-io.replace-with="vendored-sources"'
+             --config "source.vendored-sources.directory=\"$(pwd)/target/device/vendor\"")
+fi
 say() { echo "$*" | tee -a "$report"; }
 step() { say ""; say "## $*"; say ""; }
 run() { # command... ; output into the report as a code block
@@ -37,8 +47,8 @@ export CUDA_COMPUTE_CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,nohead
 
 step "2. CUDA ops against the CPU ops"
 if command -v cargo >/dev/null; then
-  run cargo test --release --features cuda -p stn-ops --test cuda_vs_cpu
-  run cargo build --release --features cuda --bins
+  run cargo "${cargo_src[@]}" test --release --features cuda -p stn-ops --test cuda_vs_cpu
+  run cargo "${cargo_src[@]}" build --release --features cuda --bins
 else
   say "cargo is not installed here: bring binaries built with --features cuda (see ../shared/gpu/NOTES.md)."
 fi
@@ -48,7 +58,7 @@ if [[ -x target/release/stn-train ]]; then
   for b in 64 256; do
     run ./target/release/stn-train --data "$data" --offline --device cuda --epochs 1 --batch "$b" \
       --out "$out/cuda-b$b.safetensors" --json
-    run "$py" scripts/peer_cuda.py "$data" ../shared/reference "$b"
+    run "$py" scripts/peer_cuda.py "$data" "$ref" "$b"
   done
 else
   say "no target/release/stn-train: skipped."
