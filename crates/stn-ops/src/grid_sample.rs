@@ -120,14 +120,40 @@ impl GridSample {
     #[inline(always)]
     fn sample8<E: Real>(&self, g: &[E], q0: usize, ax: &Axis<E>, ay: &Axis<E>) -> Sample8<E> {
         let last = g.len() / 2 - 1;
+        // The grid's (x, y) pairs of these points; a chunk past the end repeats the last point.
+        let mut gx = [E::zero(); LANES];
+        let mut gy = [E::zero(); LANES];
+        if q0 + LANES <= last + 1 {
+            let pairs: &[E; 2 * LANES] =
+                g[2 * q0..2 * q0 + 2 * LANES].try_into().expect("16 values");
+            for l in 0..LANES {
+                gx[l] = pairs[2 * l];
+                gy[l] = pairs[2 * l + 1];
+            }
+        } else {
+            for l in 0..LANES {
+                let q = (q0 + l).min(last);
+                gx[l] = g[2 * q];
+                gy[l] = g[2 * q + 1];
+            }
+        }
         let mut x = [E::zero(); LANES];
         let mut y = [E::zero(); LANES];
         let mut dx = [E::zero(); LANES];
         let mut dy = [E::zero(); LANES];
-        for l in 0..LANES {
-            let q = (q0 + l).min(last);
-            (x[l], dx[l]) = self.source(g[2 * q], ax);
-            (y[l], dy[l]) = self.source(g[2 * q + 1], ay);
+        if self.padding == Padding::Zeros {
+            // The common case, branch-free: an affine map of the coordinate.
+            for l in 0..LANES {
+                x[l] = gx[l] * ax.scale + ax.offset;
+                y[l] = gy[l] * ay.scale + ay.offset;
+                dx[l] = ax.scale;
+                dy[l] = ay.scale;
+            }
+        } else {
+            for l in 0..LANES {
+                (x[l], dx[l]) = self.source(gx[l], ax);
+                (y[l], dy[l]) = self.source(gy[l], ay);
+            }
         }
         let (w, h) = (ax.size as i32, ay.size as i32);
         let mut sm = Sample8 {
