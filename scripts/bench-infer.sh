@@ -13,7 +13,6 @@ ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh | tail -n1); export ORT_DYLIB_PATH
 cargo build --release --locked -q
 for rt in dfdx ort tract; do
   for b in 1 64 1000; do
-    limit_note=""
     ./target/release/stn-infer --runtime "$rt" --model "$model" --data "$data" --offline --threads "$threads" \
       --batch "$b" --json 2>/dev/null | tail -n1 | python3 -c '
 import json, sys

@@ -192,9 +192,11 @@ impl Trainer {
             Dev::Cpu(d) if n >= 2 * MIN_HALF => {
                 let h = n / 2;
                 let (ma, mb) = masks.split(h);
+                // One upload of the parameters; each half traces it on its own tape.
+                let base = tensors(d, params);
                 let (a, b) = rayon::join(
-                    || step_on(d, params, data, &idx[..h], n, &ma),
-                    || step_on(d, params, data, &idx[h..], n, &mb),
+                    || step_on(d, params, &base, data, &idx[..h], n, &ma),
+                    || step_on(d, params, &base, data, &idx[h..], n, &mb),
                 );
                 let ((la, mut ga), (lb, gb)) = (a?, b?);
                 for (x, y) in ga.iter_mut().zip(&gb) {
@@ -202,9 +204,9 @@ impl Trainer {
                 }
                 (la + lb, ga)
             }
-            Dev::Cpu(d) => step_on(d, params, data, idx, n, &masks)?,
+            Dev::Cpu(d) => step_on(d, params, &tensors(d, params), data, idx, n, &masks)?,
             #[cfg(feature = "cuda")]
-            Dev::Cuda(d) => step_on(d, params, data, idx, n, &masks)?,
+            Dev::Cuda(d) => step_on(d, params, &tensors(d, params), data, idx, n, &masks)?,
         };
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
@@ -255,11 +257,12 @@ impl Trainer {
     }
 }
 
-/// The forward and backward pass of images `idx` (part of a batch of `total`) on `dev`: their
-/// share of the batch's mean loss, and of its gradients.
+/// The forward and backward pass of images `idx` (part of a batch of `total`) on `dev`, with the
+/// parameters uploaded as `base`: their share of the batch's mean loss, and of its gradients.
 fn step_on<D: OpDevice<f32>>(
     dev: &D,
     params: &Params,
+    base: &[Tensor<(usize,), f32, D>],
     data: &Batch,
     idx: &[usize],
     total: usize,
@@ -274,7 +277,6 @@ fn step_on<D: OpDevice<f32>>(
     }
     let x = dev.tensor_from_vec(x, (n, 1, side, side));
     let onehot = dev.tensor_from_vec(onehot, (n, 10));
-    let base = tensors(dev, params);
     let traced = base.iter().map(|t| t.leaky_trace()).collect();
     let out = forward(&params.arch, traced, x, Some(masks))?;
     let loss = (out.log_probs * onehot).sum::<Rank0, _>() * (-1.0 / total as f32);

@@ -2,21 +2,14 @@
 //! the CPU op, outputs and gradients, random shapes, within 1e-5 (relative to each tensor's scale).
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use dfdx::prelude::*;
 use dfdx::tensor::Cuda;
 use rand::{Rng, SeedableRng};
 use stn_ops::{affine_grid, conv2d, grid_sample, max_pool2d, Dyn4, Padding};
 
-fn close(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-5 * scale,
-            "{what}[{i}]: cuda {x}, cpu {y}"
-        );
-    }
-}
+use common::assert_close_scaled as close;
 
 /// affine_grid → grid_sample → Σ·r, forward and backward, on one device; returns
 /// (output, grad input, grad theta).

@@ -11,16 +11,7 @@ use serde::Deserialize;
 use stn_ops::kernels_host as k;
 use stn_ops::{affine_grid, conv2d, grid_sample, max_pool2d, Padding};
 
-fn close(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-5 * scale,
-            "{what}[{i}]: kernel {x}, CPU op {y}"
-        );
-    }
-}
+use common::assert_close_scaled as close;
 
 fn padding_code(p: Padding) -> i32 {
     match p {

@@ -68,3 +68,16 @@ pub fn assert_close<A: Into<f64> + Copy>(what: &str, a: &[A], b: &[f64], atol: f
         );
     }
 }
+
+/// Asserts `|a − b| ≤ 1e-5 · max(1, max|b|)` element-wise: two implementations of one op (CPU and
+/// CUDA kernel, or CPU op and host-compiled kernel) agreeing at the float32 noise floor.
+pub fn assert_close_scaled(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * scale,
+            "{what}[{i}]: {x} vs reference {y}"
+        );
+    }
+}
