@@ -17,15 +17,22 @@ pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Sizes rayon's global pool (the CPU kernels' parallelism). 0 keeps rayon's default (all cores).
-pub fn set_threads(threads: usize) -> anyhow::Result<()> {
+/// Sizes rayon's global pool (the CPU kernels' parallelism; 0 = one thread per core) and runs
+/// `body` on one of its workers. Why on a worker: a parallel loop started from outside the pool
+/// hands its work to the pool and sleeps until it is done, two context switches per loop; the
+/// network's many small loops made that most of a batch-1 inference. From a worker the loops run
+/// in place (and with one thread, without any switch).
+pub fn in_pool<T: Send>(
+    threads: usize,
+    body: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let mut pool = rayon::ThreadPoolBuilder::new().stack_size(8 << 20);
     if threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))?;
+        pool = pool.num_threads(threads);
     }
-    Ok(())
+    pool.build_global()
+        .map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))?;
+    rayon::scope(|_| body())
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.

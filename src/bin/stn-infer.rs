@@ -197,165 +197,166 @@ fn compare(a: &[f32], b: &[f32]) -> serde_json::Value {
 fn main() -> ExitCode {
     stn::run_main(|| {
         let args = Args::parse();
-        stn::set_threads(args.threads)?;
-        let bytes = std::fs::read(&args.model)
-            .with_context(|| format!("--model {}", args.model.display()))?;
-        if let Some(p) = &args.save_logprobs {
-            if p.parent()
-                .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        let threads = args.threads;
+        stn::in_pool(threads, move || {
+            let bytes = std::fs::read(&args.model)
+                .with_context(|| format!("--model {}", args.model.display()))?;
+            if let Some(p) = &args.save_logprobs {
+                if p.parent()
+                    .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+                {
+                    bail!(
+                        "--save-logprobs {}: its directory does not exist",
+                        p.display()
+                    );
+                }
+            }
+            let main = if args.compare.is_empty() {
+                args.runtime
+            } else {
+                args.compare[0]
+            };
+            let mut first = load(&args, main, &bytes)?;
+            let side = first.input_side();
+            let meta = stn_onnx::read_model(&bytes, &args.model.display().to_string())?;
+            let mean: f32 = meta
+                .meta("stn.normalize.mean")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MNIST_MEAN);
+            let std: f32 = meta
+                .meta("stn.normalize.std")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MNIST_STD);
+
+            // Inputs: image files, or the MNIST test set.
+            let (images, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if !args
+                .images
+                .is_empty()
             {
-                bail!(
-                    "--save-logprobs {}: its directory does not exist",
-                    p.display()
-                );
+                if side != 28 {
+                    bail!("--images: the model takes {side}×{side} inputs; image files are prepared as 28×28 MNIST digits");
+                }
+                let mut px = Vec::new();
+                for f in &args.images {
+                    let img = image::open(f)
+                        .with_context(|| format!("--images {}: cannot decode", f.display()))?
+                        .to_luma8();
+                    let d = if args.raw {
+                        if img.dimensions() != (28, 28) {
+                            bail!(
+                                "--images {} --raw: {}×{} pixels, --raw needs 28×28",
+                                f.display(),
+                                img.width(),
+                                img.height()
+                            );
+                        }
+                        img
+                    } else {
+                        stn::preprocess::mnist_like(&img)
+                    };
+                    px.extend(d.pixels().map(|p| (p[0] as f32 / 255.0 - mean) / std));
+                }
+                (
+                    px,
+                    None,
+                    args.images
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect(),
+                )
+            } else {
+                let data = DataDir::resolve(args.data.as_deref());
+                let m = Mnist::load(&data, args.offline)?;
+                if m.test.rows != side {
+                    bail!(
+                        "the model takes {side}×{side} inputs, MNIST is {}×{}",
+                        m.test.rows,
+                        m.test.cols
+                    );
+                }
+                (
+                    normalize(&m.test.images),
+                    Some(m.test.labels.clone()),
+                    vec![],
+                )
+            };
+            let n = images.len() / (side * side);
+            if args.visualize.is_some() && !meta.outputs.iter().any(|o| o == "warped") {
+                bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
             }
-        }
-        let main = if args.compare.is_empty() {
-            args.runtime
-        } else {
-            args.compare[0]
-        };
-        let mut first = load(&args, main, &bytes)?;
-        let side = first.input_side();
-        let meta = stn_onnx::read_model(&bytes, &args.model.display().to_string())?;
-        let mean: f32 = meta
-            .meta("stn.normalize.mean")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(MNIST_MEAN);
-        let std: f32 = meta
-            .meta("stn.normalize.std")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(MNIST_STD);
 
-        // Inputs: image files, or the MNIST test set.
-        let (images, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if !args
-            .images
-            .is_empty()
-        {
-            if side != 28 {
-                bail!("--images: the model takes {side}×{side} inputs; image files are prepared as 28×28 MNIST digits");
-            }
-            let mut px = Vec::new();
-            for f in &args.images {
-                let img = image::open(f)
-                    .with_context(|| format!("--images {}: cannot decode", f.display()))?
-                    .to_luma8();
-                let d = if args.raw {
-                    if img.dimensions() != (28, 28) {
-                        bail!(
-                            "--images {} --raw: {}×{} pixels, --raw needs 28×28",
-                            f.display(),
-                            img.width(),
-                            img.height()
-                        );
-                    }
-                    img
-                } else {
-                    stn::preprocess::mnist_like(&img)
-                };
-                px.extend(d.pixels().map(|p| (p[0] as f32 / 255.0 - mean) / std));
-            }
-            (
-                px,
-                None,
-                args.images
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-            )
-        } else {
-            let data = DataDir::resolve(args.data.as_deref());
-            let m = Mnist::load(&data, args.offline)?;
-            if m.test.rows != side {
-                bail!(
-                    "the model takes {side}×{side} inputs, MNIST is {}×{}",
-                    m.test.rows,
-                    m.test.cols
-                );
-            }
-            (
-                normalize(&m.test.images),
-                Some(m.test.labels.clone()),
-                vec![],
-            )
-        };
-        let n = images.len() / (side * side);
-        if args.visualize.is_some() && !meta.outputs.iter().any(|o| o == "warped") {
-            bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
-        }
-
-        if !args.compare.is_empty() {
-            let mut results: Vec<(String, Vec<f32>, f64)> = Vec::new();
-            let (lp, secs, _) = run_all(first.as_mut(), &images, n, args.batch)?;
-            results.push((first.name(), lp, secs));
-            for &which in &args.compare[1..] {
-                let mut r = load(&args, which, &bytes)?;
-                let (lp, secs, _) = run_all(r.as_mut(), &images, n, args.batch)?;
-                results.push((r.name(), lp, secs));
-            }
-            let mut pairs = Vec::new();
-            for i in 0..results.len() {
-                for j in i + 1..results.len() {
-                    let mut c = compare(&results[i].1, &results[j].1);
-                    c["a"] = results[i].0.clone().into();
-                    c["b"] = results[j].0.clone().into();
-                    println!(
+            if !args.compare.is_empty() {
+                let mut results: Vec<(String, Vec<f32>, f64)> = Vec::new();
+                let (lp, secs, _) = run_all(first.as_mut(), &images, n, args.batch)?;
+                results.push((first.name(), lp, secs));
+                for &which in &args.compare[1..] {
+                    let mut r = load(&args, which, &bytes)?;
+                    let (lp, secs, _) = run_all(r.as_mut(), &images, n, args.batch)?;
+                    results.push((r.name(), lp, secs));
+                }
+                let mut pairs = Vec::new();
+                for i in 0..results.len() {
+                    for j in i + 1..results.len() {
+                        let mut c = compare(&results[i].1, &results[j].1);
+                        c["a"] = results[i].0.clone().into();
+                        c["b"] = results[j].0.clone().into();
+                        println!(
                         "{:>9} vs {:<9} max |Δ| {:.2e}  mean |Δ| {:.2e}  argmax agree {:.4}  allclose(1e-5) {}",
                         results[i].0, results[j].0, c["max_abs_diff"].as_f64().unwrap_or(f64::NAN),
                         c["mean_abs_diff"].as_f64().unwrap_or(f64::NAN), c["argmax_agree"].as_f64().unwrap_or(0.0), c["allclose"]
                     );
-                    pairs.push(c);
+                        pairs.push(c);
+                    }
                 }
+                if args.json {
+                    let speeds: serde_json::Map<String, serde_json::Value> = results
+                        .iter()
+                        .map(|(name, _, s)| (name.clone(), (n as f64 / s).into()))
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"images": n, "model": args.model, "batch": args.batch, "img_per_s": speeds, "pairs": pairs})
+                    );
+                }
+                return Ok(());
             }
-            if args.json {
-                let speeds: serde_json::Map<String, serde_json::Value> = results
-                    .iter()
-                    .map(|(name, _, s)| (name.clone(), (n as f64 / s).into()))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"images": n, "model": args.model, "batch": args.batch, "img_per_s": speeds, "pairs": pairs})
-                );
-            }
-            return Ok(());
-        }
 
-        let (lp, secs, runs) = run_all(first.as_mut(), &images, n, args.batch)?;
-        if let Some(path) = &args.visualize {
-            let k = n.min(32);
-            let out = first.run(&images[..k * side * side], k)?;
-            let Some(warped) = out.warped else {
-                bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
-            };
-            let to_u8 = |v: &[f32]| -> Vec<u8> {
-                v.iter()
-                    .map(|&x| ((x * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8)
-                    .collect()
-            };
-            let (before, after) = (to_u8(&images[..k * side * side]), to_u8(&warped));
-            let l: Vec<&[u8]> = before.chunks(side * side).collect();
-            let r: Vec<&[u8]> = after.chunks(28 * 28).collect();
-            stn_data::side_by_side_png(&l, side, &r, 28, 8, path)
-                .with_context(|| format!("--visualize {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-        if let Some(p) = &args.save_logprobs {
-            stn::write_npy(p, &lp, n, 10)
-                .with_context(|| format!("--save-logprobs {}", p.display()))?;
-        }
-        let mut summary = serde_json::json!({
-            "runtime": first.name(), "model": args.model, "images": n, "batch": args.batch,
-            "threads": if main == RuntimeArg::Tract { 1 } else if args.threads == 0 { rayon::current_num_threads() } else { args.threads },
-            "img_per_s": n as f64 / secs, "batch_latency_ms": 1e3 * secs / runs as f64,
-        });
-        match &labels {
-            Some(labels) => {
-                let correct = lp
-                    .chunks(10)
-                    .zip(labels)
-                    .filter(|(row, &y)| argmax(row) == y as usize)
-                    .count();
-                println!(
+            let (lp, secs, runs) = run_all(first.as_mut(), &images, n, args.batch)?;
+            if let Some(path) = &args.visualize {
+                let k = n.min(32);
+                let out = first.run(&images[..k * side * side], k)?;
+                let Some(warped) = out.warped else {
+                    bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
+                };
+                let to_u8 = |v: &[f32]| -> Vec<u8> {
+                    v.iter()
+                        .map(|&x| ((x * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8)
+                        .collect()
+                };
+                let (before, after) = (to_u8(&images[..k * side * side]), to_u8(&warped));
+                let l: Vec<&[u8]> = before.chunks(side * side).collect();
+                let r: Vec<&[u8]> = after.chunks(28 * 28).collect();
+                stn_data::side_by_side_png(&l, side, &r, 28, 8, path)
+                    .with_context(|| format!("--visualize {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(p) = &args.save_logprobs {
+                stn::write_npy(p, &lp, n, 10)
+                    .with_context(|| format!("--save-logprobs {}", p.display()))?;
+            }
+            let mut summary = serde_json::json!({
+                "runtime": first.name(), "model": args.model, "images": n, "batch": args.batch,
+                "threads": if main == RuntimeArg::Tract { 1 } else if args.threads == 0 { rayon::current_num_threads() } else { args.threads },
+                "img_per_s": n as f64 / secs, "batch_latency_ms": 1e3 * secs / runs as f64,
+            });
+            match &labels {
+                Some(labels) => {
+                    let correct = lp
+                        .chunks(10)
+                        .zip(labels)
+                        .filter(|(row, &y)| argmax(row) == y as usize)
+                        .count();
+                    println!(
                     "{}: {correct}/{n} correct ({:.2}%), {:.0} images/s, {:.3} ms per batch of {}",
                     first.name(),
                     100.0 * correct as f64 / n as f64,
@@ -363,24 +364,25 @@ fn main() -> ExitCode {
                     1e3 * secs / runs as f64,
                     args.batch
                 );
-                summary["correct"] = correct.into();
-                summary["accuracy"] = (correct as f64 / n as f64).into();
-            }
-            None => {
-                let mut files = Vec::new();
-                for (name, row) in names.iter().zip(lp.chunks(10)) {
-                    let d = argmax(row);
-                    println!("{name}: {d} (p = {:.3})", row[d].exp());
-                    files.push(
+                    summary["correct"] = correct.into();
+                    summary["accuracy"] = (correct as f64 / n as f64).into();
+                }
+                None => {
+                    let mut files = Vec::new();
+                    for (name, row) in names.iter().zip(lp.chunks(10)) {
+                        let d = argmax(row);
+                        println!("{name}: {d} (p = {:.3})", row[d].exp());
+                        files.push(
                         serde_json::json!({"file": name, "digit": d, "probability": row[d].exp()}),
                     );
+                    }
+                    summary["predictions"] = files.into();
                 }
-                summary["predictions"] = files.into();
             }
-        }
-        if args.json {
-            println!("{summary}");
-        }
-        Ok(())
+            if args.json {
+                println!("{summary}");
+            }
+            Ok(())
+        })
     })
 }

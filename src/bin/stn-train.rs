@@ -183,276 +183,281 @@ fn main() -> ExitCode {
         if !(args.lr > 0.0 && args.lr.is_finite()) {
             bail!("--lr {} must be a positive number", args.lr);
         }
-        stn::set_threads(args.threads)?;
-        check_writable(&args.out, "--out")?;
-        for (p, what) in [
-            (&args.metrics, "--metrics"),
-            (&args.visualize, "--visualize"),
-            (&args.contact_sheet, "--contact-sheet"),
-        ] {
-            if let Some(p) = p {
-                check_writable(p, what)?;
+        let threads = args.threads;
+        stn::in_pool(threads, move || {
+            check_writable(&args.out, "--out")?;
+            for (p, what) in [
+                (&args.metrics, "--metrics"),
+                (&args.visualize, "--visualize"),
+                (&args.contact_sheet, "--contact-sheet"),
+            ] {
+                if let Some(p) = p {
+                    check_writable(p, what)?;
+                }
             }
-        }
-        let arch = Arch {
-            canvas: args.distort.canvas(),
-            stn: !args.no_stn,
-        };
-        let resumed = if args.resume {
-            if !args.out.exists() {
-                bail!("--resume: no checkpoint at {} (train without --resume first, or point --out at it)", args.out.display());
-            }
-            let ck = Checkpoint::load(&args.out).context("--resume")?;
-            if ck.params.arch != arch {
-                bail!(
+            let arch = Arch {
+                canvas: args.distort.canvas(),
+                stn: !args.no_stn,
+            };
+            let resumed = if args.resume {
+                if !args.out.exists() {
+                    bail!("--resume: no checkpoint at {} (train without --resume first, or point --out at it)", args.out.display());
+                }
+                let ck = Checkpoint::load(&args.out).context("--resume")?;
+                if ck.params.arch != arch {
+                    bail!(
                     "--resume: {} holds {}, but these options ask for {arch} (use the same --distort and --no-stn)",
                     args.out.display(),
                     ck.params.arch
                 );
-            }
-            Some(ck)
-        } else {
-            None
-        };
+                }
+                Some(ck)
+            } else {
+                None
+            };
 
-        // Data: loaded and verified before any training.
-        let t0 = Instant::now();
-        let data = DataDir::resolve(args.data.as_deref());
-        let mut mnist = Mnist::load(&data, args.offline)?;
-        mnist.train.truncate(args.limit);
-        if args.distort != Distortion::None {
-            mnist.train = distort_split(&mnist.train, args.distort, args.clutter, args.seed);
-            mnist.test = distort_split(&mnist.test, args.distort, args.clutter, args.seed ^ 0x7e57);
-        }
-        let side = mnist.train.rows;
-        eprintln!(
-            "MNIST from {}: {} training and {} test images of {side}×{side}, ready in {:.2}s",
-            data.dir.display(),
-            mnist.train.len(),
-            mnist.test.len(),
-            t0.elapsed().as_secs_f64()
-        );
-        if let Some(path) = &args.contact_sheet {
-            let imgs: Vec<&[u8]> = (0..mnist.train.len().min(64))
-                .map(|i| mnist.train.image(i))
-                .collect();
-            contact_sheet_png(&imgs, side, 8, path)
-                .with_context(|| format!("--contact-sheet {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-        if args.epochs == 0 {
-            eprintln!("--epochs 0: the data is loaded and verified; nothing to train");
-            return Ok(());
-        }
-        let (train_x, test_x) = (
-            normalize(&mnist.train.images),
-            normalize(&mnist.test.images),
-        );
-        let train = Batch {
-            images: &train_x,
-            labels: &mnist.train.labels,
-            side,
-        };
-        let test = Batch {
-            images: &test_x,
-            labels: &mnist.test.labels,
-            side,
-        };
-
-        let device = match args.device {
-            DeviceArg::Cpu => TrainDevice::Cpu,
-            DeviceArg::Cuda => TrainDevice::Cuda(0),
-        };
-        let opts = TrainOptions {
-            batch: args.batch,
-            seed: args.seed,
-            clip: (args.clip > 0.0).then_some(args.clip),
-        };
-        let (mut trainer, start, mut history) = match resumed {
-            Some(ck) => {
-                let history = ck.run["history"].as_array().cloned().unwrap_or_default();
-                eprintln!(
-                    "resuming from {} after epoch {}",
-                    args.out.display(),
-                    ck.epoch
-                );
-                (
-                    Trainer::new(ck.params, ck.optimizer, opts),
-                    ck.epoch + 1,
-                    history,
-                )
+            // Data: loaded and verified before any training.
+            let t0 = Instant::now();
+            let data = DataDir::resolve(args.data.as_deref());
+            let mut mnist = Mnist::load(&data, args.offline)?;
+            mnist.train.truncate(args.limit);
+            if args.distort != Distortion::None {
+                mnist.train = distort_split(&mnist.train, args.distort, args.clutter, args.seed);
+                mnist.test =
+                    distort_split(&mnist.test, args.distort, args.clutter, args.seed ^ 0x7e57);
             }
-            None => {
-                let params = match &args.init_from {
-                    Some(path) => {
-                        let bytes = std::fs::read(path)
-                            .with_context(|| format!("--init-from {}", path.display()))?;
-                        let m = stn_onnx::read_model(&bytes, &path.display().to_string())
-                            .context("--init-from")?;
-                        if m.params.arch != arch {
-                            bail!(
+            let side = mnist.train.rows;
+            eprintln!(
+                "MNIST from {}: {} training and {} test images of {side}×{side}, ready in {:.2}s",
+                data.dir.display(),
+                mnist.train.len(),
+                mnist.test.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            if let Some(path) = &args.contact_sheet {
+                let imgs: Vec<&[u8]> = (0..mnist.train.len().min(64))
+                    .map(|i| mnist.train.image(i))
+                    .collect();
+                contact_sheet_png(&imgs, side, 8, path)
+                    .with_context(|| format!("--contact-sheet {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            if args.epochs == 0 {
+                eprintln!("--epochs 0: the data is loaded and verified; nothing to train");
+                return Ok(());
+            }
+            let (train_x, test_x) = (
+                normalize(&mnist.train.images),
+                normalize(&mnist.test.images),
+            );
+            let train = Batch {
+                images: &train_x,
+                labels: &mnist.train.labels,
+                side,
+            };
+            let test = Batch {
+                images: &test_x,
+                labels: &mnist.test.labels,
+                side,
+            };
+
+            let device = match args.device {
+                DeviceArg::Cpu => TrainDevice::Cpu,
+                DeviceArg::Cuda => TrainDevice::Cuda(0),
+            };
+            let opts = TrainOptions {
+                batch: args.batch,
+                seed: args.seed,
+                clip: (args.clip > 0.0).then_some(args.clip),
+            };
+            let (mut trainer, start, mut history) = match resumed {
+                Some(ck) => {
+                    let history = ck.run["history"].as_array().cloned().unwrap_or_default();
+                    eprintln!(
+                        "resuming from {} after epoch {}",
+                        args.out.display(),
+                        ck.epoch
+                    );
+                    (
+                        Trainer::new(ck.params, ck.optimizer, opts),
+                        ck.epoch + 1,
+                        history,
+                    )
+                }
+                None => {
+                    let params = match &args.init_from {
+                        Some(path) => {
+                            let bytes = std::fs::read(path)
+                                .with_context(|| format!("--init-from {}", path.display()))?;
+                            let m = stn_onnx::read_model(&bytes, &path.display().to_string())
+                                .context("--init-from")?;
+                            if m.params.arch != arch {
+                                bail!(
                                 "--init-from {}: the model is {}, but these options ask for {arch}",
                                 path.display(),
                                 m.params.arch
                             );
+                            }
+                            eprintln!("starting from the parameters of {}", path.display());
+                            m.params
                         }
-                        eprintln!("starting from the parameters of {}", path.display());
-                        m.params
-                    }
-                    None => Params::init(arch, args.seed),
-                };
-                let opt = Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &params);
-                (
-                    Trainer::with_device(params, opt, opts, device)?,
-                    1,
-                    Vec::new(),
-                )
-            }
-        };
-        eprintln!(
-            "{arch}: {} parameters, optimizer {:?}, lr {}",
-            trainer.params.count(),
-            trainer.optimizer.kind,
-            trainer.optimizer.lr
-        );
-
-        let n = train.len();
-        let batches = n.div_ceil(args.batch) as u64;
-        let bar = if std::io::stderr().is_terminal() && !args.json {
-            let b = ProgressBar::new(batches * args.epochs.saturating_sub(start - 1));
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} batches, {per_sec}, ETA {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+                        None => Params::init(arch, args.seed),
+                    };
+                    let opt = Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &params);
+                    (
+                        Trainer::with_device(params, opt, opts, device)?,
+                        1,
+                        Vec::new(),
+                    )
+                }
+            };
+            eprintln!(
+                "{arch}: {} parameters, optimizer {:?}, lr {}",
+                trainer.params.count(),
+                trainer.optimizer.kind,
+                trainer.optimizer.lr
             );
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        let mut train_s = 0.0;
-        let mut trained_images = 0usize;
-        let mut last_eval = None;
-        for epoch in start..=args.epochs {
-            bar.set_message(format!("epoch {epoch}/{}", args.epochs));
-            trainer.optimizer.schedule = args.schedule.factor(epoch, args.epochs);
-            let stats = trainer
-                .train_epoch(&train, epoch, |b, done, loss| {
-                    bar.inc(1);
-                    if b % 100 == 0 {
-                        bar.suspend(|| {
-                            println!("Train Epoch: {epoch} [{done}/{n}] Loss: {loss:.6}")
-                        });
-                    }
-                })
-                .map_err(|e| match e {
-                    TrainError::NonFinite { .. } => anyhow::anyhow!("{e} ({})", args.out.display()),
-                    other => other.into(),
-                })?;
-            train_s += stats.seconds;
-            trained_images += stats.images;
-            let ev = evaluate(&trainer.params, &test, 1000)?;
-            bar.suspend(|| {
-                println!(
-                    "Test set: Average loss: {:.4}, Accuracy: {}/{} ({:.2}%)",
-                    ev.loss,
-                    ev.correct,
-                    ev.images,
-                    100.0 * ev.accuracy()
-                )
-            });
-            let best = history
-                .iter()
-                .filter_map(|h| h["test_accuracy"].as_f64())
-                .fold(0.0, f64::max);
-            if !ev.loss.is_finite() || (ev.accuracy() <= COLLAPSED && best >= LEARNED) {
-                bail!(
+
+            let n = train.len();
+            let batches = n.div_ceil(args.batch) as u64;
+            let bar = if std::io::stderr().is_terminal() && !args.json {
+                let b = ProgressBar::new(batches * args.epochs.saturating_sub(start - 1));
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {pos}/{len} batches, {per_sec}, ETA {eta}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                b
+            } else {
+                ProgressBar::hidden()
+            };
+            let mut train_s = 0.0;
+            let mut trained_images = 0usize;
+            let mut last_eval = None;
+            for epoch in start..=args.epochs {
+                bar.set_message(format!("epoch {epoch}/{}", args.epochs));
+                trainer.optimizer.schedule = args.schedule.factor(epoch, args.epochs);
+                let stats = trainer
+                    .train_epoch(&train, epoch, |b, done, loss| {
+                        bar.inc(1);
+                        if b % 100 == 0 {
+                            bar.suspend(|| {
+                                println!("Train Epoch: {epoch} [{done}/{n}] Loss: {loss:.6}")
+                            });
+                        }
+                    })
+                    .map_err(|e| match e {
+                        TrainError::NonFinite { .. } => {
+                            anyhow::anyhow!("{e} ({})", args.out.display())
+                        }
+                        other => other.into(),
+                    })?;
+                train_s += stats.seconds;
+                trained_images += stats.images;
+                let ev = evaluate(&trainer.params, &test, 1000)?;
+                bar.suspend(|| {
+                    println!(
+                        "Test set: Average loss: {:.4}, Accuracy: {}/{} ({:.2}%)",
+                        ev.loss,
+                        ev.correct,
+                        ev.images,
+                        100.0 * ev.accuracy()
+                    )
+                });
+                let best = history
+                    .iter()
+                    .filter_map(|h| h["test_accuracy"].as_f64())
+                    .fold(0.0, f64::max);
+                if !ev.loss.is_finite() || (ev.accuracy() <= COLLAPSED && best >= LEARNED) {
+                    bail!(
                     "training collapsed at epoch {epoch}: test accuracy {:.2}% after {:.2}% (chance is 10%); \
                      {} is kept as it was. Try a smaller --lr or --loc-lr-scale, --clip, or --optimizer adam",
                     100.0 * ev.accuracy(),
                     100.0 * best,
                     args.out.display()
                 );
-            }
-            let line = serde_json::json!({
-                "epoch": epoch,
-                "train_loss": stats.mean_loss,
-                "train_img_per_s": stats.images as f64 / stats.seconds,
-                "test_loss": ev.loss,
-                "test_accuracy": ev.accuracy(),
-                "seconds": stats.seconds,
-            });
-            history.push(line.clone());
-            let run = serde_json::json!({
-                "seed": args.seed, "batch": args.batch, "distort": format!("{:?}", args.distort).to_lowercase(),
-                "clutter": args.clutter, "limit": args.limit, "clip": args.clip,
-                "schedule": format!("{:?}", args.schedule).to_lowercase(), "history": history,
-            });
-            let ck = Checkpoint {
-                params: trainer.params.clone(),
-                optimizer: trainer.optimizer.clone(),
-                epoch,
-                run,
-            };
-            ck.save(&args.out).context("--out")?;
-            if let Some(m) = &args.metrics {
-                let mut f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(m)
-                    .with_context(|| format!("--metrics {}", m.display()))?;
-                writeln!(f, "{line}").with_context(|| format!("--metrics {}", m.display()))?;
-            }
-            last_eval = Some(ev);
-        }
-        bar.finish_and_clear();
-        let ev = match last_eval {
-            Some(ev) => ev,
-            None => {
-                eprintln!(
-                    "{} already has {} epochs: nothing to train",
-                    args.out.display(),
-                    start - 1
-                );
-                evaluate(&trainer.params, &test, 1000)?
-            }
-        };
-        eprintln!("wrote {}", args.out.display());
-
-        if let Some(path) = &args.visualize {
-            if !arch.stn {
-                bail!("--visualize needs the spatial transformer (drop --no-stn)");
-            }
-            let k = test.len().min(32);
-            let (_, _, warped) = predict(&trainer.params, &test, 0, k)?;
-            let before: Vec<u8> = denormalize(&test_x[..k * side * side]);
-            let after: Vec<u8> = denormalize(&warped);
-            let l: Vec<&[u8]> = before.chunks(side * side).collect();
-            let r: Vec<&[u8]> = after.chunks(28 * 28).collect();
-            side_by_side_png(&l, side, &r, 28, 8, path)
-                .with_context(|| format!("--visualize {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "epochs": args.epochs,
-                    "train_images": n,
-                    "trained_images": trained_images,
-                    "train_seconds": train_s,
-                    "train_img_per_s": if train_s > 0.0 { trained_images as f64 / train_s } else { 0.0 },
+                }
+                let line = serde_json::json!({
+                    "epoch": epoch,
+                    "train_loss": stats.mean_loss,
+                    "train_img_per_s": stats.images as f64 / stats.seconds,
                     "test_loss": ev.loss,
                     "test_accuracy": ev.accuracy(),
-                    "test_correct": ev.correct,
-                    "threads": rayon::current_num_threads(),
-                    "peak_rss_mb": stn::peak_rss_mb(),
-                    "checkpoint": args.out,
-                })
-            );
-        }
-        Ok(())
+                    "seconds": stats.seconds,
+                });
+                history.push(line.clone());
+                let run = serde_json::json!({
+                    "seed": args.seed, "batch": args.batch, "distort": format!("{:?}", args.distort).to_lowercase(),
+                    "clutter": args.clutter, "limit": args.limit, "clip": args.clip,
+                    "schedule": format!("{:?}", args.schedule).to_lowercase(), "history": history,
+                });
+                let ck = Checkpoint {
+                    params: trainer.params.clone(),
+                    optimizer: trainer.optimizer.clone(),
+                    epoch,
+                    run,
+                };
+                ck.save(&args.out).context("--out")?;
+                if let Some(m) = &args.metrics {
+                    let mut f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(m)
+                        .with_context(|| format!("--metrics {}", m.display()))?;
+                    writeln!(f, "{line}").with_context(|| format!("--metrics {}", m.display()))?;
+                }
+                last_eval = Some(ev);
+            }
+            bar.finish_and_clear();
+            let ev = match last_eval {
+                Some(ev) => ev,
+                None => {
+                    eprintln!(
+                        "{} already has {} epochs: nothing to train",
+                        args.out.display(),
+                        start - 1
+                    );
+                    evaluate(&trainer.params, &test, 1000)?
+                }
+            };
+            eprintln!("wrote {}", args.out.display());
+
+            if let Some(path) = &args.visualize {
+                if !arch.stn {
+                    bail!("--visualize needs the spatial transformer (drop --no-stn)");
+                }
+                let k = test.len().min(32);
+                let (_, _, warped) = predict(&trainer.params, &test, 0, k)?;
+                let before: Vec<u8> = denormalize(&test_x[..k * side * side]);
+                let after: Vec<u8> = denormalize(&warped);
+                let l: Vec<&[u8]> = before.chunks(side * side).collect();
+                let r: Vec<&[u8]> = after.chunks(28 * 28).collect();
+                side_by_side_png(&l, side, &r, 28, 8, path)
+                    .with_context(|| format!("--visualize {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "epochs": args.epochs,
+                        "train_images": n,
+                        "trained_images": trained_images,
+                        "train_seconds": train_s,
+                        "train_img_per_s": if train_s > 0.0 { trained_images as f64 / train_s } else { 0.0 },
+                        "test_loss": ev.loss,
+                        "test_accuracy": ev.accuracy(),
+                        "test_correct": ev.correct,
+                        "threads": rayon::current_num_threads(),
+                        "peak_rss_mb": stn::peak_rss_mb(),
+                        "checkpoint": args.out,
+                    })
+                );
+            }
+            Ok(())
+        })
     })
 }

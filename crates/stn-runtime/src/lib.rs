@@ -5,6 +5,8 @@
 mod dfdx_runner;
 mod ort_runner;
 mod tract_affine_grid;
+mod tract_conv;
+mod tract_grid_sample;
 mod tract_runner;
 
 pub use dfdx_runner::DfdxRunner;

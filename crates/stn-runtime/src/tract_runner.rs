@@ -6,7 +6,8 @@ use crate::{check_batch, RunOutput, Runner, RuntimeError};
 
 type Plan = std::sync::Arc<TypedRunnableModel>;
 
-/// The model on tract, optimised once per batch size (tract plans for concrete shapes).
+/// The model on tract, optimised once per batch size (tract plans for concrete shapes). tract plans
+/// and runs the graph; its Conv and GridSample nodes run our kernels ([`TractRunner::onnx`]).
 pub struct TractRunner {
     model: InferenceModel,
     side: usize,
@@ -26,9 +27,7 @@ impl TractRunner {
     pub fn load(bytes: &[u8], path: &str) -> Result<Self, RuntimeError> {
         // Our reader checks the input shape and the parameters first, with clear messages.
         let m = stn_onnx::read_model(bytes, path)?;
-        let mut onnx = tract_onnx::onnx();
-        onnx.op_register
-            .insert("AffineGrid", crate::tract_affine_grid::affine_grid);
+        let onnx = Self::onnx();
         let model = onnx
             .model_for_read(&mut &bytes[..])
             .map_err(|e| load_err(path, e))?;
@@ -38,6 +37,18 @@ impl TractRunner {
             outputs: m.outputs,
             plans: HashMap::new(),
         })
+    }
+
+    /// tract's ONNX reader with our ops in its table: `AffineGrid` (which tract lacks), and
+    /// `GridSample` and plain `Conv` computed by our kernels (see their files for why).
+    pub fn onnx() -> tract_onnx::model::Onnx {
+        let mut onnx = tract_onnx::onnx();
+        onnx.op_register
+            .insert("AffineGrid", crate::tract_affine_grid::affine_grid);
+        onnx.op_register
+            .insert("GridSample", crate::tract_grid_sample::grid_sample);
+        crate::tract_conv::register(&mut onnx);
+        onnx
     }
 
     fn plan(&mut self, n: usize) -> Result<&Plan, RuntimeError> {

@@ -1,0 +1,190 @@
+//! ONNX `Conv` for tract, computed by our own kernel (`stn_ops::Conv2d`'s CPU forward) when it is
+//! the plain case: 2-d, stride 1, no padding, no dilation, one group, f32 — every Conv of the
+//! seed network. Anything else goes to tract's own Conv builder, kept from its op table.
+//!
+//! Why: tract's Conv materialises an im2col matrix per image and multiplies it with a packed
+//! GEMM; for these small one-channel layers the im2col copy alone was a third of tract's time
+//! (perf: `Patcher::valid_2d` 33%, its GEMM 31%). Ours reads the im2col rows straight from the
+//! image (an implicit im2col) into register-blocked products. tract still plans and runs the
+//! graph: pooling, ReLU, the fully-connected layers and log-softmax are its own.
+
+use std::sync::OnceLock;
+
+use tract_onnx::model::{Onnx, ParsingContext};
+use tract_onnx::pb::NodeProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+
+use stn_ops::op::Buf;
+use stn_ops::CustomOp;
+
+type OpBuilder =
+    fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+/// tract's own Conv builder, for the convolutions ours does not cover.
+static TRACT_CONV: OnceLock<OpBuilder> = OnceLock::new();
+
+/// Puts our `Conv` in `onnx`'s op table, keeping tract's for the other cases.
+pub fn register(onnx: &mut Onnx) {
+    if let Some(&tract_conv) = onnx.op_register.0.get("Conv") {
+        TRACT_CONV.get_or_init(|| tract_conv);
+    }
+    onnx.op_register.insert("Conv", conv);
+}
+
+fn conv(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let all = |name: &str, v: i64| -> TractResult<bool> {
+        Ok(node
+            .get_attr_opt_tvec::<i64>(name)?
+            .is_none_or(|xs| xs.iter().all(|&x| x == v)))
+    };
+    let plain = node
+        .get_attr_opt_tvec::<i64>("kernel_shape")?
+        .is_some_and(|k| k.len() == 2)
+        && all("strides", 1)?
+        && all("dilations", 1)?
+        && all("pads", 0)?
+        && node.get_attr_opt::<i64>("group")?.unwrap_or(1) == 1
+        && matches!(
+            node.get_attr_opt::<&str>("auto_pad")?.unwrap_or("NOTSET"),
+            "NOTSET" | "VALID"
+        )
+        && matches!(node.input.len(), 2 | 3);
+    if plain {
+        return Ok((
+            expand(ConvExpansion {
+                bias: node.input.len() == 3,
+            }),
+            vec![],
+        ));
+    }
+    match TRACT_CONV.get() {
+        Some(tract_conv) => tract_conv(ctx, node),
+        None => {
+            bail!("Conv: only the plain 2-d case (stride 1, no padding, one group) is supported")
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ConvExpansion {
+    bias: bool,
+}
+
+impl Expansion for ConvExpansion {
+    fn name(&self) -> StaticName {
+        "Conv".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 2 + self.bias as usize)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
+        s.equals(&inputs[0].rank, 4)?;
+        s.equals(&inputs[1].rank, 4)?;
+        s.equals(&outputs[0].rank, 4)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[0].shape[1], &inputs[1].shape[0])?;
+        s.equals(&inputs[0].shape[1], &inputs[1].shape[1])?;
+        if self.bias {
+            s.equals(&inputs[2].rank, 1)?;
+            s.equals(&inputs[2].shape[0], &inputs[1].shape[0])?;
+        }
+        for d in 2..4 {
+            s.given_2(
+                &inputs[0].shape[d],
+                &inputs[1].shape[d],
+                move |s, image, kernel| s.equals(&outputs[0].shape[d], image - kernel + 1),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        name: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        for &i in inputs {
+            let dt = model.outlet_fact(i)?.datum_type;
+            if dt != f32::datum_type() {
+                bail!("Conv {name}: only f32 is supported (an input is {dt:?})");
+            }
+        }
+        let mut inputs: TVec<OutletId> = inputs.into();
+        if !self.bias {
+            let o = model.outlet_fact(inputs[1])?.shape[0]
+                .to_usize()
+                .map_err(|_| format_err!("Conv {name}: the output channels must be known"))?;
+            inputs.push(model.add_const(format!("{name}.bias"), tensor1(&vec![0f32; o]))?);
+        }
+        model.wire_node(name, StnConv, &inputs)
+    }
+}
+
+/// tract's typed op around our kernel: `x [N, C, H, W]`, `w [O, C, KH, KW]`, `b [O]`, all f32.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StnConv;
+
+impl Op for StnConv {
+    fn name(&self) -> StaticName {
+        "StnConv".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for StnConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (x, w, b) = args_3!(inputs);
+        let dims = [x.shape().to_vec(), w.shape().to_vec(), b.shape().to_vec()];
+        let op = stn_ops::Conv2d;
+        let out_dims =
+            <stn_ops::Conv2d as CustomOp<f32>>::out_dims(&op, &[&dims[0], &dims[1], &dims[2]])
+                .map_err(|e| format_err!("{e}"))?;
+        let (x, w, b) = (
+            x.try_as_plain_ram()?,
+            w.try_as_plain_ram()?,
+            b.try_as_plain_ram()?,
+        );
+        let data = [
+            x.as_slice::<f32>()?,
+            w.as_slice::<f32>()?,
+            b.as_slice::<f32>()?,
+        ];
+        let bufs: Vec<Buf<f32>> = data
+            .iter()
+            .zip(&dims)
+            .map(|(data, dims)| Buf { data, dims })
+            .collect();
+        let mut out = vec![0f32; out_dims.iter().product()];
+        op.cpu_fwd(&bufs, &mut out);
+        let out = tract_ndarray::ArrayD::from_shape_vec(out_dims, out)?;
+        Ok(tvec!(out.into_tensor().into_tvalue()))
+    }
+}
+
+impl TypedOp for StnConv {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (x, w) = (&inputs[0].shape, &inputs[1].shape);
+        let side = |d: usize| x[d].clone() - w[d].clone() + 1;
+        Ok(tvec!(f32::fact([
+            x[0].clone(),
+            w[0].clone(),
+            side(2),
+            side(3)
+        ])))
+    }
+}
