@@ -1,4 +1,4 @@
-//! stn-infer: runs an ONNX model of the seed network on tract, ONNX Runtime or our dfdx model.
+//! stn-infer: runs an ONNX model of the seed network on tract, ONNX Runtime, our dfdx model or its fused CPU forward.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,18 +7,21 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use stn_data::{normalize, DataDir, Mnist, MNIST_MEAN, MNIST_STD};
-use stn_runtime::{find_ort_library, Device, DfdxRunner, OrtRunner, Runner, TractRunner};
+use stn_runtime::{
+    find_ort_library, Device, DfdxRunner, FusedRunner, OrtRunner, Runner, TractRunner,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Run an ONNX model of the seed network (stn-export's, or PyTorch's export) on tract, ONNX
-/// Runtime or our own dfdx model: accuracy and speed on the MNIST test set (--data), the digit in
+/// Runtime or our own model (dfdx, fused): accuracy and speed on the MNIST test set (--data), the digit in
 /// image files (--images), or the agreement between runtimes (--compare).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
-    /// The runtime: tract, ort (ONNX Runtime) or dfdx (our model, from the file's initializers)
+    /// The runtime: tract, ort (ONNX Runtime), dfdx (our model, from the file's initializers) or
+    /// fused (the same model's forward fused per image on our CPU kernels: the fastest on a CPU)
     #[arg(long, default_value = "tract", value_name = "NAME")]
     runtime: RuntimeArg,
     /// cpu, or cuda (ONNX Runtime's CUDA execution provider, TF32 off)
@@ -30,7 +33,8 @@ struct Args {
     /// The ONNX model
     #[arg(long, default_value = "models/stn.onnx", value_name = "PATH")]
     model: PathBuf,
-    /// Threads of ONNX Runtime and of the dfdx kernels (0: all cores; tract runs on one)
+    /// Threads of ONNX Runtime and of our kernels (dfdx, fused, tract's Conv and GridSample);
+    /// 0: all cores
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
     /// Images per run
@@ -48,8 +52,8 @@ struct Args {
     /// The images are already 28×28 MNIST-like digits (light on black): only normalise them
     #[arg(long)]
     raw: bool,
-    /// Run each of these runtimes on the same inputs and report their agreement, e.g. tract,ort,dfdx
-    /// (dfdx-f64: our model in float64, the reference)
+    /// Run each of these runtimes on the same inputs and report their agreement, e.g.
+    /// tract,ort,dfdx,fused (dfdx-f64: our model in float64, the reference)
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     compare: Vec<RuntimeArg>,
     /// Write the first 32 inputs beside their STN-warped images as a PNG (the model needs a `warped`
@@ -74,6 +78,7 @@ enum RuntimeArg {
     Dfdx,
     #[value(name = "dfdx-f64")]
     DfdxF64,
+    Fused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,7 +89,12 @@ enum DeviceArg {
 
 fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn Runner>> {
     let path = args.model.display().to_string();
-    if args.device == DeviceArg::Cuda && matches!(which, RuntimeArg::Tract | RuntimeArg::DfdxF64) {
+    if args.device == DeviceArg::Cuda
+        && matches!(
+            which,
+            RuntimeArg::Tract | RuntimeArg::DfdxF64 | RuntimeArg::Fused
+        )
+    {
         if args.allow_cpu_fallback {
             eprintln!(
                 "warning: --device cuda: {which:?} runs on the CPU only; running it on the CPU"
@@ -107,6 +117,7 @@ fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn 
         RuntimeArg::Tract => Box::new(TractRunner::load(bytes, &path)?),
         RuntimeArg::Dfdx => Box::new(DfdxRunner::load(bytes, &path, false)?),
         RuntimeArg::DfdxF64 => Box::new(DfdxRunner::load(bytes, &path, true)?),
+        RuntimeArg::Fused => Box::new(FusedRunner::load(bytes, &path)?),
         RuntimeArg::Ort => {
             let device = if args.device == DeviceArg::Cuda {
                 Device::Cuda

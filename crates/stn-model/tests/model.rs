@@ -280,3 +280,102 @@ fn corrupt_checkpoints_are_clear_errors() {
         .to_string()
         .contains("missing"));
 }
+
+#[test]
+fn fused_inference_reproduces_pytorch() {
+    let (f, params) = seed_net();
+    let images: Vec<f32> = f.input.data.iter().map(|&v| v as f32).collect();
+    let n = f.input.shape[0];
+    let out = stn_model::FusedNet::<f32>::new(&params)
+        .unwrap()
+        .forward(&images, n);
+    close("theta", &out.theta, &f.theta.data, 1e-5);
+    close("warped", &out.warped, &f.warped.data, 1e-5);
+    close("log_probs", &out.log_probs, &f.log_probs.data, 1e-5);
+}
+
+/// The dfdx forward (eval mode) in `E` on the CPU: log-probs, theta, warped.
+fn dfdx_forward<E: stn_ops::Real>(params: &Params, images: &[f32], n: usize) -> [Vec<f64>; 3]
+where
+    dfdx::tensor::Cpu: stn_ops::OpDevice<E>,
+{
+    use dfdx::prelude::*;
+    let dev = Cpu::default();
+    let cast = |v: &[f32]| -> Vec<E> { v.iter().map(|&x| E::of(x as f64)).collect() };
+    let ps: Vec<Tensor<(usize,), E, Cpu>> = params
+        .data
+        .iter()
+        .map(|d| dev.tensor_from_vec(cast(d), (d.len(),)))
+        .collect();
+    let s = params.arch.canvas;
+    let x = dev.tensor_from_vec(cast(images), (n, 1, s, s));
+    let out = stn_model::forward(&params.arch, ps, x, None).unwrap();
+    let f = |v: Vec<E>| v.into_iter().map(|x| x.to_f64().unwrap()).collect();
+    [
+        f(out.log_probs.as_vec()),
+        out.theta.map(|t| f(t.as_vec())).unwrap_or_default(),
+        out.warped.map(|t| f(t.as_vec())).unwrap_or_default(),
+    ]
+}
+
+#[test]
+fn fused_inference_matches_the_dfdx_forward_on_every_architecture() {
+    for arch in [
+        Arch::SEED,
+        Arch {
+            canvas: 28,
+            stn: false,
+        },
+        Arch {
+            canvas: 42,
+            stn: true,
+        },
+        Arch {
+            canvas: 42,
+            stn: false,
+        },
+    ] {
+        let mut params = Params::init(arch, 7);
+        // A transform far from the identity, so that samples fall outside the image too.
+        if let Some(i) = params.names.iter().position(|n| n == "fc_loc.2.weight") {
+            for (j, w) in params.data[i].iter_mut().enumerate() {
+                *w = 0.3 * ((j as f32) * 1.7).sin();
+            }
+        }
+        let n = 9;
+        let s = arch.canvas;
+        let images: Vec<f32> = (0..n * s * s)
+            .map(|i| ((i as f32 * 0.37).sin() * 3.0).max(-0.4))
+            .collect();
+        // f64: the same arithmetic up to summation order.
+        let want = dfdx_forward::<f64>(&params, &images, n);
+        let got = stn_model::FusedNet::<f64>::new(&params)
+            .unwrap()
+            .forward(&images, n);
+        for (what, g, w) in [
+            ("log_probs", &got.log_probs, &want[0]),
+            ("theta", &got.theta, &want[1]),
+            ("warped", &got.warped, &want[2]),
+        ] {
+            assert_eq!(g.len(), w.len(), "{arch} {what}");
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                    "{arch} f64 {what}[{i}]: {g} vs {w}"
+                );
+            }
+        }
+        // f32: at the float32 noise floor.
+        let want = dfdx_forward::<f32>(&params, &images, n);
+        let got = stn_model::FusedNet::<f32>::new(&params)
+            .unwrap()
+            .forward(&images, n);
+        for (i, (&g, w)) in got.log_probs.iter().zip(&want[0]).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{arch} f32 log_probs[{i}]: {g} vs {w}"
+            );
+        }
+        assert!(want[1].len() == got.theta.len() && want[2].len() == got.warped.len());
+    }
+}

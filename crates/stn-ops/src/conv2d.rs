@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
-use crate::linalg::{gemm_acc_rows, DotAcc};
+use crate::linalg::{gemm, DotAcc, PackedA};
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
@@ -22,27 +22,27 @@ pub struct Conv2d;
 /// The sizes of one convolution, and the implicit im2col: row `(c, ki, kj)` of the im2col matrix
 /// is the image from offset `c·H·W + ki·W + kj` on, read with the image's row length `W` ("wide"
 /// columns `oy·W + ox`; the columns with `ox ≥ Wo` are computed and dropped, or fed zeros).
-struct Geom {
+pub(crate) struct Geom {
     c: usize,
     h: usize,
-    w: usize,
-    o: usize,
-    ho: usize,
-    wo: usize,
+    pub(crate) w: usize,
+    pub(crate) o: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
     /// Offsets of the im2col rows in an image, `c·KH·KW` of them.
-    offs: Vec<usize>,
+    pub(crate) offs: Vec<usize>,
     /// Offsets of the output channels' rows in a wide buffer.
-    out_offs: Vec<usize>,
+    pub(crate) out_offs: Vec<usize>,
     /// Multi-channel inputs use an explicit im2col instead (`cols[K, P]`): their planes are small,
     /// so the wide columns would waste 30–50% of the work (92 wide columns for 64 outputs in conv2).
-    packed: bool,
+    pub(crate) packed: bool,
     /// Row offsets of the explicit im2col matrix and of a packed `[O, P]` output.
-    col_offs: Vec<usize>,
-    p_offs: Vec<usize>,
+    pub(crate) col_offs: Vec<usize>,
+    pub(crate) p_offs: Vec<usize>,
 }
 
 impl Geom {
-    fn new(x: &[usize], wt: &[usize]) -> Geom {
+    pub(crate) fn new(x: &[usize], wt: &[usize]) -> Geom {
         let (c, h, w, o, kh, kw) = (x[1], x[2], x[3], wt[0], wt[2], wt[3]);
         let (ho, wo) = (h - kh + 1, w - kw + 1);
         let offs = (0..c)
@@ -67,22 +67,22 @@ impl Geom {
         }
     }
     /// Rows of the im2col matrix (C·KH·KW).
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.offs.len()
     }
     /// Output pixels per channel.
-    fn p(&self) -> usize {
+    pub(crate) fn p(&self) -> usize {
         self.ho * self.wo
     }
     /// Wide columns: the last one is `(Ho−1)·W + Wo − 1`, so every row stays inside the image.
-    fn n(&self) -> usize {
+    pub(crate) fn n(&self) -> usize {
         (self.ho - 1) * self.w + self.wo
     }
-    fn image(&self) -> usize {
+    pub(crate) fn image(&self) -> usize {
         self.c * self.h * self.w
     }
     /// Columns of the products: wide, or exactly P when packed.
-    fn cols(&self) -> usize {
+    pub(crate) fn cols(&self) -> usize {
         if self.packed {
             self.p()
         } else {
@@ -93,7 +93,7 @@ impl Geom {
     /// The explicit im2col, `cols[(c,ki,kj), oy·Wo + ox] = x[c, oy+ki, ox+kj]`. Rows are copied
     /// in 8-wide pieces that may run one piece past a segment (the next segment overwrites it;
     /// `cols` has 8 spare entries at its end) instead of a `memcpy` call per 7-float segment.
-    fn im2col<E: Real>(&self, x: &[E], cols: &mut [E]) {
+    pub(crate) fn im2col<E: Real>(&self, x: &[E], cols: &mut [E]) {
         let (p, wo) = (self.p(), self.wo);
         debug_assert!(cols.len() >= self.k() * p + 8);
         for (r, &off) in self.offs.iter().enumerate() {
@@ -170,6 +170,7 @@ impl<E: Real> CustomOp<E> for Conv2d {
         let g = Geom::new(inputs[0].dims, inputs[1].dims);
         let (x, wt, bias) = (inputs[0].data, inputs[1].data, inputs[2].data);
         let (k, p, n) = (g.k(), g.p(), g.cols());
+        let wp = PackedA::new(g.o, k, wt, (k, 1));
         out.par_chunks_mut(g.o * p)
             .zip(x.par_chunks(g.image()))
             .for_each_init(
@@ -181,12 +182,11 @@ impl<E: Real> CustomOp<E> for Conv2d {
                         for (row, &b) in o.chunks_exact_mut(p).zip(bias) {
                             row.fill(b);
                         }
-                        gemm_acc_rows(g.o, k, p, wt, (k, 1), buf, &g.col_offs, o, &g.p_offs);
+                        gemm::<E, true>(&wp, p, buf, &g.col_offs, o, &g.p_offs);
                         return;
                     }
                     // wide[O, n] = W[O, K] · im2col(x)[K, n], then the valid columns + bias.
-                    buf.fill(E::zero());
-                    gemm_acc_rows(g.o, k, n, wt, (k, 1), x, &g.offs, buf, &g.out_offs);
+                    gemm::<E, false>(&wp, n, x, &g.offs, buf, &g.out_offs);
                     for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
                         for oy in 0..g.ho {
                             let src = &buf[oc * n + oy * g.w..][..g.wo];
@@ -212,6 +212,8 @@ impl<E: Real> CustomOp<E> for Conv2d {
         if !want_w && !want_x {
             return self.bias_grad(gb.as_deref_mut(), grad_out, g.o, p);
         }
+        // Wᵀ, packed once for every image's input gradient.
+        let wt_t = want_x.then(|| PackedA::new(k, g.o, wt, (1, k)));
         let mut gx_images = crate::op::per_image(gx.as_deref_mut(), nimg, g.image());
         // Fixed groups of images, each with its own partial weight gradient, summed in group order:
         // the result does not depend on the thread count or on rayon's scheduling, so training is
@@ -233,20 +235,9 @@ impl<E: Real> CustomOp<E> for Conv2d {
                             // gW[O, K] += gout[O, P] · cols[K, P]ᵀ
                             gw_acc.add_products(p, go, &cols, &g.col_offs);
                         }
-                        if let Some(gx) = gx.as_deref_mut() {
+                        if let (Some(gx), Some(wt_t)) = (gx.as_deref_mut(), &wt_t) {
                             // dcols[K, P] = W[O, K]ᵀ · gout[O, P], then col2im.
-                            cols.fill(E::zero());
-                            gemm_acc_rows(
-                                k,
-                                g.o,
-                                p,
-                                wt,
-                                (1, k),
-                                go,
-                                &g.p_offs,
-                                &mut cols,
-                                &g.col_offs,
-                            );
+                            gemm::<E, false>(wt_t, p, go, &g.p_offs, &mut cols, &g.col_offs);
                             g.col2im_add(&cols, gx);
                         }
                         continue;
@@ -264,9 +255,9 @@ impl<E: Real> CustomOp<E> for Conv2d {
                         // gW[O, K] += gout[O, n] · im2col(x)[K, n]ᵀ
                         gw_acc.add_products(n, &go_wide, x, &g.offs);
                     }
-                    if let Some(gx) = gx.as_deref_mut() {
+                    if let (Some(gx), Some(wt_t)) = (gx.as_deref_mut(), &wt_t) {
                         // col2im(gx) += W[O, K]ᵀ · gout[O, n]
-                        gemm_acc_rows(k, g.o, n, wt, (1, k), &go_wide, &g.out_offs, gx, &g.offs);
+                        gemm::<E, true>(wt_t, n, &go_wide, &g.out_offs, gx, &g.offs);
                     }
                 }
                 gw_acc

@@ -56,7 +56,7 @@ const LANES: usize = 8;
 /// d(source coordinate)/d(grid coordinate). Branch-free: most samples of a random theta fall
 /// outside the image, and a branch per corner would mispredict half the time.
 struct Sample8<E> {
-    idx: [[usize; LANES]; 4],
+    idx: [[u32; LANES]; 4],
     mask: [[E; LANES]; 4],
     wt: [[E; LANES]; 4],
     fx: [E; LANES],
@@ -193,10 +193,10 @@ impl GridSample {
             let cx1 = ix[l].saturating_add(1).clamp(0, w - 1);
             let cy0 = iy[l].clamp(0, h - 1);
             let cy1 = iy[l].saturating_add(1).clamp(0, h - 1);
-            sm.idx[0][l] = (cy0 * w + cx0) as usize;
-            sm.idx[1][l] = (cy0 * w + cx1) as usize;
-            sm.idx[2][l] = (cy1 * w + cx0) as usize;
-            sm.idx[3][l] = (cy1 * w + cx1) as usize;
+            sm.idx[0][l] = (cy0 * w + cx0) as u32;
+            sm.idx[1][l] = (cy0 * w + cx1) as u32;
+            sm.idx[2][l] = (cy1 * w + cx0) as u32;
+            sm.idx[3][l] = (cy1 * w + cx1) as u32;
         }
         for l in 0..LANES {
             let (fx, fy) = (sm.fx[l], sm.fy[l]);
@@ -305,14 +305,18 @@ impl<E: Real> CustomOp<E> for GridSample {
                     let lanes = (p - q0).min(LANES);
                     for ch in 0..c {
                         let plane = &x[ch * h * w..(ch + 1) * h * w];
-                        let mut v = [E::zero(); LANES];
-                        for (l, v) in v.iter_mut().enumerate() {
-                            *v = plane[s.idx[0][l]] * s.wt[0][l]
-                                + plane[s.idx[1][l]] * s.wt[1][l]
-                                + plane[s.idx[2][l]] * s.wt[2][l]
-                                + plane[s.idx[3][l]] * s.wt[3][l];
+                        // ((p0·w0 + p1·w1) + p2·w2) + p3·w3, PyTorch's order (no fused multiply-add).
+                        let corner =
+                            |k: usize| E::vmul(E::gather(plane, &s.idx[k]), E::load(&s.wt[k]));
+                        let v =
+                            E::vadd(E::vadd(E::vadd(corner(0), corner(1)), corner(2)), corner(3));
+                        let v = E::lanes(v);
+                        let o = &mut o[ch * p + q0..];
+                        if lanes == LANES {
+                            o[..LANES].copy_from_slice(&v);
+                        } else {
+                            o[..lanes].copy_from_slice(&v[..lanes]);
                         }
-                        o[ch * p + q0..ch * p + q0 + lanes].copy_from_slice(&v[..lanes]);
                     }
                 }
             });
@@ -353,14 +357,14 @@ impl<E: Real> CustomOp<E> for GridSample {
                             let plane = &mut gi[ch * h * w..(ch + 1) * h * w];
                             for l in 0..lanes {
                                 for k in 0..4 {
-                                    plane[s.idx[k][l]] += s.wt[k][l] * gout[l];
+                                    plane[s.idx[k][l] as usize] += s.wt[k][l] * gout[l];
                                 }
                             }
                         }
                         if gg.is_some() {
                             let plane = &x[ch * h * w..(ch + 1) * h * w];
                             for l in 0..LANES {
-                                let v = |k: usize| plane[s.idx[k][l]] * s.mask[k][l];
+                                let v = |k: usize| plane[s.idx[k][l] as usize] * s.mask[k][l];
                                 let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
                                 let (fx, fy) = (s.fx[l], s.fy[l]);
                                 dgx[l] += ((ne - nw) * (E::one() - fy) + (se - sw) * fy) * gout[l];

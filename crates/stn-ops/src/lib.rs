@@ -32,6 +32,7 @@ mod affine_grid;
 mod conv2d;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod fused;
 mod grid_sample;
 #[doc(hidden)]
 pub mod kernels_host;
@@ -41,6 +42,7 @@ pub mod op;
 
 pub use affine_grid::{affine_grid, AffineGrid};
 pub use conv2d::{conv2d, Conv2d};
+pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, GridSample, Padding};
 pub use max_pool2d::{max_pool2d, MaxPool2d};
 pub use op::{CustomOp, OpDevice, OpError, Real};

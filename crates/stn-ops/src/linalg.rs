@@ -14,51 +14,105 @@ const NB: usize = 16;
 /// Most rows of a register block: 6×16 f32 is 12 AVX2 accumulators.
 const MB: usize = 6;
 
+/// The row blocks of an `m`-row left operand: `(first row, rows)`, up to MB rows each, split
+/// evenly (10 = 5 + 5, not 6 + 4).
+fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let left = m - i;
+        if left == 0 {
+            return None;
+        }
+        let rows = if left <= MB {
+            left
+        } else {
+            left.div_ceil(left.div_ceil(MB))
+        };
+        i += rows;
+        Some((i - rows, rows))
+    })
+}
+
+/// The left operand `a [m, k]` of the products, packed for the kernel: row blocks of up to MB
+/// rows, each p-major (`a[i + r, p]` at `i·k + p·rows + r`). Packed once and shared by every
+/// product that uses it — a conv's weights serve every image of a batch (packing them per image
+/// was a seventh of the products' time).
+pub(crate) struct PackedA<E> {
+    m: usize,
+    k: usize,
+    data: Vec<E>,
+}
+
+impl<E: Real> PackedA<E> {
+    /// Packs `a[i, p] = a[i·rsa + p·csa]` (so `a` may be a transpose).
+    pub(crate) fn new(m: usize, k: usize, a: &[E], (rsa, csa): (usize, usize)) -> Self {
+        assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
+        let mut data = Vec::with_capacity(m * k);
+        for (i, rows) in row_blocks(m) {
+            for p in 0..k {
+                data.extend((0..rows).map(|r| a[(i + r) * rsa + p * csa]));
+            }
+        }
+        PackedA { m, k, data }
+    }
+
+    /// `(m, k)`.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.m, self.k)
+    }
+}
+
 /// `c[coff[i] + j] += Σ_p a[i·rsa + p·csa] · b[boff[p] + j]` for `i < m`, `j < n`, `p < k`.
 ///
 /// `a` may be a transpose (through its strides). Rows of `c` may overlap (the transpose of an
 /// implicit im2col scatters into overlapping windows): each row is added in turn.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_acc_rows<E: Real>(
     m: usize,
     k: usize,
     n: usize,
     a: &[E],
-    (rsa, csa): (usize, usize),
+    sa: (usize, usize),
     b: &[E],
     boff: &[usize],
     c: &mut [E],
     coff: &[usize],
 ) {
+    gemm::<E, true>(&PackedA::new(m, k, a, sa), n, b, boff, c, coff)
+}
+
+/// `c[coff[i] + j] (+)= Σ_p a[i, p] · b[boff[p] + j]` for `i < m`, `j < n`, `p < k`: added to
+/// `c` when `ACC`, else stored (then `c` is neither read nor needs zeroing, and its rows must not
+/// overlap). With `ACC`, rows of `c` may overlap (the transpose of an implicit im2col scatters
+/// into overlapping windows): each row is added in turn.
+pub(crate) fn gemm<E: Real, const ACC: bool>(
+    a: &PackedA<E>,
+    n: usize,
+    b: &[E],
+    boff: &[usize],
+    c: &mut [E],
+    coff: &[usize],
+) {
+    let (m, k) = (a.m, a.k);
     assert!(boff.len() == k && coff.len() == m);
     assert!(boff.iter().all(|&o| o + n <= b.len()) && coff.iter().all(|&o| o + n <= c.len()));
-    assert!(m == 0 || k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
     let full = n / NB * NB;
     let rem = n - full;
     // The last, partial column block, zero-padded to NB once for every row block.
-    let mut tail = vec![E::zero(); if rem > 0 { k * NB } else { 0 }];
+    let mut tail = Vec::new();
+    let mut tail_off = Vec::new();
     if rem > 0 {
-        for (p, &o) in boff.iter().enumerate() {
-            tail[p * NB..p * NB + rem].copy_from_slice(&b[o + full..o + n]);
+        tail.reserve(k * NB);
+        for &o in boff {
+            tail_off.push(tail.len());
+            tail.extend_from_slice(&b[o + full..o + n]);
+            tail.extend(std::iter::repeat_n(E::zero(), NB - rem));
         }
     }
-    let tail_off: Vec<usize> = (0..k).map(|p| p * NB).collect();
-    let mut apack = vec![E::zero(); k * MB];
-    let mut i = 0;
-    while i < m {
-        // Blocks of up to MB rows, split evenly (10 = 5 + 5, not 6 + 4).
-        let left = m - i;
-        let rows = if left <= MB {
-            left
-        } else {
-            left.div_ceil(left.div_ceil(MB))
-        };
-        // This block's rows of `a`, packed p-major so the kernel reads them in order.
-        for p in 0..k {
-            for r in 0..rows {
-                apack[p * rows + r] = a[(i + r) * rsa + p * csa];
-            }
-        }
+    for (i, rows) in row_blocks(m) {
+        let ap = &a.data[i * k..(i + rows) * k];
+        let cr = &coff[i..i + rows];
         let mut j0 = 0;
         while j0 < n {
             let (bb, bo, j, width) = if j0 < full {
@@ -66,26 +120,24 @@ pub(crate) fn gemm_acc_rows<E: Real>(
             } else {
                 (&tail[..], &tail_off[..], 0, rem)
             };
-            let cr = &coff[i..i + rows];
             match rows {
-                6 => block::<E, 6>(k, &apack, bb, bo, j, c, cr, j0, width),
-                5 => block::<E, 5>(k, &apack, bb, bo, j, c, cr, j0, width),
-                4 => block::<E, 4>(k, &apack, bb, bo, j, c, cr, j0, width),
-                3 => block::<E, 3>(k, &apack, bb, bo, j, c, cr, j0, width),
-                2 => block::<E, 2>(k, &apack, bb, bo, j, c, cr, j0, width),
-                _ => block::<E, 1>(k, &apack, bb, bo, j, c, cr, j0, width),
+                6 => block::<E, 6, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                5 => block::<E, 5, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                4 => block::<E, 4, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                3 => block::<E, 3, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                2 => block::<E, 2, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                _ => block::<E, 1, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
             }
             j0 += NB;
         }
-        i += rows;
     }
 }
 
-/// One R×NB block of `gemm_acc_rows`, accumulated in registers: `a` packed as `a[p·R + r]`;
+/// One R×NB block of `gemm`, accumulated in registers: `a` packed as `a[p·R + r]`;
 /// `b` rows read at `boff[p] + jb`, NB entries each; result rows at `coff[r] + j0`, `width` of them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block<E: Real, const R: usize>(
+fn block<E: Real, const R: usize, const ACC: bool>(
     k: usize,
     a: &[E],
     b: &[E],
@@ -96,7 +148,7 @@ fn block<E: Real, const R: usize>(
     j0: usize,
     width: usize,
 ) {
-    // `gemm_acc_rows` checked every row range against the slices (and pads the tail block);
+    // `gemm` checked every row range against the slices (and pads the tail block);
     // checking each element again costs a third of the kernel's time.
     assert!(a.len() >= k * R && boff.len() >= k && width <= NB);
     debug_assert!(boff[..k].iter().all(|&o| o + jb + NB <= b.len()));
@@ -115,13 +167,16 @@ fn block<E: Real, const R: usize>(
     }
     for (r, acc_r) in acc.iter().enumerate() {
         let row = &mut c[coff[r] + j0..coff[r] + j0 + width];
-        if width == NB {
+        if width == NB && ACC {
             E::add_into(&mut row[..8], acc_r[0]);
             E::add_into(&mut row[8..], acc_r[1]);
+        } else if width == NB {
+            row[..8].copy_from_slice(&E::lanes(acc_r[0]));
+            row[8..].copy_from_slice(&E::lanes(acc_r[1]));
         } else {
             let vals = E::lanes(acc_r[0]).into_iter().chain(E::lanes(acc_r[1]));
             for (cv, v) in row.iter_mut().zip(vals) {
-                *cv += v;
+                *cv = if ACC { *cv + v } else { v };
             }
         }
     }
@@ -258,9 +313,16 @@ mod tests {
                             .sum::<f64>()
                 })
                 .collect();
+            let c0 = c.clone();
             gemm_acc_rows(m, k, n, &a, (k, 1), &b, &boff, &mut c, &coff);
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - y).abs() < 1e-12, "{m}×{k}×{n}");
+            }
+            // Stored instead of added: the products alone, whatever `c` held.
+            let mut c3 = vec![f64::NAN; m * n];
+            gemm::<f64, false>(&PackedA::new(m, k, &a, (k, 1)), n, &b, &boff, &mut c3, &coff);
+            for ((x, y), z) in c3.iter().zip(&want).zip(&c0) {
+                assert!((x - (y - z)).abs() < 1e-12, "stored {m}×{k}×{n}");
             }
             // a given transposed.
             let at: Vec<f64> = (0..k * m).map(|pi| a[(pi % m) * k + pi / m]).collect();

@@ -45,6 +45,12 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + Send + Sync + 'static 
     /// `dst[..8] += v`.
     fn add_into(dst: &mut [Self], v: Self::Lanes);
     fn vadd(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
+    fn vmul(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
+    /// `[plane[idx[0]], …, plane[idx[7]]]`; every index must be inside `plane` (it panics if not).
+    #[inline(always)]
+    fn gather(plane: &[Self], idx: &[u32; 8]) -> Self::Lanes {
+        Self::load(&idx.map(|i| plane[i as usize]))
+    }
 
     /// Σ x, with 8 independent partial sums so the loop vectorises (a plain fold is a serial
     /// chain of dependent adds, 4 cycles each).
@@ -111,6 +117,27 @@ impl Real for f32 {
     fn vadd(a: wide::f32x8, b: wide::f32x8) -> wide::f32x8 {
         a + b
     }
+    #[inline(always)]
+    fn vmul(a: wide::f32x8, b: wide::f32x8) -> wide::f32x8 {
+        a * b
+    }
+    /// AVX2's gather where the build has it (the workspace builds for x86-64-v3).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[inline(always)]
+    fn gather(plane: &[f32], idx: &[u32; 8]) -> wide::f32x8 {
+        use std::arch::x86_64::{__m256i, _mm256_i32gather_ps, _mm256_loadu_si256};
+        let max = idx.iter().fold(0, |m, &i| m.max(i));
+        assert!((max as usize) < plane.len() && plane.len() <= i32::MAX as usize);
+        // SAFETY: AVX2 is enabled for this build; every index is inside `plane` (checked above) and
+        // fits an i32; `f32x8` is a 32-byte vector with the same layout as `__m256`.
+        unsafe {
+            let vi = _mm256_loadu_si256(idx.as_ptr() as *const __m256i);
+            std::mem::transmute::<std::arch::x86_64::__m256, wide::f32x8>(_mm256_i32gather_ps::<4>(
+                plane.as_ptr(),
+                vi,
+            ))
+        }
+    }
 }
 
 impl Real for f64 {
@@ -148,6 +175,10 @@ impl Real for f64 {
     #[inline(always)]
     fn vadd(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
         std::array::from_fn(|l| a[l] + b[l])
+    }
+    #[inline(always)]
+    fn vmul(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+        std::array::from_fn(|l| a[l] * b[l])
     }
 }
 

@@ -1,8 +1,11 @@
-//! One [`Runner`] trait over three runtimes of the same ONNX model: [`TractRunner`] (tract),
-//! [`OrtRunner`] (ONNX Runtime through `ort`, loaded at run time) and [`DfdxRunner`] (our dfdx
-//! model, read from the ONNX file's initializers; in f32, or f64 as the reference).
+//! One [`Runner`] trait over the runtimes of the same ONNX model: [`TractRunner`] (tract, with our
+//! Conv and GridSample kernels in its op table), [`OrtRunner`] (ONNX Runtime through `ort`, loaded
+//! at run time), [`DfdxRunner`] (our dfdx model, read from the ONNX file's initializers; in f32,
+//! or f64 as the reference) and [`FusedRunner`] (the same model's inference forward fused per
+//! image on our CPU kernels, without dfdx's tensors).
 
 mod dfdx_runner;
+mod fused_runner;
 mod ort_runner;
 mod tract_affine_grid;
 mod tract_conv;
@@ -10,6 +13,7 @@ mod tract_grid_sample;
 mod tract_runner;
 
 pub use dfdx_runner::DfdxRunner;
+pub use fused_runner::FusedRunner;
 pub use ort_runner::{find_ort_library, Device, OrtRunner};
 pub use tract_runner::TractRunner;
 
@@ -38,7 +42,7 @@ pub enum RuntimeError {
 
 /// A loaded model on one runtime.
 pub trait Runner {
-    /// `tract`, `ort`, `ort-cuda`, `dfdx` or `dfdx-f64`.
+    /// `tract`, `ort`, `ort-cuda`, `dfdx`, `dfdx-f64`, `dfdx-cuda` or `fused`.
     fn name(&self) -> String;
     /// Side of the square input images (28 for MNIST).
     fn input_side(&self) -> usize;

@@ -1,0 +1,108 @@
+//! Inference-only: `relu(max_pool2d(conv2d(x, w, b), 2, 2))` on one image, in one pass over
+//! caller-owned scratch — the three layers of every conv block of the seed network.
+//!
+//! Why a fused form: without a tape nothing needs the conv's or the pool's output, so neither is
+//! allocated, zeroed, written and read back; the pool reads the products where `conv2d`'s kernel
+//! left them (the wide columns of the implicit im2col) and adds the bias to four values instead of
+//! every one. The result is bit-identical to the three ops in sequence: the products are the same
+//! kernel's, `max(a + b, c + b) = max(a, c) + b` exactly (rounding is monotonic), and the tie and
+//! NaN rules are `max_pool2d`'s.
+
+use crate::conv2d::Geom;
+use crate::linalg::{gemm, PackedA};
+use crate::Real;
+
+/// A [`ConvPoolRelu`]'s kernel, packed for its products.
+pub struct PackedWeights<E>(PackedA<E>);
+
+/// One conv (stride 1, no padding) → max-pool 2×2 → ReLU block for a `C×H×W` image and an
+/// `O×C×K×K` kernel.
+pub struct ConvPoolRelu {
+    g: Geom,
+}
+
+impl ConvPoolRelu {
+    pub fn new(c: usize, h: usize, w: usize, o: usize, k: usize) -> ConvPoolRelu {
+        assert!(
+            c > 0 && o > 0 && k > 0 && k <= h.min(w),
+            "a {k}×{k} kernel on {h}×{w}"
+        );
+        ConvPoolRelu {
+            g: Geom::new(&[1, c, h, w], &[o, c, k, k]),
+        }
+    }
+
+    /// The pooled output's `[O, Ho/2, Wo/2]`.
+    pub fn out_dims(&self) -> [usize; 3] {
+        [self.g.o, self.g.ho / 2, self.g.wo / 2]
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.out_dims().iter().product()
+    }
+
+    /// Scratch the block needs (elements).
+    pub fn scratch_len(&self) -> usize {
+        let g = &self.g;
+        if g.packed {
+            g.k() * g.p() + 8 + g.o * g.p()
+        } else {
+            g.o * g.n()
+        }
+    }
+
+    /// The kernel `[O, C, K, K]` packed for [`ConvPoolRelu::run`], once for every image.
+    pub fn pack<E: Real>(&self, wt: &[E]) -> PackedWeights<E> {
+        let k = self.g.k();
+        assert_eq!(wt.len(), self.g.o * k, "an {}×{k} kernel", self.g.o);
+        PackedWeights(PackedA::new(self.g.o, k, wt, (k, 1)))
+    }
+
+    /// `out = relu(max_pool2d(conv2d(x, wt, bias)))` for one image.
+    pub fn run<E: Real>(
+        &self,
+        x: &[E],
+        wt: &PackedWeights<E>,
+        bias: &[E],
+        scratch: &mut [E],
+        out: &mut [E],
+    ) {
+        let g = &self.g;
+        let (k, p) = (g.k(), g.p());
+        assert!(x.len() == g.image() && wt.0.shape() == (g.o, k) && bias.len() == g.o);
+        assert!(scratch.len() >= self.scratch_len() && out.len() == self.out_len());
+        let [_, ph, pw] = self.out_dims();
+        // The conv's products without the bias: channel `oc`'s row `y` starts at `oc·ch + y·row`.
+        let (acc, row, ch): (&[E], usize, usize) = if g.packed {
+            let (cols, res) = scratch.split_at_mut(k * p + 8);
+            g.im2col(x, cols);
+            let res = &mut res[..g.o * p];
+            gemm::<E, false>(&wt.0, p, cols, &g.col_offs, res, &g.p_offs);
+            (res, g.wo, p)
+        } else {
+            let n = g.n();
+            let wide = &mut scratch[..g.o * n];
+            gemm::<E, false>(&wt.0, n, x, &g.offs, wide, &g.out_offs);
+            (wide, g.w, n)
+        };
+        for (oc, (o, &b)) in out.chunks_exact_mut(ph * pw).zip(bias).enumerate() {
+            for py in 0..ph {
+                let r0 = &acc[oc * ch + 2 * py * row..];
+                let r1 = &r0[row..];
+                for (px, o) in o[py * pw..(py + 1) * pw].iter_mut().enumerate() {
+                    let x0 = 2 * px;
+                    let mut m = r0[x0] + b;
+                    for v in [r0[x0 + 1] + b, r1[x0] + b, r1[x0 + 1] + b] {
+                        if m.is_nan() {
+                            break;
+                        }
+                        if v > m || v.is_nan() {
+                            m = v;
+                        }
+                    }
+                    *o = m.max(E::zero());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+use stn_model::FusedNet;
+
+use crate::{check_batch, RunOutput, Runner, RuntimeError};
+
+/// Our model with the ONNX file's parameters, through [`FusedNet`]: the inference forward fused
+/// per image on our CPU kernels, with no tensors and no tape (f32, CPU).
+pub struct FusedRunner {
+    net: FusedNet<f32>,
+    warped: bool,
+}
+
+impl FusedRunner {
+    pub fn load(bytes: &[u8], path: &str) -> Result<Self, RuntimeError> {
+        let m = stn_onnx::read_model(bytes, path)?;
+        let net = FusedNet::new(&m.params).map_err(|e| RuntimeError::Load {
+            runtime: "fused",
+            path: path.into(),
+            what: e.to_string(),
+        })?;
+        Ok(FusedRunner {
+            net,
+            warped: m.outputs.iter().any(|o| o == "warped"),
+        })
+    }
+}
+
+impl Runner for FusedRunner {
+    fn name(&self) -> String {
+        "fused".into()
+    }
+    fn input_side(&self) -> usize {
+        self.net.arch().canvas
+    }
+    fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
+        check_batch("fused", images, n, self.input_side())?;
+        let out = self.net.forward(images, n);
+        Ok(RunOutput {
+            log_probs: out.log_probs,
+            warped: (self.warped && !out.warped.is_empty()).then_some(out.warped),
+        })
+    }
+}
