@@ -86,21 +86,53 @@ impl ConvPoolRelu {
             (wide, g.w, n)
         };
         for (oc, (o, &b)) in out.chunks_exact_mut(ph * pw).zip(bias).enumerate() {
-            for py in 0..ph {
-                let r0 = &acc[oc * ch + 2 * py * row..];
-                let r1 = &r0[row..];
-                for (px, o) in o[py * pw..(py + 1) * pw].iter_mut().enumerate() {
-                    let x0 = 2 * px;
-                    let mut m = r0[x0] + b;
-                    for v in [r0[x0 + 1] + b, r1[x0] + b, r1[x0 + 1] + b] {
-                        if m.is_nan() {
-                            break;
-                        }
-                        if v > m || v.is_nan() {
-                            m = v;
-                        }
-                    }
-                    *o = m.max(E::zero());
+            for (py, o) in o.chunks_exact_mut(pw).enumerate() {
+                let r0 = &acc[oc * ch + 2 * py * row..][..2 * pw];
+                let r1 = &acc[oc * ch + (2 * py + 1) * row..][..2 * pw];
+                E::pool2_relu_row(r0, r1, b, o);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Real;
+
+    /// `relu(max_pool2d(·) + b)` of one output, by `max_pool2d`'s rule and dfdx's ReLU.
+    fn reference(w: [f32; 4], b: f32) -> f32 {
+        let mut m = w[0];
+        for &v in &w[1..] {
+            if m.is_nan() {
+                break;
+            }
+            if v > m || v.is_nan() {
+                m = v;
+            }
+        }
+        (m + b).max(0.0)
+    }
+
+    #[test]
+    fn pooled_rows_follow_max_pool2d_and_relu_with_nans_infinities_and_ties() {
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.5];
+        for len in 0..=37 {
+            let val = |i: usize, s: f32| -> f32 {
+                if i % 7 == (s as usize) % 7 {
+                    special[(i / 7 + s as usize) % special.len()]
+                } else {
+                    // Few distinct values: many ties.
+                    ((i as f32 * 12.9898 + s).sin() * 4.0).round() / 2.0 - 0.7
+                }
+            };
+            let r0: Vec<f32> = (0..2 * len).map(|i| val(i, 3.0)).collect();
+            let r1: Vec<f32> = (0..2 * len).map(|i| val(i, 7.1)).collect();
+            for b in [0.25, -1.0, 0.0] {
+                let mut out = vec![f32::NAN; len];
+                f32::pool2_relu_row(&r0, &r1, b, &mut out);
+                for (j, &o) in out.iter().enumerate() {
+                    let want = reference([r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]], b);
+                    assert!(o == want, "len {len} b {b} out[{j}]: {o} vs {want}");
                 }
             }
         }

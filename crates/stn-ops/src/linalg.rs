@@ -320,7 +320,14 @@ mod tests {
             }
             // Stored instead of added: the products alone, whatever `c` held.
             let mut c3 = vec![f64::NAN; m * n];
-            gemm::<f64, false>(&PackedA::new(m, k, &a, (k, 1)), n, &b, &boff, &mut c3, &coff);
+            gemm::<f64, false>(
+                &PackedA::new(m, k, &a, (k, 1)),
+                n,
+                &b,
+                &boff,
+                &mut c3,
+                &coff,
+            );
             for ((x, y), z) in c3.iter().zip(&want).zip(&c0) {
                 assert!((x - (y - z)).abs() < 1e-12, "stored {m}×{k}×{n}");
             }
