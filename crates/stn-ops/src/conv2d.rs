@@ -95,16 +95,28 @@ impl Geom {
     /// `cols` has 8 spare entries at its end) instead of a `memcpy` call per 7-float segment.
     pub(crate) fn im2col<E: Real>(&self, x: &[E], cols: &mut [E]) {
         let (p, wo) = (self.p(), self.wo);
-        debug_assert!(cols.len() >= self.k() * p + 8);
+        assert!(cols.len() >= self.k() * p + 8 && x.len() == self.image());
+        if wo > 8 || x.len() < 8 {
+            for (r, &off) in self.offs.iter().enumerate() {
+                for oy in 0..self.ho {
+                    let (src, dst) = (off + oy * self.w, r * p + oy * wo);
+                    E::copy(&mut cols[dst..dst + wo], &x[src..src + wo]);
+                }
+            }
+            return;
+        }
+        // Sources from here on can be read 8 wide; the last few are copied element by element.
+        let last8 = x.len() - 8;
+        let (xp, cp) = (x.as_ptr(), cols.as_mut_ptr());
         for (r, &off) in self.offs.iter().enumerate() {
             for oy in 0..self.ho {
-                let src = off + oy * self.w;
-                let dst = r * p + oy * wo;
-                if wo <= 8 && src + 8 <= x.len() {
-                    let v = E::lanes(E::load(&x[src..src + 8]));
-                    cols[dst..dst + 8].copy_from_slice(&v);
+                let (src, dst) = (off + oy * self.w, r * p + oy * wo);
+                if src <= last8 {
+                    // SAFETY: src + 8 ≤ x.len() (just checked); dst + 8 ≤ (k−1)·p + (ho−1)·wo + 8
+                    // ≤ k·p + 8 ≤ cols.len() (asserted above); x and cols are distinct slices.
+                    unsafe { std::ptr::copy_nonoverlapping(xp.add(src), cp.add(dst), 8) };
                 } else {
-                    E::copy(&mut cols[dst..dst + wo], &x[src..src + wo]);
+                    cols[dst..dst + wo].copy_from_slice(&x[src..src + wo]);
                 }
             }
         }
