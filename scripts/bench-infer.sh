@@ -11,7 +11,7 @@ data=${STN_DATA:-../shared/data/mnist}
 scripts/venv.sh >/dev/null
 ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh | tail -n1); export ORT_DYLIB_PATH
 cargo build --release --locked -q
-for rt in dfdx ort tract; do
+for rt in fused dfdx ort tract; do
   for b in 1 64 1000; do
     ./target/release/stn-infer --runtime "$rt" --model "$model" --data "$data" --offline --threads "$threads" \
       --batch "$b" --json 2>/dev/null | tail -n1 | python3 -c '

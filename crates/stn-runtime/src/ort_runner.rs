@@ -100,7 +100,11 @@ impl OrtRunner {
             path: path.into(),
             what: e.to_string(),
         };
-        let mut b = Session::builder(env).map_err(err)?;
+        // All graph optimisations, as onnxruntime-Python's default.
+        let mut b = Session::builder(env)
+            .map_err(err)?
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| err(e.into()))?;
         if threads > 0 {
             b = b.with_intra_threads(threads).map_err(|e| err(e.into()))?;
         }
