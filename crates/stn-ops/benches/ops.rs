@@ -2,6 +2,7 @@
 //! median over repeated runs. `scripts/bench-ops.sh` runs this beside the same ops in PyTorch.
 //!
 //!     cargo bench -p stn-ops --bench ops            # RAYON_NUM_THREADS sets the threads
+//!     cargo bench -p stn-ops --bench ops -- conv1    # only the lines whose op or layer matches
 
 use std::time::Instant;
 
@@ -11,7 +12,8 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use dfdx::prelude::*;
-use stn_ops::{affine_grid, conv2d, grid_sample, max_pool2d, Padding};
+use stn_ops::op::Buf;
+use stn_ops::{affine_grid, conv2d, grid_sample, max_pool2d, CustomOp, Padding};
 
 /// Median wall time of `f` in microseconds, after warm-up.
 fn median_us(mut f: impl FnMut()) -> f64 {
@@ -30,8 +32,22 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // A filter (cargo passes `--bench` too): run only the ops or layers whose names contain it.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let dev = Cpu::seed_from_u64(0);
+    // The sampler's kernels alone, outside dfdx (asked for by name only: `-- kernel`).
+    if filter.iter().any(|f| f == "kernel") {
+        sampler_kernels();
+        return;
+    }
     for c in [1usize, 10] {
+        if !wanted("grid_sample_fwd_bwd") {
+            continue;
+        }
         let n = 64;
         let x: Tensor<(usize, usize, usize, usize), f32, _> =
             dev.sample_normal_like(&(n, c, 28, 28));
@@ -52,6 +68,9 @@ fn main() {
         ("conv2", [64, 10, 12, 12], [20, 10, 5, 5], true),
     ];
     for (name, [n, c, h, w], [o, _, k, _], traced) in layers {
+        if !wanted(name) && !wanted("conv_pool_fwd_bwd") {
+            continue;
+        }
         let x: Tensor<(usize, usize, usize, usize), f32, _> = dev.sample_normal_like(&(n, c, h, w));
         let wt: Tensor<(usize, usize, usize, usize), f32, _> =
             dev.sample_normal_like(&(o, c, k, k));
@@ -66,6 +85,54 @@ fn main() {
         });
         println!(
             r#"{{"op":"conv_pool_fwd_bwd","layer":"{name}","shape":[{n},{c},{h},{w}],"ours_us":{us:.1}}}"#
+        );
+    }
+}
+
+/// The grid_sample kernels alone on 64 images, one and ten channels: forward, and the backward
+/// with the grid's gradient only (as in the STN), on the grid of a random theta.
+fn sampler_kernels() {
+    let op = stn_ops::GridSample {
+        padding: Padding::Zeros,
+        align_corners: false,
+    };
+    let (n, h, w) = (64usize, 28usize, 28usize);
+    let theta: Vec<f32> = (0..n * 6)
+        .map(|i| ((i as f32) * 0.77).sin() * 1.2)
+        .collect();
+    let mut grid = vec![0f32; n * h * w * 2];
+    let ag = stn_ops::AffineGrid {
+        size: [n, 1, h, w],
+        align_corners: false,
+    };
+    ag.cpu_fwd(
+        &[Buf {
+            data: &theta,
+            dims: &[n, 2, 3],
+        }],
+        &mut grid,
+    );
+    for c in [1usize, 10] {
+        let x: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i as f32) * 0.31).sin())
+            .collect();
+        let (xd, gd) = ([n, c, h, w], [n, h, w, 2]);
+        let inputs = [
+            Buf {
+                data: &x,
+                dims: &xd,
+            },
+            Buf {
+                data: &grid,
+                dims: &gd,
+            },
+        ];
+        let mut out = vec![0f32; n * c * h * w];
+        let fwd = median_us(|| op.cpu_fwd(&inputs, &mut out));
+        let mut gg = vec![0f32; grid.len()];
+        let bwd = median_us(|| op.cpu_bwd(&inputs, &out, &mut [None, Some(&mut gg[..])]));
+        println!(
+            r#"{{"op":"grid_sample_kernels","shape":[{n},{c},{h},{w}],"fwd_us":{fwd:.1},"bwd_grid_us":{bwd:.1}}}"#
         );
     }
 }

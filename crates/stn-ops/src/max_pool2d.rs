@@ -79,6 +79,20 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
         let (h, w) = (inputs[0].dims[2], inputs[0].dims[3]);
         let (ho, wo) = self.out_hw(h, w);
+        if self.kernel == 2 && self.stride == 2 {
+            // The seed network's pooling: whole output rows at a time (vectorised).
+            return inputs[0]
+                .data
+                .par_chunks(h * w)
+                .zip(out.par_chunks_mut(ho * wo))
+                .for_each(|(plane, o)| {
+                    for (oy, o) in o.chunks_exact_mut(wo).enumerate() {
+                        let r0 = &plane[2 * oy * w..][..2 * wo];
+                        let r1 = &plane[(2 * oy + 1) * w..][..2 * wo];
+                        E::pool2_row(r0, r1, o);
+                    }
+                });
+        }
         inputs[0]
             .data
             .par_chunks(h * w)
@@ -98,6 +112,25 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
         };
         let (h, w) = (inputs[0].dims[2], inputs[0].dims[3]);
         let (ho, wo) = self.out_hw(h, w);
+        if self.kernel == 2 && self.stride == 2 {
+            return inputs[0]
+                .data
+                .par_chunks(h * w)
+                .zip(gx.par_chunks_mut(h * w))
+                .zip(grad_out.par_chunks(ho * wo))
+                .for_each(|((plane, g), go)| {
+                    for (oy, go) in go.chunks_exact(wo).enumerate() {
+                        let (g0, g1) = g[2 * oy * w..].split_at_mut(w);
+                        E::pool2_row_bwd(
+                            &plane[2 * oy * w..][..2 * wo],
+                            &plane[(2 * oy + 1) * w..][..2 * wo],
+                            go,
+                            &mut g0[..2 * wo],
+                            &mut g1[..2 * wo],
+                        );
+                    }
+                });
+        }
         inputs[0]
             .data
             .par_chunks(h * w)
@@ -187,4 +220,60 @@ pub fn max_pool2d<S: Shape, E: Real, D: OpDevice<E>, T: Tape<E, D>>(
     let dev = x.device().clone();
     let (x, tape) = Input::new("max_pool2d", x)?;
     apply(MaxPool2d { kernel, stride }, &dev, vec![x], tape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Planes with ties, ±0, infinities and NaNs, of even and odd sizes, narrow and wide.
+    fn planes(n: usize, h: usize, w: usize, seed: usize) -> Vec<f32> {
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+        (0..n * h * w)
+            .map(|i| {
+                if (i * 7 + seed) % 11 == 0 {
+                    special[(i / 11 + seed) % special.len()]
+                } else {
+                    ((i as f32 * 0.913 + seed as f32).sin() * 3.0).round() * 0.5
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_2x2_fast_paths_follow_the_argmax_rule() {
+        let op = MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        };
+        for (h, w) in [(2, 2), (4, 6), (5, 7), (11, 11), (24, 24), (22, 35), (3, 40)] {
+            let n = 3;
+            let x = planes(n, h, w, h + w);
+            let go: Vec<f32> = (0..n * (h / 2) * (w / 2))
+                .map(|i| 1.0 + i as f32 * 0.25)
+                .collect();
+            let dims = [1, n, h, w];
+            let input = [Buf { data: &x, dims: &dims }];
+            let (ho, wo) = op.out_hw(h, w);
+            let mut out = vec![0f32; n * ho * wo];
+            op.cpu_fwd(&input, &mut out);
+            let mut gx = vec![0f32; x.len()];
+            op.cpu_bwd(&input, &go, &mut [Some(&mut gx[..])]);
+            let (mut want_out, mut want_gx) = (vec![0f32; out.len()], vec![0f32; x.len()]);
+            for p in 0..n {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let i = op.argmax(plane, w, oy, ox);
+                        want_out[p * ho * wo + oy * wo + ox] = plane[i];
+                        want_gx[p * h * w + i] += go[p * ho * wo + oy * wo + ox];
+                    }
+                }
+            }
+            for (i, (g, e)) in out.iter().zip(&want_out).enumerate() {
+                assert!(g == e || (g.is_nan() && e.is_nan()), "{h}×{w} out[{i}]: {g} vs {e}");
+            }
+            assert_eq!(gx, want_gx, "{h}×{w} gradient");
+        }
+    }
 }

@@ -71,6 +71,49 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + Send + Sync + 'static 
             *o = (m + b).max(Self::zero());
         }
     }
+    /// One output row of `max_pool2d` with kernel and stride 2: `out[j]` is the maximum of
+    /// `r0[2j..2j+2]` and `r1[2j..2j+2]`, or NaN if one is NaN — the value `max_pool2d`'s rule
+    /// gives.
+    #[inline]
+    fn pool2_row(r0: &[Self], r1: &[Self], out: &mut [Self]) {
+        for ((o, a), c) in out
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *o = [a[1], c[0], c[1]].into_iter().fold(a[0], |m, v| {
+                if m.is_nan() || !(v > m || v.is_nan()) {
+                    m
+                } else {
+                    v
+                }
+            });
+        }
+    }
+    /// The backward of [`Real::pool2_row`]: each `go[j]` is added to the gradient of its window's
+    /// first maximum in row-major order (`g0` is `r0`'s row, `g1` is `r1`'s), or of its first NaN
+    /// — `max_pool2d`'s rule.
+    #[inline]
+    fn pool2_row_bwd(r0: &[Self], r1: &[Self], go: &[Self], g0: &mut [Self], g1: &mut [Self]) {
+        for (j, &go) in go.iter().enumerate() {
+            let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+            let mut best = 0;
+            for i in 1..4 {
+                if v[best].is_nan() {
+                    break;
+                }
+                if v[i] > v[best] || v[i].is_nan() {
+                    best = i;
+                }
+            }
+            match best {
+                0 => g0[2 * j] += go,
+                1 => g0[2 * j + 1] += go,
+                2 => g1[2 * j] += go,
+                _ => g1[2 * j + 1] += go,
+            }
+        }
+    }
     /// `[plane[idx[0]], …, plane[idx[7]]]`; every index must be inside `plane` (it panics if not).
     #[inline(always)]
     fn gather(plane: &[Self], idx: &[u32; 8]) -> Self::Lanes {
@@ -207,6 +250,132 @@ impl Real for f32 {
                 }
             }
             *o = (m + b).max(0.0);
+        }
+    }
+    /// As `pool2_relu_row`'s AVX2 path, without the bias and ReLU: NaN where a window holds one.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[inline]
+    fn pool2_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let full = out.len() / 8 * 8;
+        assert!(r0.len() >= 2 * out.len() && r1.len() >= 2 * out.len());
+        for j in (0..full).step_by(8) {
+            // SAFETY: as in `pool2_relu_row`: AVX2 is enabled; r0/r1[2j..2j+16] and out[j..j+8]
+            // are inside the slices.
+            unsafe {
+                let ld = |r: &[f32], o: usize| _mm256_loadu_ps(r.as_ptr().add(2 * j + o));
+                let (a0, a1, c0, c1) = (ld(r0, 0), ld(r0, 8), ld(r1, 0), ld(r1, 8));
+                let (v0, v1) = (_mm256_max_ps(a0, c0), _mm256_max_ps(a1, c1));
+                let (n0, n1) = (
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(a0, c0),
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(a1, c1),
+                );
+                let m = _mm256_max_ps(
+                    _mm256_shuffle_ps::<0b10_00_10_00>(v0, v1),
+                    _mm256_shuffle_ps::<0b11_01_11_01>(v0, v1),
+                );
+                let n = _mm256_or_ps(
+                    _mm256_shuffle_ps::<0b10_00_10_00>(n0, n1),
+                    _mm256_shuffle_ps::<0b11_01_11_01>(n0, n1),
+                );
+                // All-ones lanes are NaN.
+                let y = _mm256_or_ps(m, n);
+                let y =
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(y)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(j), y);
+            }
+        }
+        for ((o, a), c) in out[full..]
+            .iter_mut()
+            .zip(r0[2 * full..].chunks_exact(2))
+            .zip(r1[2 * full..].chunks_exact(2))
+        {
+            *o = [a[1], c[0], c[1]].into_iter().fold(a[0], |m, v| {
+                if m.is_nan() || !(v > m || v.is_nan()) {
+                    m
+                } else {
+                    v
+                }
+            });
+        }
+    }
+    /// Eight outputs at a time with AVX2 where the build has it, without branches (which of four
+    /// is the maximum is a coin toss a branch predictor loses): the windows deinterleaved, the
+    /// first candidate of each chosen by masks, the gradients interleaved back.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[inline]
+    fn pool2_row_bwd(r0: &[f32], r1: &[f32], go: &[f32], g0: &mut [f32], g1: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = go.len();
+        assert!(r0.len() >= 2 * n && r1.len() >= 2 * n && g0.len() >= 2 * n && g1.len() >= 2 * n);
+        let full = n / 8 * 8;
+        for j in (0..full).step_by(8) {
+            // SAFETY: AVX2 is enabled; every access is to [2j, 2j+16) of r0, r1, g0, g1 or
+            // [j, j+8) of go, inside the slices (asserted above, j + 8 ≤ full ≤ n).
+            unsafe {
+                let ld = |r: &[f32], o: usize| _mm256_loadu_ps(r.as_ptr().add(o));
+                // Even and odd elements of a 16-float row, in output order.
+                let order = |v: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+                };
+                let split = |x: __m256, y: __m256| {
+                    (
+                        order(_mm256_shuffle_ps::<0b10_00_10_00>(x, y)),
+                        order(_mm256_shuffle_ps::<0b11_01_11_01>(x, y)),
+                    )
+                };
+                let (v0, v1) = split(ld(r0, 2 * j), ld(r0, 2 * j + 8));
+                let (v2, v3) = split(ld(r1, 2 * j), ld(r1, 2 * j + 8));
+                let m = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
+                let nan = |v| _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+                let (n0, n1, n2, n3) = (nan(v0), nan(v1), nan(v2), nan(v3));
+                let any = _mm256_or_ps(_mm256_or_ps(n0, n1), _mm256_or_ps(n2, n3));
+                // Candidates: the NaNs if the window has one, else its maxima.
+                let cand = |v, nv| {
+                    _mm256_or_ps(nv, _mm256_andnot_ps(any, _mm256_cmp_ps::<_CMP_EQ_OQ>(v, m)))
+                };
+                let s0 = cand(v0, n0);
+                let s1 = _mm256_andnot_ps(s0, cand(v1, n1));
+                let taken = _mm256_or_ps(s0, s1);
+                let s2 = _mm256_andnot_ps(taken, cand(v2, n2));
+                let taken = _mm256_or_ps(taken, s2);
+                let gv = ld(go, j);
+                let (d0, d1, d2) = (
+                    _mm256_and_ps(s0, gv),
+                    _mm256_and_ps(s1, gv),
+                    _mm256_and_ps(s2, gv),
+                );
+                let d3 = _mm256_andnot_ps(taken, gv);
+                // Interleave (even, odd) back into two 8-float pieces of the row, and add.
+                let add = |g: &mut [f32], e: __m256, o: __m256| {
+                    let (lo, hi) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
+                    let p = g.as_mut_ptr().add(2 * j);
+                    let a = _mm256_permute2f128_ps::<0x20>(lo, hi);
+                    let b = _mm256_permute2f128_ps::<0x31>(lo, hi);
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), a));
+                    _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), b));
+                };
+                add(g0, d0, d1);
+                add(g1, d2, d3);
+            }
+        }
+        for (j, &go) in go.iter().enumerate().skip(full) {
+            let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+            let mut best = 0;
+            for i in 1..4 {
+                if v[best].is_nan() {
+                    break;
+                }
+                if v[i] > v[best] || v[i].is_nan() {
+                    best = i;
+                }
+            }
+            match best {
+                0 => g0[2 * j] += go,
+                1 => g0[2 * j + 1] += go,
+                2 => g1[2 * j] += go,
+                _ => g1[2 * j + 1] += go,
+            }
         }
     }
     /// AVX2's gather where the build has it (the workspace builds for x86-64-v3).
