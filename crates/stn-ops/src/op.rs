@@ -91,28 +91,11 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + Send + Sync + 'static 
         }
     }
     /// The backward of [`Real::pool2_row`]: each `go[j]` is added to the gradient of its window's
-    /// first maximum in row-major order (`g0` is `r0`'s row, `g1` is `r1`'s), or of its first NaN
-    /// — `max_pool2d`'s rule.
+    /// first maximum in row-major order, or of its first NaN — `max_pool2d`'s rule. `g` holds the
+    /// gradient rows of `r0` (from 0) and `r1` (from `w`).
     #[inline]
-    fn pool2_row_bwd(r0: &[Self], r1: &[Self], go: &[Self], g0: &mut [Self], g1: &mut [Self]) {
-        for (j, &go) in go.iter().enumerate() {
-            let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
-            let mut best = 0;
-            for i in 1..4 {
-                if v[best].is_nan() {
-                    break;
-                }
-                if v[i] > v[best] || v[i].is_nan() {
-                    best = i;
-                }
-            }
-            match best {
-                0 => g0[2 * j] += go,
-                1 => g0[2 * j + 1] += go,
-                2 => g1[2 * j] += go,
-                _ => g1[2 * j + 1] += go,
-            }
-        }
+    fn pool2_row_bwd(r0: &[Self], r1: &[Self], go: &[Self], g: &mut [Self], w: usize) {
+        pool2_bwd_scalar(r0, r1, go, g, w, 0);
     }
     /// `[plane[idx[0]], …, plane[idx[7]]]`; every index must be inside `plane` (it panics if not).
     #[inline(always)]
@@ -304,10 +287,11 @@ impl Real for f32 {
     /// first candidate of each chosen by masks, the gradients interleaved back.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     #[inline]
-    fn pool2_row_bwd(r0: &[f32], r1: &[f32], go: &[f32], g0: &mut [f32], g1: &mut [f32]) {
+    fn pool2_row_bwd(r0: &[f32], r1: &[f32], go: &[f32], g: &mut [f32], w: usize) {
         use std::arch::x86_64::*;
         let n = go.len();
-        assert!(r0.len() >= 2 * n && r1.len() >= 2 * n && g0.len() >= 2 * n && g1.len() >= 2 * n);
+        assert!(r0.len() >= 2 * n && r1.len() >= 2 * n && w >= 2 * n && g.len() >= w + 2 * n);
+        let (g0, g1) = g.split_at_mut(w);
         let full = n / 8 * 8;
         for j in (0..full).step_by(8) {
             // SAFETY: AVX2 is enabled; every access is to [2j, 2j+16) of r0, r1, g0, g1 or
@@ -359,24 +343,7 @@ impl Real for f32 {
                 add(g1, d2, d3);
             }
         }
-        for (j, &go) in go.iter().enumerate().skip(full) {
-            let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
-            let mut best = 0;
-            for i in 1..4 {
-                if v[best].is_nan() {
-                    break;
-                }
-                if v[i] > v[best] || v[i].is_nan() {
-                    best = i;
-                }
-            }
-            match best {
-                0 => g0[2 * j] += go,
-                1 => g0[2 * j + 1] += go,
-                2 => g1[2 * j] += go,
-                _ => g1[2 * j + 1] += go,
-            }
-        }
+        pool2_bwd_scalar(r0, r1, go, g, w, full);
     }
     /// AVX2's gather where the build has it (the workspace builds for x86-64-v3).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -692,5 +659,31 @@ pub(crate) fn per_image<E>(g: Option<&mut [E]>, n: usize, len: usize) -> Vec<Opt
     match g {
         Some(g) => g.chunks_mut(len).map(Some).collect(),
         None => (0..n).map(|_| None).collect(),
+    }
+}
+
+/// `Real::pool2_row_bwd` from output `from` on, one output at a time without branches: the
+/// candidates (the window's NaNs if it holds one, else its maxima), the first of them, and its
+/// position in `g` by arithmetic.
+#[inline]
+fn pool2_bwd_scalar<E: Real>(r0: &[E], r1: &[E], go: &[E], g: &mut [E], w: usize, from: usize) {
+    assert!(r0.len() >= 2 * go.len() && r1.len() >= 2 * go.len());
+    assert!(w >= 2 * go.len() && g.len() >= w + 2 * go.len());
+    for (j, &go) in go.iter().enumerate().skip(from) {
+        let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+        let nan = v.map(|x| x.is_nan());
+        let any = nan[0] | nan[1] | nan[2] | nan[3];
+        let m = v[0].max(v[1]).max(v[2].max(v[3]));
+        let c = |i: usize| nan[i] | (!any & (v[i] == m));
+        let best = if c(0) {
+            0
+        } else if c(1) {
+            1
+        } else if c(2) {
+            2
+        } else {
+            3
+        };
+        g[2 * j + (best & 1) + (best >> 1) * w] += go;
     }
 }
