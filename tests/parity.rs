@@ -1,5 +1,6 @@
 //! The claim of the project: one trained model, the same answers on every runtime. On the 10,000
-//! MNIST test images, every pair of dfdx, tract and ONNX Runtime agrees within numpy's
+//! MNIST test images, every pair of dfdx, fused (our CPU forward), tract (with our Conv and
+//! GridSample kernels) and ONNX Runtime agrees within numpy's
 //! allclose(rtol=1e-5, atol=1e-5) with identical argmax, and each is within that bound of our
 //! model evaluated in float64.
 
@@ -63,7 +64,7 @@ fn assert_bit_close(report: &serde_json::Value, want_pairs: usize) {
 fn opset16_all_runtimes_are_bit_close_on_the_test_set() {
     let dir = tempfile::tempdir().unwrap();
     let model = export(dir.path(), "16");
-    assert_bit_close(&compare(&model, "tract,ort,dfdx,dfdx-f64"), 6);
+    assert_bit_close(&compare(&model, "tract,ort,dfdx,fused,dfdx-f64"), 10);
 }
 
 #[test]
@@ -71,7 +72,7 @@ fn opset20_all_runtimes_are_bit_close_on_the_test_set() {
     // AffineGrid on tract is our registration (tract has none).
     let dir = tempfile::tempdir().unwrap();
     let model = export(dir.path(), "20");
-    assert_bit_close(&compare(&model, "tract,ort,dfdx,dfdx-f64"), 6);
+    assert_bit_close(&compare(&model, "tract,ort,dfdx,fused,dfdx-f64"), 10);
 }
 
 #[test]
@@ -180,7 +181,7 @@ fn classifies_image_files_and_saves_logprobs() {
 }
 
 #[test]
-fn pytorch_exported_stn_runs_bit_close_on_tract_ort_and_dfdx() {
+fn pytorch_exported_stn_runs_bit_close_on_tract_ort_dfdx_and_fused() {
     // PyTorch's own export of the seed network (opset 20: AffineGrid + GridSample), made here by
     // the reference program after a short training.
     let python = std::env::var("STN_PYTHON")
@@ -207,8 +208,8 @@ fn pytorch_exported_stn_runs_bit_close_on_tract_ort_and_dfdx() {
         .output()
         .expect("python runs");
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let report = compare(&model, "tract,ort,dfdx,dfdx-f64");
-    assert_bit_close(&report, 6);
+    let report = compare(&model, "tract,ort,dfdx,fused,dfdx-f64");
+    assert_bit_close(&report, 10);
     assert_eq!(
         stn_onnx::read_model(&std::fs::read(&model).unwrap(), "torch20.onnx")
             .unwrap()

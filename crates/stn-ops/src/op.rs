@@ -31,7 +31,7 @@ impl OpError {
 /// `Lanes` is 8 elements the kernels treat as one vector: AVX2 registers for f32 (through `wide`,
 /// because LLVM does not reliably vectorise the register blocks of `linalg`), a plain array for f64,
 /// which only the gradient checks use.
-pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + Send + Sync + 'static {
+pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync + 'static {
     type Lanes: Copy + Send + Sync;
     /// The nearest value of this type (named so as not to clash with `num_traits`).
     fn of(v: f64) -> Self;
@@ -519,33 +519,103 @@ pub trait OpDevice<E: Real>: Device<E> {
     ) -> Result<(), <Self as HasErr>::Err>;
 }
 
-fn bufs<'a, E>(inputs: &'a [(&'a Vec<E>, &'a [usize])]) -> Vec<Buf<'a, E>> {
+fn bufs<'a, E: Real>(inputs: &'a [(&'a HostCopy<E>, &'a [usize])]) -> Vec<Buf<'a, E>> {
     inputs
         .iter()
-        .map(|(d, dims)| Buf {
-            data: d.as_slice(),
-            dims,
-        })
+        .map(|(d, dims)| Buf { data: d, dims })
         .collect()
+}
+
+/// Recycled host buffers: the pool of one element type.
+pub trait HostPool: Sized + 'static {
+    fn pool() -> &'static std::sync::Mutex<Vec<Vec<Self>>>;
+}
+static POOL_F32: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+static POOL_F64: std::sync::Mutex<Vec<Vec<f64>>> = std::sync::Mutex::new(Vec::new());
+impl HostPool for f32 {
+    fn pool() -> &'static std::sync::Mutex<Vec<Vec<f32>>> {
+        &POOL_F32
+    }
+}
+impl HostPool for f64 {
+    fn pool() -> &'static std::sync::Mutex<Vec<Vec<f64>>> {
+        &POOL_F64
+    }
+}
+
+/// A host copy of an op input (dfdx keeps a tensor's buffer private, so the CPU kernels read a
+/// copy), in a recycled buffer: a fresh `Vec` per copy was zeroed and then page-faulted in from
+/// the kernel, ~7% of a training step. Dropping it returns the buffer to its pool.
+pub struct HostCopy<E: Real> {
+    v: Vec<E>,
+}
+
+/// Buffers kept for reuse, at most (a training step holds about a dozen inputs at once).
+const POOL_MAX: usize = 64;
+
+impl<E: Real> HostCopy<E> {
+    /// `n` elements of unspecified (finite, stale or zero) values, for the caller to overwrite.
+    fn take(n: usize) -> HostCopy<E> {
+        let reused = {
+            let mut pool = E::pool().lock().unwrap_or_else(|e| e.into_inner());
+            // The smallest buffer that holds n without wasting more than half of itself.
+            let best = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.capacity() >= n && v.capacity() <= 2 * n + 1024)
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| pool.swap_remove(i))
+        };
+        let v = match reused {
+            Some(mut v) => {
+                if v.len() >= n {
+                    v.truncate(n);
+                } else {
+                    v.resize(n, E::zero());
+                }
+                v
+            }
+            None => vec![E::zero(); n],
+        };
+        HostCopy { v }
+    }
+}
+
+impl<E: Real> std::ops::Deref for HostCopy<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        &self.v
+    }
+}
+
+impl<E: Real> Drop for HostCopy<E> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.v);
+        let mut pool = E::pool().lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(v);
+        }
+    }
 }
 
 macro_rules! cpu_op_device {
     ($E:ty) => {
         impl OpDevice<$E> for Cpu {
-            type Buffer = Vec<$E>;
+            type Buffer = HostCopy<$E>;
 
-            fn read<S: Shape>(&self, t: &Tensor<S, $E, Self>) -> Result<Vec<$E>, Self::Err> {
+            fn read<S: Shape>(&self, t: &Tensor<S, $E, Self>) -> Result<HostCopy<$E>, Self::Err> {
                 // dfdx keeps a tensor's buffer private; `copy_into` is its one public memcpy of it (the
-                // tensor is contiguous here, see `Input::new`).
-                let mut v = vec![<$E>::zero(); t.shape().num_elements()];
-                t.copy_into(&mut v);
+                // tensor is contiguous here, see `Input::new`), and it overwrites every element.
+                let mut v = HostCopy::take(t.shape().num_elements());
+                t.copy_into(&mut v.v);
                 Ok(v)
             }
 
             fn op_forward<Op: CustomOp<$E>, S: Shape>(
                 &self,
                 op: &Op,
-                inputs: &[(&Vec<$E>, &[usize])],
+                inputs: &[(&HostCopy<$E>, &[usize])],
                 out_shape: S,
             ) -> Result<Tensor<S, $E, Self>, OpError> {
                 let mut out = vec![<$E>::zero(); out_shape.num_elements()];
@@ -561,7 +631,7 @@ macro_rules! cpu_op_device {
             fn op_backward<Op: CustomOp<$E>>(
                 &self,
                 op: &Op,
-                inputs: &[(&Vec<$E>, &[usize])],
+                inputs: &[(&HostCopy<$E>, &[usize])],
                 grad_out: &<Self as Storage<$E>>::Vec,
                 grads: &mut [Option<&mut <Self as Storage<$E>>::Vec>],
             ) -> Result<(), Self::Err> {
