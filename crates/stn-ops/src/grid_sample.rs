@@ -296,6 +296,16 @@ impl<E: Real> CustomOp<E> for GridSample {
             Axis::new(w, self.align_corners),
             Axis::new(h, self.align_corners),
         );
+        if self.padding == Padding::Zeros {
+            return out
+                .par_chunks_mut(c * p)
+                .zip(x.par_chunks(c * h * w))
+                .zip(grid.par_chunks(p * 2))
+                .for_each_init(
+                    || vec![E::zero(); c * (h + 4) * (w + 4)],
+                    |framed, ((o, x), g)| zeros_fwd_image(x, g, &ax, &ay, framed, o),
+                );
+        }
         out.par_chunks_mut(c * p)
             .zip(x.par_chunks(c * h * w))
             .zip(grid.par_chunks(p * 2))
@@ -348,7 +358,11 @@ impl<E: Real> CustomOp<E> for GridSample {
                     let s = self.sample8(g, q0, &ax, &ay);
                     let lanes = (p - q0).min(LANES);
                     let mut gout = [E::zero(); LANES];
-                    let (mut dgx, mut dgy) = ([E::zero(); LANES], [E::zero(); LANES]);
+                    let zero = E::splat(E::zero());
+                    let (mut dgx, mut dgy) = (zero, zero);
+                    let (fx, fy) = (E::load(&s.fx), E::load(&s.fy));
+                    let one = E::splat(E::one());
+                    let (ex, ey) = (E::vsub(one, fx), E::vsub(one, fy));
                     for ch in 0..c {
                         gout[..lanes].copy_from_slice(&go[ch * p + q0..ch * p + q0 + lanes]);
                         if let Some(gi) = gi.as_deref_mut() {
@@ -362,17 +376,24 @@ impl<E: Real> CustomOp<E> for GridSample {
                             }
                         }
                         if gg.is_some() {
+                            // Lane-wise, in this order: ((ne − nw)(1 − fy) + (se − sw)fy)·gout
+                            // for x, ((sw − nw)(1 − fx) + (se − ne)fx)·gout for y.
                             let plane = &x[ch * h * w..(ch + 1) * h * w];
-                            for l in 0..LANES {
-                                let v = |k: usize| plane[s.idx[k][l] as usize] * s.mask[k][l];
-                                let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
-                                let (fx, fy) = (s.fx[l], s.fy[l]);
-                                dgx[l] += ((ne - nw) * (E::one() - fy) + (se - sw) * fy) * gout[l];
-                                dgy[l] += ((sw - nw) * (E::one() - fx) + (se - ne) * fx) * gout[l];
-                            }
+                            let v = |k: usize| {
+                                E::vmul(E::gather(plane, &s.idx[k]), E::load(&s.mask[k]))
+                            };
+                            let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
+                            let go = E::load(&gout);
+                            let tx =
+                                E::vadd(E::vmul(E::vsub(ne, nw), ey), E::vmul(E::vsub(se, sw), fy));
+                            let ty =
+                                E::vadd(E::vmul(E::vsub(sw, nw), ex), E::vmul(E::vsub(se, ne), fx));
+                            dgx = E::vadd(dgx, E::vmul(tx, go));
+                            dgy = E::vadd(dgy, E::vmul(ty, go));
                         }
                     }
                     if let Some(gg) = gg.as_deref_mut() {
+                        let (dgx, dgy) = (E::lanes(dgx), E::lanes(dgy));
                         for l in 0..lanes {
                             gg[2 * (q0 + l)] += dgx[l] * s.dx[l];
                             gg[2 * (q0 + l) + 1] += dgy[l] * s.dy[l];
@@ -487,4 +508,177 @@ where
         vec![input, grid],
         t2.merge(t1),
     )
+}
+
+/// Zero padding's forward on one image `[C, H, W]` for the points of `g` (x, y pairs), into
+/// `out [C, P]`.
+///
+/// Each plane is first copied into a frame with a 2-pixel zero border (`framed`, `C·(H+4)·(W+4)`),
+/// and each coordinate's floor is clamped to [−2, W] (resp. H): then a sample's four corners are
+/// always inside the frame, an outside corner reads a zero, and no corner needs a mask or a clamp
+/// of its own — half the work of the general sampler. The arithmetic is the general path's
+/// (`((p0·w0 + p1·w1) + p2·w2) + p3·w3` with the same weights), so the result is the same, and a
+/// point with a non-finite coordinate samples zero, as there.
+fn zeros_fwd_image<E: Real>(
+    x: &[E],
+    g: &[E],
+    ax: &Axis<E>,
+    ay: &Axis<E>,
+    framed: &mut [E],
+    out: &mut [E],
+) {
+    let (h, w) = (ay.size, ax.size);
+    let (fw, frame) = (w + 4, (h + 4) * (w + 4));
+    let c = x.len() / (h * w);
+    let p = g.len() / 2;
+    assert!(x.len() == c * h * w && framed.len() == c * frame && out.len() == c * p && p > 0);
+    for (plane, f) in x.chunks_exact(h * w).zip(framed.chunks_exact_mut(frame)) {
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            f[(y + 2) * fw + 2..(y + 2) * fw + 2 + w].copy_from_slice(row);
+        }
+    }
+    let (wmax, hmax) = (E::of(w as f64), E::of(h as f64));
+    let two = E::of(2.0);
+    for q0 in (0..p).step_by(LANES) {
+        let lanes = (p - q0).min(LANES);
+        let mut gx = [E::zero(); LANES];
+        let mut gy = [E::zero(); LANES];
+        for l in 0..LANES {
+            // Lanes past the end repeat the last point (their results are not stored).
+            let q = (q0 + l).min(p - 1);
+            gx[l] = g[2 * q];
+            gy[l] = g[2 * q + 1];
+        }
+        let mut idx = [[0u32; LANES]; 4];
+        let mut wt = [[E::zero(); LANES]; 4];
+        for l in 0..LANES {
+            let x = gx[l] * ax.scale + ax.offset;
+            let y = gy[l] * ay.scale + ay.offset;
+            let (x0, y0) = (x.floor(), y.floor());
+            let (fx, fy) = (x - x0, y - y0);
+            let ok = x.is_finite() && y.is_finite();
+            // Into [−2, W] × [−2, H] (NaN to −2): both corners of a clamped axis are in the border.
+            let cx = if ok { x0.max(-two).min(wmax) } else { -two };
+            let cy = if ok { y0.max(-two).min(hmax) } else { -two };
+            let base = (E::to_i32_sat(cy) + 2) as u32 * fw as u32 + (E::to_i32_sat(cx) + 2) as u32;
+            idx[0][l] = base;
+            idx[1][l] = base + 1;
+            idx[2][l] = base + fw as u32;
+            idx[3][l] = base + fw as u32 + 1;
+            let (ex, sy) = (E::one() - fx, E::one() - fy);
+            let z = |v: E| if ok { v } else { E::zero() };
+            wt[0][l] = z(sy * ex);
+            wt[1][l] = z(sy * fx);
+            wt[2][l] = z(fy * ex);
+            wt[3][l] = z(fy * fx);
+        }
+        for (f, o) in framed.chunks_exact(frame).zip(out.chunks_exact_mut(p)) {
+            let corner = |k: usize| E::vmul(E::gather(f, &idx[k]), E::load(&wt[k]));
+            let v = E::lanes(E::vadd(
+                E::vadd(E::vadd(corner(0), corner(1)), corner(2)),
+                corner(3),
+            ));
+            o[q0..q0 + lanes].copy_from_slice(&v[..lanes]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PyTorch's zero-padding bilinear sample, one point at a time: corners outside the image
+    /// are skipped, a non-finite coordinate gives zero.
+    fn reference(plane: &[f32], h: usize, w: usize, gx: f32, gy: f32, align: bool) -> f32 {
+        let (ax, ay) = (Axis::<f32>::new(w, align), Axis::<f32>::new(h, align));
+        let (x, y) = (gx * ax.scale + ax.offset, gy * ay.scale + ay.offset);
+        if !(x.is_finite() && y.is_finite()) {
+            return 0.0;
+        }
+        let (x0, y0) = (x.floor(), y.floor());
+        let (fx, fy) = (x - x0, y - y0);
+        let (ex, sy) = (1.0 - fx, 1.0 - fy);
+        let corners = [
+            (y0, x0, sy * ex),
+            (y0, x0 + 1.0, sy * fx),
+            (y0 + 1.0, x0, fy * ex),
+            (y0 + 1.0, x0 + 1.0, fy * fx),
+        ];
+        let mut v = 0.0f32;
+        for (k, (cy, cx, wt)) in corners.into_iter().enumerate() {
+            let inside = cy >= 0.0 && cy < h as f32 && cx >= 0.0 && cx < w as f32;
+            let p = if inside {
+                plane[cy as usize * w + cx as usize] * wt
+            } else {
+                0.0
+            };
+            v = if k == 0 { p } else { v + p };
+        }
+        v
+    }
+
+    #[test]
+    fn zero_padding_fast_path_is_pytorchs_sampler_inside_outside_and_for_non_finite_points() {
+        let (n, c, h, w, ho, wo) = (2usize, 3usize, 5usize, 7usize, 4usize, 9usize);
+        let x: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i as f32) * 0.37).sin())
+            .collect();
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            -1.0,
+            1.0,
+            0.0,
+            1.2,
+            -1.3,
+        ];
+        let grid: Vec<f32> = (0..n * ho * wo * 2)
+            .map(|i| {
+                if i % 5 == 0 {
+                    special[(i / 5) % special.len()]
+                } else {
+                    ((i as f32) * 0.731).sin() * 1.6
+                }
+            })
+            .collect();
+        for align in [false, true] {
+            let op = GridSample {
+                padding: Padding::Zeros,
+                align_corners: align,
+            };
+            let (xd, gd) = ([n, c, h, w], [n, ho, wo, 2]);
+            let mut out = vec![f32::NAN; n * c * ho * wo];
+            op.cpu_fwd(
+                &[
+                    Buf {
+                        data: &x,
+                        dims: &xd,
+                    },
+                    Buf {
+                        data: &grid,
+                        dims: &gd,
+                    },
+                ],
+                &mut out,
+            );
+            for b in 0..n {
+                for ch in 0..c {
+                    let plane = &x[(b * c + ch) * h * w..][..h * w];
+                    for q in 0..ho * wo {
+                        let g = &grid[(b * ho * wo + q) * 2..];
+                        let want = reference(plane, h, w, g[0], g[1], align);
+                        let got = out[(b * c + ch) * ho * wo + q];
+                        assert!(
+                            got == want,
+                            "align {align} image {b} channel {ch} point {q} {:?}: {got} vs {want}",
+                            &g[..2]
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -46,6 +46,7 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
     fn add_into(dst: &mut [Self], v: Self::Lanes);
     fn vadd(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
     fn vmul(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
+    fn vsub(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
     /// One output row of `relu(max_pool2d(conv + b))` with kernel and stride 2: `out[j]` from
     /// `r0[2j..2j+2]` and `r1[2j..2j+2]` (two rows of the conv's products without its bias).
     /// `max_pool2d`'s value: the window's maximum, or NaN if it holds one (which its rule, "the
@@ -177,6 +178,10 @@ impl Real for f32 {
     #[inline(always)]
     fn vmul(a: wide::f32x8, b: wide::f32x8) -> wide::f32x8 {
         a * b
+    }
+    #[inline(always)]
+    fn vsub(a: wide::f32x8, b: wide::f32x8) -> wide::f32x8 {
+        a - b
     }
     /// Eight outputs at a time with AVX2 where the build has it: vertical maxima, then the
     /// horizontal pairs deinterleaved by two shuffles; a window with a NaN gives 0 (ReLU of NaN).
@@ -403,6 +408,10 @@ impl Real for f64 {
     #[inline(always)]
     fn vmul(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
         std::array::from_fn(|l| a[l] * b[l])
+    }
+    #[inline(always)]
+    fn vsub(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+        std::array::from_fn(|l| a[l] - b[l])
     }
 }
 
