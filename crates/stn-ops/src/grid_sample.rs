@@ -343,6 +343,23 @@ impl<E: Real> CustomOp<E> for GridSample {
         let [gi, gg] = grads else {
             unreachable!("two inputs")
         };
+        if self.padding == Padding::Zeros && gi.is_none() {
+            // The STN's case: only the grid's gradient (the images are data).
+            let Some(gg) = gg.as_deref_mut() else {
+                return;
+            };
+            return gg
+                .par_chunks_mut(p * 2)
+                .zip(x.par_chunks(c * h * w))
+                .zip(grid.par_chunks(p * 2))
+                .zip(grad_out.par_chunks(c * p))
+                .for_each_init(
+                    || vec![E::zero(); c * (h + 4) * (w + 4)],
+                    |framed, (((gg, x), g), go)| {
+                        zeros_bwd_grid_image(x, g, go, &ax, &ay, framed, gg)
+                    },
+                );
+        }
         let (gi, gg) = (
             per_image(gi.as_deref_mut(), n, c * h * w),
             per_image(gg.as_deref_mut(), n, p * 2),
@@ -510,6 +527,110 @@ where
     )
 }
 
+/// Copies the planes of `x` into zero frames 2 pixels wide (`framed`, `C·(H+4)·(W+4)`).
+fn frame_planes<E: Real>(x: &[E], h: usize, w: usize, framed: &mut [E]) {
+    let (fw, frame) = (w + 4, (h + 4) * (w + 4));
+    assert!(x.len() % (h * w) == 0 && framed.len() == x.len() / (h * w) * frame);
+    for (plane, f) in x.chunks_exact(h * w).zip(framed.chunks_exact_mut(frame)) {
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            f[(y + 2) * fw + 2..(y + 2) * fw + 2 + w].copy_from_slice(row);
+        }
+    }
+}
+
+/// The points `q0..q0+8` of `g` (x, y pairs; lanes past the end repeat the last point) in a framed
+/// image: the source coordinates' fractional parts and the frame index of each top-left corner,
+/// the floor clamped to [−2, W] × [−2, H] (NaN to −2) so that both corners of a clamped axis lie
+/// in the zero border. Whether each coordinate is finite.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn framed_points<E: Real>(
+    g: &[E],
+    q0: usize,
+    ax: &Axis<E>,
+    ay: &Axis<E>,
+) -> ([E; LANES], [E; LANES], [u32; LANES], [bool; LANES]) {
+    let p = g.len() / 2;
+    let fw = (ax.size + 4) as u32;
+    let (wmax, hmax) = (E::of(ax.size as f64), E::of(ay.size as f64));
+    let two = E::of(2.0);
+    let mut gx = [E::zero(); LANES];
+    let mut gy = [E::zero(); LANES];
+    for l in 0..LANES {
+        let q = (q0 + l).min(p - 1);
+        gx[l] = g[2 * q];
+        gy[l] = g[2 * q + 1];
+    }
+    let (mut fx, mut fy, mut base, mut ok) = (
+        [E::zero(); LANES],
+        [E::zero(); LANES],
+        [0u32; LANES],
+        [false; LANES],
+    );
+    for l in 0..LANES {
+        let x = gx[l] * ax.scale + ax.offset;
+        let y = gy[l] * ay.scale + ay.offset;
+        let (x0, y0) = (x.floor(), y.floor());
+        (fx[l], fy[l]) = (x - x0, y - y0);
+        ok[l] = x.is_finite() && y.is_finite();
+        let cx = if ok[l] { x0.max(-two).min(wmax) } else { -two };
+        let cy = if ok[l] { y0.max(-two).min(hmax) } else { -two };
+        base[l] = (E::to_i32_sat(cy) + 2) as u32 * fw + (E::to_i32_sat(cx) + 2) as u32;
+    }
+    (fx, fy, base, ok)
+}
+
+/// Zero padding's grid gradient on one image (the input's gradient not asked for), from framed
+/// planes as the forward: the general path's arithmetic without its masks, as an outside corner
+/// reads the frame's zero (`gg += ((ne − nw)(1 − fy) + (se − sw)fy)·gout·scale` and likewise for y).
+fn zeros_bwd_grid_image<E: Real>(
+    x: &[E],
+    g: &[E],
+    go: &[E],
+    ax: &Axis<E>,
+    ay: &Axis<E>,
+    framed: &mut [E],
+    gg: &mut [E],
+) {
+    let (h, w) = (ay.size, ax.size);
+    let (fw, frame) = ((w + 4) as u32, (h + 4) * (w + 4));
+    let c = x.len() / (h * w);
+    let p = g.len() / 2;
+    assert!(go.len() == c * p && gg.len() == 2 * p && p > 0);
+    frame_planes(x, h, w, framed);
+    let one = E::splat(E::one());
+    for q0 in (0..p).step_by(LANES) {
+        let lanes = (p - q0).min(LANES);
+        let (fx, fy, base, _) = framed_points(g, q0, ax, ay);
+        let idx = [
+            base,
+            base.map(|b| b + 1),
+            base.map(|b| b + fw),
+            base.map(|b| b + fw + 1),
+        ];
+        let (fx, fy) = (E::load(&fx), E::load(&fy));
+        let (ex, ey) = (E::vsub(one, fx), E::vsub(one, fy));
+        let zero = E::splat(E::zero());
+        let (mut dgx, mut dgy) = (zero, zero);
+        for (f, go) in framed.chunks_exact(frame).zip(go.chunks_exact(p)) {
+            let mut gout = [E::zero(); LANES];
+            gout[..lanes].copy_from_slice(&go[q0..q0 + lanes]);
+            let v = |k: usize| E::gather(f, &idx[k]);
+            let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
+            let go = E::load(&gout);
+            let tx = E::vadd(E::vmul(E::vsub(ne, nw), ey), E::vmul(E::vsub(se, sw), fy));
+            let ty = E::vadd(E::vmul(E::vsub(sw, nw), ex), E::vmul(E::vsub(se, ne), fx));
+            dgx = E::vadd(dgx, E::vmul(tx, go));
+            dgy = E::vadd(dgy, E::vmul(ty, go));
+        }
+        let (dgx, dgy) = (E::lanes(dgx), E::lanes(dgy));
+        for l in 0..lanes {
+            gg[2 * (q0 + l)] += dgx[l] * ax.scale;
+            gg[2 * (q0 + l) + 1] += dgy[l] * ay.scale;
+        }
+    }
+}
+
 /// Zero padding's forward on one image `[C, H, W]` for the points of `g` (x, y pairs), into
 /// `out [C, P]`.
 ///
@@ -664,6 +785,34 @@ mod tests {
                 ],
                 &mut out,
             );
+            // The grid's gradient alone (the fast path) is the general path's, bit for bit (NaN
+            // where a coordinate is not finite, in both).
+            let go: Vec<f32> = (0..out.len()).map(|i| ((i as f32) * 0.113).cos()).collect();
+            let inputs = [
+                Buf {
+                    data: &x,
+                    dims: &xd,
+                },
+                Buf {
+                    data: &grid,
+                    dims: &gd,
+                },
+            ];
+            let mut fast = vec![0f32; grid.len()];
+            op.cpu_bwd(&inputs, &go, &mut [None, Some(&mut fast[..])]);
+            let (mut general, mut gi) = (vec![0f32; grid.len()], vec![0f32; x.len()]);
+            op.cpu_bwd(
+                &inputs,
+                &go,
+                &mut [Some(&mut gi[..]), Some(&mut general[..])],
+            );
+            for (i, (a, b)) in fast.iter().zip(&general).enumerate() {
+                assert!(
+                    a == b || (a.is_nan() && b.is_nan()),
+                    "align {align} grid grad {i}: {a} vs {b}"
+                );
+            }
+            assert!(fast.iter().any(|v| v.is_finite() && *v != 0.0));
             for b in 0..n {
                 for ch in 0..c {
                     let plane = &x[(b * c + ch) * h * w..][..h * w];
