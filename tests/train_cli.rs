@@ -57,6 +57,44 @@ fn two_epochs_equal_one_then_resume() {
 }
 
 #[test]
+fn fresh_distortions_change_every_epoch_and_resume_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let rts = ["--distort", "rts", "--optimizer", "adam"];
+    fn with<'a>(rts: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [rts, extra].concat()
+    }
+    ok(&train(
+        &p("a"),
+        &with(&rts, &["--epochs", "2", "--fresh-distortions"]),
+    ));
+    ok(&train(
+        &p("b"),
+        &with(&rts, &["--epochs", "1", "--fresh-distortions"]),
+    ));
+    ok(&train(
+        &p("b"),
+        &with(&rts, &["--epochs", "2", "--resume", "--fresh-distortions"]),
+    ));
+    ok(&train(&p("c"), &with(&rts, &["--epochs", "2"])));
+    let load = |name: &str| Checkpoint::load(&p(name)).unwrap();
+    let (a, b, c) = (load("a"), load("b"), load("c"));
+    assert_eq!(a.params, b.params, "resume differs with fresh distortions");
+    // Epoch 1 is the same data either way; epoch 2's fresh distortions are new data.
+    assert_ne!(
+        a.params, c.params,
+        "epoch 2 trained on the same distortions"
+    );
+    assert_eq!(a.run["fresh_distortions"], true);
+    let o = train(&p("d"), &["--epochs", "1", "--fresh-distortions"]);
+    assert!(
+        !o.status.success() && common::stderr(&o).contains("--fresh-distortions needs --distort"),
+        "{}",
+        common::stderr(&o)
+    );
+}
+
+#[test]
 fn prints_the_seed_lines_and_json_last() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.safetensors");

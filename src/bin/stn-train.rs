@@ -72,6 +72,11 @@ struct Args {
     /// 42×42) or t (translated on 60×60). On a larger canvas the STN samples 28×28 for the classifier
     #[arg(long, default_value = "none", value_name = "KIND")]
     distort: Distortion,
+    /// With --distort: draw the training set's distortions anew every epoch (seeded by --seed and
+    /// the epoch, so runs and resumes repeat), as the STN paper's distortions made on the fly; the
+    /// test set stays fixed
+    #[arg(long)]
+    fresh_distortions: bool,
     /// Random 6×6 clutter pieces per distorted digit
     #[arg(long, value_name = "N", default_value_t = 0)]
     clutter: usize,
@@ -221,6 +226,11 @@ fn main() -> ExitCode {
             let data = DataDir::resolve(args.data.as_deref());
             let mut mnist = Mnist::load(&data, args.offline)?;
             mnist.train.truncate(args.limit);
+            if args.fresh_distortions && args.distort == Distortion::None {
+                bail!("--fresh-distortions needs --distort r, rts or t");
+            }
+            // The undistorted training set, for drawing new distortions every epoch.
+            let plain_train = args.fresh_distortions.then(|| mnist.train.clone());
             if args.distort != Distortion::None {
                 mnist.train = distort_split(&mnist.train, args.distort, args.clutter, args.seed);
                 mnist.test =
@@ -246,15 +256,10 @@ fn main() -> ExitCode {
                 eprintln!("--epochs 0: the data is loaded and verified; nothing to train");
                 return Ok(());
             }
-            let (train_x, test_x) = (
+            let (mut train_x, test_x) = (
                 normalize(&mnist.train.images),
                 normalize(&mnist.test.images),
             );
-            let train = Batch {
-                images: &train_x,
-                labels: &mnist.train.labels,
-                side,
-            };
             let test = Batch {
                 images: &test_x,
                 labels: &mnist.test.labels,
@@ -318,7 +323,7 @@ fn main() -> ExitCode {
                 trainer.optimizer.lr
             );
 
-            let n = train.len();
+            let n = mnist.train.len();
             let batches = n.div_ceil(args.batch) as u64;
             let bar = if std::io::stderr().is_terminal() && !args.json {
                 let b = ProgressBar::new(batches * args.epochs.saturating_sub(start - 1));
@@ -338,6 +343,17 @@ fn main() -> ExitCode {
             let mut last_eval = None;
             for epoch in start..=args.epochs {
                 bar.set_message(format!("epoch {epoch}/{}", args.epochs));
+                if let Some(plain) = plain_train.as_ref().filter(|_| epoch > 1) {
+                    // Epoch 1 trains on the distortions drawn above (seed), epoch e on seed ⊕ e.
+                    let seed = args.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    train_x =
+                        normalize(&distort_split(plain, args.distort, args.clutter, seed).images);
+                }
+                let train = Batch {
+                    images: &train_x,
+                    labels: &mnist.train.labels,
+                    side,
+                };
                 trainer.optimizer.schedule = args.schedule.factor(epoch, args.epochs);
                 let stats = trainer
                     .train_epoch(&train, epoch, |b, done, loss| {
@@ -390,7 +406,7 @@ fn main() -> ExitCode {
                 history.push(line.clone());
                 let run = serde_json::json!({
                     "seed": args.seed, "batch": args.batch, "distort": format!("{:?}", args.distort).to_lowercase(),
-                    "clutter": args.clutter, "limit": args.limit, "clip": args.clip,
+                    "clutter": args.clutter, "fresh_distortions": args.fresh_distortions, "limit": args.limit, "clip": args.clip,
                     "schedule": format!("{:?}", args.schedule).to_lowercase(), "history": history,
                 });
                 let ck = Checkpoint {
