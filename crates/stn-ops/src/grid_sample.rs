@@ -530,7 +530,7 @@ where
 /// Copies the planes of `x` into zero frames 2 pixels wide (`framed`, `C·(H+4)·(W+4)`).
 fn frame_planes<E: Real>(x: &[E], h: usize, w: usize, framed: &mut [E]) {
     let (fw, frame) = (w + 4, (h + 4) * (w + 4));
-    assert!(x.len() % (h * w) == 0 && framed.len() == x.len() / (h * w) * frame);
+    assert!(x.len().is_multiple_of(h * w) && framed.len() == x.len() / (h * w) * frame);
     for (plane, f) in x.chunks_exact(h * w).zip(framed.chunks_exact_mut(frame)) {
         for (y, row) in plane.chunks_exact(w).enumerate() {
             f[(y + 2) * fw + 2..(y + 2) * fw + 2 + w].copy_from_slice(row);
