@@ -32,6 +32,13 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // On a worker of rayon's pool, as the binaries run (`stn::in_pool`): a parallel loop started
+    // from outside the pool hands its work over and sleeps until it is done, two context switches
+    // per loop, where torch's OpenMP runs the loop on the calling thread too.
+    rayon::scope(|_| bench());
+}
+
+fn bench() {
     // A filter (cargo passes `--bench` too): run only the ops or layers whose names contain it.
     let filter: Vec<String> = std::env::args()
         .skip(1)

@@ -122,16 +122,56 @@ impl Geom {
         }
     }
 
-    /// The adjoint of `im2col`: `gx[c, oy+ki, ox+kj] += dcols[(c,ki,kj), oy·Wo + ox]`.
-    fn col2im_add<E: Real>(&self, dcols: &[E], gx: &mut [E]) {
+    /// The explicit im2col of `t` images side by side: `cols[(c,ki,kj), j·P + oy·Wo + ox] =
+    /// x_j[c, oy+ki, ox+kj]` (rows of `t·P` columns). Why: with small planes (P = 49 in
+    /// localization.3) one image's rows are too short for the products — a 16-column block hangs
+    /// 30% into padding and each weight-gradient block's accumulators are reloaded every 49
+    /// columns; four images make the rows 196 long. Rows are filled in order (row, image, output
+    /// row), so an 8-wide piece running past its segment lands where a later piece will write.
+    pub(crate) fn im2col_group<E: Real>(&self, xs: &[E], t: usize, cols: &mut [E]) {
+        let (p, wo, img) = (self.p(), self.wo, self.image());
+        let np = t * p;
+        assert!(xs.len() == t * img && cols.len() >= self.k() * np + 8);
+        if wo > 8 || img < 8 {
+            for (r, &off) in self.offs.iter().enumerate() {
+                for j in 0..t {
+                    for oy in 0..self.ho {
+                        let (src, dst) = (j * img + off + oy * self.w, r * np + j * p + oy * wo);
+                        E::copy(&mut cols[dst..dst + wo], &xs[src..src + wo]);
+                    }
+                }
+            }
+            return;
+        }
+        let (xp, cp) = (xs.as_ptr(), cols.as_mut_ptr());
+        for (r, &off) in self.offs.iter().enumerate() {
+            for j in 0..t {
+                // Sources of image j that can be read 8 wide without leaving its plane.
+                let last8 = (j + 1) * img - 8;
+                for oy in 0..self.ho {
+                    let (src, dst) = (j * img + off + oy * self.w, r * np + j * p + oy * wo);
+                    if src <= last8 {
+                        // SAFETY: src + 8 ≤ (j+1)·img ≤ xs.len(); dst + 8 ≤ (k−1)·np + np + 8 ≤
+                        // cols.len() (asserted above); xs and cols are distinct slices.
+                        unsafe { std::ptr::copy_nonoverlapping(xp.add(src), cp.add(dst), 8) };
+                    } else {
+                        cols[dst..dst + wo].copy_from_slice(&xs[src..src + wo]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col_group` for image `j` of `t`: `gx[c, oy+ki, ox+kj] +=
+    /// dcols[(c,ki,kj), j·P + oy·Wo + ox]`.
+    pub(crate) fn col2im_group_add<E: Real>(&self, dcols: &[E], t: usize, j: usize, gx: &mut [E]) {
         let (p, wo) = (self.p(), self.wo);
+        let np = t * p;
         for (r, &off) in self.offs.iter().enumerate() {
             for oy in 0..self.ho {
-                let d = &mut gx[off + oy * self.w..off + oy * self.w + wo];
-                for (d, &v) in d
-                    .iter_mut()
-                    .zip(&dcols[r * p + oy * wo..r * p + oy * wo + wo])
-                {
+                let d = &mut gx[off + oy * self.w..][..wo];
+                let s = &dcols[r * np + j * p + oy * wo..][..wo];
+                for (d, &v) in d.iter_mut().zip(s) {
                     *d += v;
                 }
             }
@@ -183,20 +223,39 @@ impl<E: Real> CustomOp<E> for Conv2d {
         let (x, wt, bias) = (inputs[0].data, inputs[1].data, inputs[2].data);
         let (k, p, n) = (g.k(), g.p(), g.cols());
         let wp = PackedA::new(g.o, k, wt, (k, 1));
+        if g.packed {
+            // Groups of images side by side (see `im2col_group`):
+            // res[O, t·P] = W[O, K] · cols[K, t·P], then out_j[o, q] = bias[o] + res[o, j·P + q].
+            return out
+                .par_chunks_mut(GROUP * g.o * p)
+                .zip(x.par_chunks(GROUP * g.image()))
+                .for_each_init(
+                    || {
+                        let cols = vec![E::zero(); k * GROUP * p + 8];
+                        (cols, vec![E::zero(); g.o * GROUP * p])
+                    },
+                    |(cols, res), (o, xs)| {
+                        let t = xs.len() / g.image();
+                        let np = t * p;
+                        g.im2col_group(xs, t, cols);
+                        let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
+                        let res_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
+                        gemm::<E, false>(&wp, np, cols, &col_offs, res, &res_offs);
+                        for (j, o) in o.chunks_exact_mut(g.o * p).enumerate() {
+                            for (oc, (row, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
+                                for (d, &v) in row.iter_mut().zip(&res[oc * np + j * p..][..p]) {
+                                    *d = v + b;
+                                }
+                            }
+                        }
+                    },
+                );
+        }
         out.par_chunks_mut(g.o * p)
             .zip(x.par_chunks(g.image()))
             .for_each_init(
-                || vec![E::zero(); if g.packed { k * p + 8 } else { g.o * n }],
+                || vec![E::zero(); g.o * n],
                 |buf, (o, x)| {
-                    if g.packed {
-                        // out[O, P] = bias + W[O, K] · cols[K, P]
-                        g.im2col(x, buf);
-                        for (row, &b) in o.chunks_exact_mut(p).zip(bias) {
-                            row.fill(b);
-                        }
-                        gemm::<E, true>(&wp, p, buf, &g.col_offs, o, &g.p_offs);
-                        return;
-                    }
                     // wide[O, n] = W[O, K] · im2col(x)[K, n], then the valid columns + bias.
                     gemm::<E, false>(&wp, n, x, &g.offs, buf, &g.out_offs);
                     for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
@@ -235,25 +294,42 @@ impl<E: Real> CustomOp<E> for Conv2d {
             .enumerate()
             .map(|(grp, gxs)| {
                 let mut gw_acc = DotAcc::<E>::new(if want_w { g.o } else { 0 }, k);
-                let mut go_wide = vec![E::zero(); if g.packed { 0 } else { g.o * n }];
-                let mut cols = vec![E::zero(); if g.packed { k * p + 8 } else { 0 }];
+                if g.packed {
+                    // The group's images side by side (see `im2col_group`).
+                    let t = gxs.len();
+                    let np = t * p;
+                    let b0 = grp * GROUP;
+                    let mut cols = vec![E::zero(); k * np + 8];
+                    g.im2col_group(&x[b0 * g.image()..(b0 + t) * g.image()], t, &mut cols);
+                    let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
+                    // gout of the group as [O, t·P].
+                    let go = &grad_out[b0 * g.o * p..(b0 + t) * g.o * p];
+                    let mut go_cat = vec![E::zero(); g.o * np];
+                    for (j, goj) in go.chunks_exact(g.o * p).enumerate() {
+                        for (oc, row) in goj.chunks_exact(p).enumerate() {
+                            go_cat[oc * np + j * p..][..p].copy_from_slice(row);
+                        }
+                    }
+                    if want_w {
+                        // gW[O, K] += gout[O, t·P] · cols[K, t·P]ᵀ
+                        gw_acc.add_products(np, &go_cat, &cols, &col_offs);
+                    }
+                    if let Some(wt_t) = &wt_t {
+                        // dcols[K, t·P] = W[O, K]ᵀ · gout[O, t·P], then col2im per image.
+                        let go_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
+                        gemm::<E, false>(wt_t, np, &go_cat, &go_offs, &mut cols, &col_offs);
+                        for (j, gx) in gxs.iter_mut().enumerate() {
+                            if let Some(gx) = gx.as_deref_mut() {
+                                g.col2im_group_add(&cols, t, j, gx);
+                            }
+                        }
+                    }
+                    return gw_acc;
+                }
+                let mut go_wide = vec![E::zero(); g.o * n];
                 for (t, gx) in gxs.iter_mut().enumerate() {
                     let b = grp * GROUP + t;
                     let go = &grad_out[b * g.o * p..(b + 1) * g.o * p];
-                    if g.packed {
-                        let x = &x[b * g.image()..(b + 1) * g.image()];
-                        g.im2col(x, &mut cols);
-                        if want_w {
-                            // gW[O, K] += gout[O, P] · cols[K, P]ᵀ
-                            gw_acc.add_products(p, go, &cols, &g.col_offs);
-                        }
-                        if let (Some(gx), Some(wt_t)) = (gx.as_deref_mut(), &wt_t) {
-                            // dcols[K, P] = W[O, K]ᵀ · gout[O, P], then col2im.
-                            gemm::<E, false>(wt_t, p, go, &g.p_offs, &mut cols, &g.col_offs);
-                            g.col2im_add(&cols, gx);
-                        }
-                        continue;
-                    }
                     // The output gradient in wide columns, zero in the dropped ones.
                     for (oc, grow) in go.chunks_exact(p).enumerate() {
                         for oy in 0..g.ho {
