@@ -615,8 +615,7 @@ fn zeros_bwd_grid_image<E: Real>(
         for (f, go) in framed.chunks_exact(frame).zip(go.chunks_exact(p)) {
             let mut gout = [E::zero(); LANES];
             gout[..lanes].copy_from_slice(&go[q0..q0 + lanes]);
-            let v = |k: usize| E::gather(f, &idx[k]);
-            let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
+            let ((nw, ne), (sw, se)) = (E::gather_pairs(f, &idx[0]), E::gather_pairs(f, &idx[2]));
             let go = E::load(&gout);
             let tx = E::vadd(E::vmul(E::vsub(ne, nw), ey), E::vmul(E::vsub(se, sw), fy));
             let ty = E::vadd(E::vmul(E::vsub(sw, nw), ex), E::vmul(E::vsub(se, ne), fx));
@@ -693,11 +692,15 @@ fn zeros_fwd_image<E: Real>(
             wt[2][l] = z(fy * ex);
             wt[3][l] = z(fy * fx);
         }
+        let w = wt.map(|w| E::load(&w));
         for (f, o) in framed.chunks_exact(frame).zip(out.chunks_exact_mut(p)) {
-            let corner = |k: usize| E::vmul(E::gather(f, &idx[k]), E::load(&wt[k]));
+            let ((p0, p1), (p2, p3)) = (E::gather_pairs(f, &idx[0]), E::gather_pairs(f, &idx[2]));
             let v = E::lanes(E::vadd(
-                E::vadd(E::vadd(corner(0), corner(1)), corner(2)),
-                corner(3),
+                E::vadd(
+                    E::vadd(E::vmul(p0, w[0]), E::vmul(p1, w[1])),
+                    E::vmul(p2, w[2]),
+                ),
+                E::vmul(p3, w[3]),
             ));
             o[q0..q0 + lanes].copy_from_slice(&v[..lanes]);
         }

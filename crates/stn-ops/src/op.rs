@@ -103,6 +103,14 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
     fn gather(plane: &[Self], idx: &[u32; 8]) -> Self::Lanes {
         Self::load(&idx.map(|i| plane[i as usize]))
     }
+    /// `(gather(plane, idx), gather(plane, idx + 1))`: horizontally adjacent pixel pairs.
+    #[inline(always)]
+    fn gather_pairs(plane: &[Self], idx: &[u32; 8]) -> (Self::Lanes, Self::Lanes) {
+        (
+            Self::load(&idx.map(|i| plane[i as usize])),
+            Self::load(&idx.map(|i| plane[i as usize + 1])),
+        )
+    }
 
     /// Σ x, with 8 independent partial sums so the loop vectorises (a plain fold is a serial
     /// chain of dependent adds, 4 cycles each).
@@ -349,6 +357,40 @@ impl Real for f32 {
             }
         }
         pool2_bwd_scalar(r0, r1, go, g, w, full);
+    }
+    /// Two 4-element gathers of 64-bit pairs and two shuffles, where the build has AVX2: half the
+    /// gathered elements of two 8-element gathers (a gather costs per element on AMD's cores).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[inline(always)]
+    fn gather_pairs(plane: &[f32], idx: &[u32; 8]) -> (wide::f32x8, wide::f32x8) {
+        use std::arch::x86_64::*;
+        let max = idx.iter().fold(0, |m, &i| m.max(i));
+        assert!((max as usize) + 1 < plane.len() && plane.len() <= i32::MAX as usize);
+        // SAFETY: AVX2 is enabled; every pair [i, i+1] is inside `plane` (checked above) and the
+        // indices fit an i32; `f32x8` has `__m256`'s layout.
+        unsafe {
+            let vi = _mm256_loadu_si256(idx.as_ptr() as *const __m256i);
+            let base = plane.as_ptr() as *const i64;
+            // Scale 4: the indices count f32s; each gathered i64 is the pair [i, i+1].
+            let a = _mm256_castsi256_ps(_mm256_i32gather_epi64::<4>(
+                base,
+                _mm256_castsi256_si128(vi),
+            ));
+            let b = _mm256_castsi256_ps(_mm256_i32gather_epi64::<4>(
+                base,
+                _mm256_extracti128_si256::<1>(vi),
+            ));
+            // a = [x0 y0 x1 y1 | x2 y2 x3 y3], b likewise for points 4..7: split and reorder.
+            let order = |v: __m256| {
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+            };
+            let xs = order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+            let ys = order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+            (
+                std::mem::transmute::<__m256, wide::f32x8>(xs),
+                std::mem::transmute::<__m256, wide::f32x8>(ys),
+            )
+        }
     }
     /// AVX2's gather where the build has it (the workspace builds for x86-64-v3).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
