@@ -1,6 +1,7 @@
 //! `affine_grid(theta [N,2,3], size [N,C,H,W], align_corners) -> grid [N,H,W,2]`, x before y.
 
 use dfdx::prelude::*;
+use rayon::prelude::*;
 
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
@@ -74,19 +75,20 @@ impl<E: Real> CustomOp<E> for AffineGrid {
             Self::base::<E>(w, self.align_corners),
             Self::base::<E>(h, self.align_corners),
         );
-        for (t, g) in inputs[0]
+        // Parallel over the batch, as every op (a serial op caps the step's scaling).
+        inputs[0]
             .data
-            .chunks_exact(6)
-            .zip(out.chunks_exact_mut(h * w * 2))
-        {
-            for (i, &y) in ys.iter().enumerate() {
-                for (j, &x) in xs.iter().enumerate() {
-                    let o = (i * w + j) * 2;
-                    g[o] = x * t[0] + y * t[1] + t[2];
-                    g[o + 1] = x * t[3] + y * t[4] + t[5];
+            .par_chunks_exact(6)
+            .zip(out.par_chunks_exact_mut(h * w * 2))
+            .for_each(|(t, g)| {
+                for (i, &y) in ys.iter().enumerate() {
+                    for (j, &x) in xs.iter().enumerate() {
+                        let o = (i * w + j) * 2;
+                        g[o] = x * t[0] + y * t[1] + t[2];
+                        g[o + 1] = x * t[3] + y * t[4] + t[5];
+                    }
                 }
-            }
-        }
+            });
     }
 
     fn cpu_bwd(&self, _inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
@@ -98,31 +100,34 @@ impl<E: Real> CustomOp<E> for AffineGrid {
             Self::base::<E>(w, self.align_corners),
             Self::base::<E>(h, self.align_corners),
         );
-        for (gg, gt) in grad_out.chunks_exact(h * w * 2).zip(gt.chunks_exact_mut(6)) {
-            // A sum over every grid point: accumulated in f64, so f32 keeps PyTorch-level accuracy
-            // (an f32 sum over 784 points drifts by ~1e-5 relative).
-            let mut acc = [0f64; 6];
-            for (i, y) in ys.iter().enumerate() {
-                let y = y.to_f64().unwrap_or(f64::NAN);
-                for (j, x) in xs.iter().enumerate() {
-                    let x = x.to_f64().unwrap_or(f64::NAN);
-                    let o = (i * w + j) * 2;
-                    let (gx, gy) = (
-                        gg[o].to_f64().unwrap_or(f64::NAN),
-                        gg[o + 1].to_f64().unwrap_or(f64::NAN),
-                    );
-                    acc[0] += gx * x;
-                    acc[1] += gx * y;
-                    acc[2] += gx;
-                    acc[3] += gy * x;
-                    acc[4] += gy * y;
-                    acc[5] += gy;
+        grad_out
+            .par_chunks_exact(h * w * 2)
+            .zip(gt.par_chunks_exact_mut(6))
+            .for_each(|(gg, gt)| {
+                // A sum over every grid point: accumulated in f64, so f32 keeps PyTorch-level accuracy
+                // (an f32 sum over 784 points drifts by ~1e-5 relative).
+                let mut acc = [0f64; 6];
+                for (i, y) in ys.iter().enumerate() {
+                    let y = y.to_f64().unwrap_or(f64::NAN);
+                    for (j, x) in xs.iter().enumerate() {
+                        let x = x.to_f64().unwrap_or(f64::NAN);
+                        let o = (i * w + j) * 2;
+                        let (gx, gy) = (
+                            gg[o].to_f64().unwrap_or(f64::NAN),
+                            gg[o + 1].to_f64().unwrap_or(f64::NAN),
+                        );
+                        acc[0] += gx * x;
+                        acc[1] += gx * y;
+                        acc[2] += gx;
+                        acc[3] += gy * x;
+                        acc[4] += gy * y;
+                        acc[5] += gy;
+                    }
                 }
-            }
-            for k in 0..6 {
-                gt[k] += E::of(acc[k]);
-            }
-        }
+                for k in 0..6 {
+                    gt[k] += E::of(acc[k]);
+                }
+            });
     }
 
     #[cfg(feature = "cuda")]
