@@ -795,16 +795,9 @@ fn pool2_bwd_scalar<E: Real>(r0: &[E], r1: &[E], go: &[E], g: &mut [E], w: usize
         let nan = v.map(|x| x.is_nan());
         let any = nan[0] | nan[1] | nan[2] | nan[3];
         let m = v[0].max(v[1]).max(v[2].max(v[3]));
-        let c = |i: usize| nan[i] | (!any & (v[i] == m));
-        let best = if c(0) {
-            0
-        } else if c(1) {
-            1
-        } else if c(2) {
-            2
-        } else {
-            3
-        };
+        let c = |i: usize| (nan[i] | (!any & (v[i] == m))) as u32;
+        // The first candidate: the lowest set bit (bit 3 stands for "else the last").
+        let best = (c(0) | c(1) << 1 | c(2) << 2 | 8).trailing_zeros() as usize;
         g[2 * j + (best & 1) + (best >> 1) * w] += go;
     }
 }
