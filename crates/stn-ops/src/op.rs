@@ -60,16 +60,7 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
             .zip(r0.chunks_exact(2))
             .zip(r1.chunks_exact(2))
         {
-            let mut m = a[0];
-            for v in [a[1], c[0], c[1]] {
-                if m.is_nan() {
-                    break;
-                }
-                if v > m || v.is_nan() {
-                    m = v;
-                }
-            }
-            *o = (m + b).max(Self::zero());
+            *o = (pool2_value([a[0], a[1], c[0], c[1]]) + b).max(Self::zero());
         }
     }
     /// One output row of `max_pool2d` with kernel and stride 2: `out[j]` is the maximum of
@@ -82,13 +73,7 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
             .zip(r0.chunks_exact(2))
             .zip(r1.chunks_exact(2))
         {
-            *o = [a[1], c[0], c[1]].into_iter().fold(a[0], |m, v| {
-                if m.is_nan() || !(v > m || v.is_nan()) {
-                    m
-                } else {
-                    v
-                }
-            });
+            *o = pool2_value([a[0], a[1], c[0], c[1]]);
         }
     }
     /// The backward of [`Real::pool2_row`]: each `go[j]` is added to the gradient of its window's
@@ -236,16 +221,7 @@ impl Real for f32 {
             .zip(r0[2 * full..].chunks_exact(2))
             .zip(r1[2 * full..].chunks_exact(2))
         {
-            let mut m = a[0];
-            for v in [a[1], c[0], c[1]] {
-                if m.is_nan() {
-                    break;
-                }
-                if v > m || v.is_nan() {
-                    m = v;
-                }
-            }
-            *o = (m + b).max(0.0);
+            *o = (pool2_value([a[0], a[1], c[0], c[1]]) + b).max(0.0);
         }
     }
     /// As `pool2_relu_row`'s AVX2 path, without the bias and ReLU: NaN where a window holds one.
@@ -286,13 +262,7 @@ impl Real for f32 {
             .zip(r0[2 * full..].chunks_exact(2))
             .zip(r1[2 * full..].chunks_exact(2))
         {
-            *o = [a[1], c[0], c[1]].into_iter().fold(a[0], |m, v| {
-                if m.is_nan() || !(v > m || v.is_nan()) {
-                    m
-                } else {
-                    v
-                }
-            });
+            *o = pool2_value([a[0], a[1], c[0], c[1]]);
         }
     }
     /// Eight outputs at a time with AVX2 where the build has it, without branches (which of four
@@ -799,5 +769,17 @@ fn pool2_bwd_scalar<E: Real>(r0: &[E], r1: &[E], go: &[E], g: &mut [E], w: usize
         // The first candidate: the lowest set bit (bit 3 stands for "else the last").
         let best = (c(0) | c(1) << 1 | c(2) << 2 | 8).trailing_zeros() as usize;
         g[2 * j + (best & 1) + (best >> 1) * w] += go;
+    }
+}
+
+/// A 2×2 window's `max_pool2d` value without branches: its maximum, or NaN if it holds one.
+#[inline(always)]
+fn pool2_value<E: Real>(v: [E; 4]) -> E {
+    let any_nan = v[0].is_nan() | v[1].is_nan() | v[2].is_nan() | v[3].is_nan();
+    let m = v[0].max(v[1]).max(v[2].max(v[3]));
+    if any_nan {
+        E::nan()
+    } else {
+        m
     }
 }
