@@ -171,8 +171,13 @@ impl Geom {
             for oy in 0..self.ho {
                 let d = &mut gx[off + oy * self.w..][..wo];
                 let s = &dcols[r * np + j * p + oy * wo..][..wo];
-                for (d, &v) in d.iter_mut().zip(s) {
-                    *d += v;
+                if wo == 8 {
+                    // conv2's rows: one vector.
+                    E::add_into(d, E::load(s));
+                } else {
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        *d += v;
+                    }
                 }
             }
         }
