@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training runs recorded in BENCHMARKS.md and models/README.md (~15 minutes on 2 cores).
-#   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine]
+#   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine|rts-b32]
 # Each run writes its log and metrics under target/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +31,11 @@ case "${1:-all}" in
     run rts-stn-cosine --distort rts --epochs 10 --optimizer adam --lr 0.002 --schedule cosine --loc-lr-scale 0.3 --clip 5 \
       --out target/runs/rts-stn-cosine.safetensors
     run rts-nostn-cosine --distort rts --no-stn --epochs 10 --optimizer adam --lr 0.002 --schedule cosine --clip 5 \
-      --out target/runs/rts-nostn-cosine.safetensors ;;
+      --out target/runs/rts-nostn-cosine.safetensors ;;&
+  rts-b32|all)
+    # The best RTS recipe found: batch 32.
+    run rts-stn-b32 --distort rts --epochs 10 --batch 32 --optimizer adam --lr 0.001 --schedule cosine --loc-lr-scale 0.3 --clip 5 \
+      --out target/runs/rts-stn-b32.safetensors --visualize target/runs/rts-stn-b32-warped.png
+    run rts-nostn-b32 --distort rts --no-stn --epochs 10 --batch 32 --optimizer adam --lr 0.001 --schedule cosine --clip 5 \
+      --out target/runs/rts-nostn-b32.safetensors ;;
 esac

@@ -19,11 +19,12 @@
 //!
 //! conv2d is a custom op, not a composition of dfdx's stable ops (`gather` + `matmul`): that route
 //! materialises an index tensor and a gathered copy of the input per call and scatters its
-//! backward through dfdx's generic kernels. It was not built and measured here; the custom op is
-//! 1.1–3.5× faster than PyTorch per layer (BENCHMARKS.md). Its kernels: an implicit im2col for
-//! one-channel inputs (rows of the im2col matrix are offsets into the image), an explicit one for
-//! multi-channel inputs, register-blocked products (`linalg.rs`), batch-parallel with a
-//! fixed-order reduction so training is bit-for-bit reproducible.
+//! backward through dfdx's generic kernels. It was not built and measured here; the custom op (with
+//! the pool) is 1.0–4.9× faster than PyTorch per layer (BENCHMARKS.md). Its kernels: an implicit
+//! im2col for one-channel inputs (rows of the im2col matrix are offsets into the image), an
+//! explicit one for multi-channel inputs over four images at a time, register-blocked products
+//! (`linalg.rs`), batch-parallel with a fixed-order reduction so training is bit-for-bit
+//! reproducible. [`ConvPoolRelu`] is the inference-only fused conv → pool → ReLU of `FusedNet`.
 //!
 //! Strided inputs (a broadcast or a permute) are made contiguous by dfdx first. f32 is the working
 //! type; f64 is supported on the CPU for gradient checks.
