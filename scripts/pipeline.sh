@@ -20,8 +20,8 @@ for rt in tract ort; do
   echo "== infer on $rt" >&2
   ./target/release/stn-infer --runtime "$rt" --model "$out/stn.onnx" --threads 1
 done
-echo "== parity: tract, ONNX Runtime, dfdx and dfdx in float64 on the 10,000 test images" >&2
-./target/release/stn-infer --model "$out/stn.onnx" --compare tract,ort,dfdx,dfdx-f64
+echo "== parity: tract, ONNX Runtime, dfdx, fused and dfdx in float64 on the 10,000 test images" >&2
+./target/release/stn-infer --model "$out/stn.onnx" --compare tract,ort,dfdx,fused,dfdx-f64
 echo "== the embedded default model, models/stn.onnx (20 epochs), on ONNX Runtime" >&2
 ./target/release/stn-infer --runtime ort --model models/stn.onnx
 echo "wrote $out/ (checkpoint, ONNX model, metrics, warped.png)" >&2
