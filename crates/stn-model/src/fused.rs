@@ -169,7 +169,8 @@ impl<E: Real> FusedNet<E> {
             .zip(out.theta.par_chunks_mut(6))
             .zip(out.warped.par_chunks_mut(sampled))
             .zip(images.par_chunks(s * s))
-            .with_min_len(4)
+            // One piece per thread: each piece sets up its own scratch.
+            .with_min_len(n.div_ceil(rayon::current_num_threads()).max(1))
             .for_each_init(
                 || self.scratch(),
                 |sc, (((lp, theta), warped), img)| self.image(img, sc, lp, theta, warped),
