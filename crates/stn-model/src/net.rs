@@ -6,7 +6,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
-    affine_grid, conv2d, grid_sample, max_pool2d, Dyn4, OpDevice, OpError, Padding, Real,
+    affine_grid, affine_sample, conv2d, grid_sample, max_pool2d, Dyn4, OpDevice, OpError, Padding,
+    Real,
 };
 
 /// Which variant of the seed network: the input canvas side (28 for MNIST, 42 for RTS, 60 for T)
@@ -235,8 +236,13 @@ where
             .try_reshape_like(&(n, 2usize, 3usize))
             .map_err(dev_err)?;
         let theta_out = theta.retaped::<NoneTape>();
-        let grid = affine_grid(theta, [n, 1, SAMPLED, SAMPLED], false)?;
-        let warped = grid_sample(x, grid, Padding::Zeros, false)?;
+        // The transformer: one op on the CPU (no grid tensor), affine_grid + grid_sample elsewhere.
+        let warped = if D::HOST {
+            affine_sample(x, theta, (SAMPLED, SAMPLED), false)?
+        } else {
+            let grid = affine_grid(theta, [n, 1, SAMPLED, SAMPLED], false)?;
+            grid_sample(x, grid, Padding::Zeros, false)?
+        };
         let warped_out = warped.retaped::<NoneTape>();
         (conv2d(warped, w1, b1)?, Some(theta_out), Some(warped_out))
     } else {

@@ -14,7 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 use stn_ops::op::{apply, Buf, Input};
-use stn_ops::{affine_grid, conv2d, grid_sample, max_pool2d, CustomOp, OpError, Padding};
+use stn_ops::{
+    affine_grid, affine_sample, conv2d, grid_sample, max_pool2d, CustomOp, OpError, Padding,
+};
 
 /// The harness's loss, `Σ y`, as a parallel op of ours: dfdx's generic `sum` (one thread,
 /// index arithmetic per element) and its broadcast backward took longer than the sampler itself,
@@ -107,7 +109,7 @@ fn bench() {
         return;
     }
     for c in [1usize, 10] {
-        if !wanted("grid_sample_fwd_bwd") {
+        if !wanted("grid_sample_fwd_bwd") && !wanted("affine_sample_fwd_bwd") {
             continue;
         }
         let n = 64;
@@ -121,6 +123,12 @@ fn bench() {
             let _ = sum_all(y).backward();
         });
         println!(r#"{{"op":"grid_sample_fwd_bwd","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
+        // The same computation as the network runs it on the CPU: one op, no grid tensor.
+        let us = median_us(|| {
+            let y = affine_sample(x.clone(), theta.leaky_trace(), (28, 28), false).unwrap();
+            let _ = sum_all(y).backward();
+        });
+        println!(r#"{{"op":"affine_sample_fwd_bwd","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
     }
     // The seed's four conv → max-pool layers: (name, input, weight, input traced).
     let layers = [

@@ -99,6 +99,7 @@ fn cuda_err(e: CudaError) -> OpError {
 
 impl OpDevice<f32> for Cuda {
     type Buffer = <Cuda as Storage<f32>>::Vec;
+    const HOST: bool = false;
 
     fn read<S: Shape>(&self, t: &Tensor<S, f32, Cuda>) -> Result<Self::Buffer, CudaError> {
         // d/dz Σ (z ⊙ t) = t, written into z's gradient buffer, which we take (see the module doc).

@@ -67,7 +67,7 @@ struct Sample8<E> {
 
 /// Unnormalisation along one axis: `source = coord·scale + offset`, then padding.
 #[derive(Clone, Copy)]
-struct Axis<E> {
+pub(crate) struct Axis<E> {
     scale: E,
     offset: E,
     size: usize,
@@ -75,7 +75,7 @@ struct Axis<E> {
 }
 
 impl<E: Real> Axis<E> {
-    fn new(size: usize, align_corners: bool) -> Self {
+    pub(crate) fn new(size: usize, align_corners: bool) -> Self {
         let sz = size as f64;
         let scale = if align_corners {
             (sz - 1.0) / 2.0
@@ -583,7 +583,7 @@ fn framed_points<E: Real>(
 /// Zero padding's grid gradient on one image (the input's gradient not asked for), from framed
 /// planes as the forward: the general path's arithmetic without its masks, as an outside corner
 /// reads the frame's zero (`gg += ((ne − nw)(1 − fy) + (se − sw)fy)·gout·scale` and likewise for y).
-fn zeros_bwd_grid_image<E: Real>(
+pub(crate) fn zeros_bwd_grid_image<E: Real>(
     x: &[E],
     g: &[E],
     go: &[E],
@@ -639,7 +639,7 @@ fn zeros_bwd_grid_image<E: Real>(
 /// of its own — half the work of the general sampler. The arithmetic is the general path's
 /// (`((p0·w0 + p1·w1) + p2·w2) + p3·w3` with the same weights), so the result is the same, and a
 /// point with a non-finite coordinate samples zero, as there.
-fn zeros_fwd_image<E: Real>(
+pub(crate) fn zeros_fwd_image<E: Real>(
     x: &[E],
     g: &[E],
     ax: &Axis<E>,

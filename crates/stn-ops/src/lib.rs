@@ -30,6 +30,7 @@
 //! type; f64 is supported on the CPU for gradient checks.
 
 mod affine_grid;
+mod affine_sample;
 mod conv2d;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -42,6 +43,7 @@ mod max_pool2d;
 pub mod op;
 
 pub use affine_grid::{affine_grid, AffineGrid};
+pub use affine_sample::{affine_sample, AffineSampler};
 pub use conv2d::{conv2d, Conv2d};
 pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, GridSample, Padding};

@@ -522,6 +522,8 @@ impl<E: Real, D: OpDevice<E>> Input<E, D> {
 pub trait OpDevice<E: Real>: Device<E> {
     /// An input's data where the kernels read it: a host copy on the CPU.
     type Buffer: 'static;
+    /// The host (CPU) device: it has the ops with no CUDA kernel ([`crate::affine_sample`]).
+    const HOST: bool;
     /// Reads a contiguous tensor's data.
     fn read<S: Shape>(&self, t: &Tensor<S, E, Self>)
         -> Result<Self::Buffer, <Self as HasErr>::Err>;
@@ -624,6 +626,7 @@ macro_rules! cpu_op_device {
     ($E:ty) => {
         impl OpDevice<$E> for Cpu {
             type Buffer = HostCopy<$E>;
+            const HOST: bool = true;
 
             fn read<S: Shape>(&self, t: &Tensor<S, $E, Self>) -> Result<HostCopy<$E>, Self::Err> {
                 // dfdx keeps a tensor's buffer private; `copy_into` is its one public memcpy of it (the

@@ -1,0 +1,219 @@
+//! Training on the CPU: `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo]), zeros, align_corners)`
+//! as one op, with the gradient for theta (the STN's case: the images are data).
+//!
+//! Why: as two ops the grid is a tensor — written, copied again as the sampler's input, and its
+//! gradient allocated, zeroed, written and read back by `affine_grid`'s backward, all of it
+//! 16 bytes per sampled pixel. Here each image's grid and grid gradient live in per-thread scratch
+//! that stays in cache. The arithmetic is the two ops' (the grid from `AffineGrid`'s base
+//! coordinates and formula, the zero-padding sampler, theta's gradient summed in f64 in the same
+//! order), so values and gradients are bit for bit theirs. CUDA composes the two ops
+//! ([`OpDevice::HOST`]).
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use crate::grid_sample::{zeros_bwd_grid_image, zeros_fwd_image, Axis};
+use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::{AffineGrid, Dyn4};
+
+#[cfg(feature = "cuda")]
+use crate::cuda::{CudaBuf, CudaKernels};
+#[cfg(feature = "cuda")]
+use cudarc::driver::CudaSlice;
+
+/// `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo], align_corners), "zeros", align_corners)`;
+/// inputs `x [N, C, H, W]` (no gradient) and `theta [N, 2, 3]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AffineSampler {
+    /// The sampled size `(Ho, Wo)`.
+    pub out_hw: (usize, usize),
+    pub align_corners: bool,
+}
+
+impl AffineSampler {
+    /// Image `t`'s grid `[Ho·Wo, 2]` into `g`, as `AffineGrid`'s forward computes it.
+    fn grid<E: Real>(&self, t: &[E], xs: &[E], ys: &[E], g: &mut [E]) {
+        let w = xs.len();
+        for (i, &y) in ys.iter().enumerate() {
+            for (j, &x) in xs.iter().enumerate() {
+                let o = (i * w + j) * 2;
+                g[o] = x * t[0] + y * t[1] + t[2];
+                g[o + 1] = x * t[3] + y * t[4] + t[5];
+            }
+        }
+    }
+
+    fn bases<E: Real>(&self) -> (Vec<E>, Vec<E>) {
+        let (ho, wo) = self.out_hw;
+        (
+            AffineGrid::base::<E>(wo, self.align_corners),
+            AffineGrid::base::<E>(ho, self.align_corners),
+        )
+    }
+}
+
+impl<E: Real> CustomOp<E> for AffineSampler {
+    const NAME: &'static str = "affine_sampler";
+
+    fn out_dims(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, OpError> {
+        let [x, t] = inputs else {
+            return Err(OpError::shape("affine_sampler", "expects input and theta"));
+        };
+        if x.len() != 4 || x[2] == 0 || x[3] == 0 {
+            return Err(OpError::shape(
+                "affine_sampler",
+                format!("input must be N×C×H×W, got {x:?}"),
+            ));
+        }
+        if t.len() != 3 || t[0] != x[0] || t[1] != 2 || t[2] != 3 {
+            return Err(OpError::shape(
+                "affine_sampler",
+                format!("theta must be {}×2×3, got {t:?}", x[0]),
+            ));
+        }
+        let (ho, wo) = self.out_hw;
+        if ho == 0 || wo == 0 {
+            return Err(OpError::shape("affine_sampler", "empty output size"));
+        }
+        Ok(vec![x[0], x[1], ho, wo])
+    }
+
+    fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
+        let [_, c, h, w] = inputs[0].dims[..] else {
+            unreachable!("checked")
+        };
+        let (ho, wo) = self.out_hw;
+        let p = ho * wo;
+        let (xs, ys) = self.bases::<E>();
+        let (ax, ay) = (
+            Axis::new(w, self.align_corners),
+            Axis::new(h, self.align_corners),
+        );
+        out.par_chunks_mut(c * p)
+            .zip(inputs[0].data.par_chunks(c * h * w))
+            .zip(inputs[1].data.par_chunks(6))
+            .for_each_init(
+                || {
+                    let grid = vec![E::zero(); 2 * p];
+                    (grid, vec![E::zero(); c * (h + 4) * (w + 4)])
+                },
+                |(grid, framed), ((o, x), t)| {
+                    self.grid(t, &xs, &ys, grid);
+                    zeros_fwd_image(x, grid, &ax, &ay, framed, o);
+                },
+            );
+    }
+
+    fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
+        let Some(gt) = grads[1].as_deref_mut() else {
+            return;
+        };
+        let [_, c, h, w] = inputs[0].dims[..] else {
+            unreachable!("checked")
+        };
+        let (ho, wo) = self.out_hw;
+        let p = ho * wo;
+        let (xs, ys) = self.bases::<E>();
+        let (ax, ay) = (
+            Axis::new(w, self.align_corners),
+            Axis::new(h, self.align_corners),
+        );
+        gt.par_chunks_mut(6)
+            .zip(inputs[0].data.par_chunks(c * h * w))
+            .zip(inputs[1].data.par_chunks(6))
+            .zip(grad_out.par_chunks(c * p))
+            .for_each_init(
+                || {
+                    let grid = vec![E::zero(); 2 * p];
+                    (
+                        grid,
+                        vec![E::zero(); 2 * p],
+                        vec![E::zero(); c * (h + 4) * (w + 4)],
+                    )
+                },
+                |(grid, gg, framed), (((gt, x), t), go)| {
+                    self.grid(t, &xs, &ys, grid);
+                    gg.fill(E::zero());
+                    zeros_bwd_grid_image(x, grid, go, &ax, &ay, framed, gg);
+                    // affine_grid's backward: Σ over the grid, in f64, in its order.
+                    let mut acc = [0f64; 6];
+                    for (i, y) in ys.iter().enumerate() {
+                        let y = y.to_f64().unwrap_or(f64::NAN);
+                        for (j, x) in xs.iter().enumerate() {
+                            let x = x.to_f64().unwrap_or(f64::NAN);
+                            let o = (i * wo + j) * 2;
+                            let (gx, gy) = (
+                                gg[o].to_f64().unwrap_or(f64::NAN),
+                                gg[o + 1].to_f64().unwrap_or(f64::NAN),
+                            );
+                            acc[0] += gx * x;
+                            acc[1] += gx * y;
+                            acc[2] += gx;
+                            acc[3] += gy * x;
+                            acc[4] += gy * y;
+                            acc[5] += gy;
+                        }
+                    }
+                    for k in 0..6 {
+                        gt[k] += E::of(acc[k]);
+                    }
+                },
+            );
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _k: &CudaKernels,
+        _inputs: &[CudaBuf],
+        _out: &mut CudaSlice<f32>,
+    ) -> Result<(), OpError> {
+        Err(OpError::Device {
+            op: "affine_sampler",
+            what: "CPU only: on CUDA compose affine_grid and grid_sample".into(),
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_bwd(
+        &self,
+        _k: &CudaKernels,
+        _inputs: &[CudaBuf],
+        _grad_out: &CudaSlice<f32>,
+        _grads: &mut [Option<&mut CudaSlice<f32>>],
+    ) -> Result<(), OpError> {
+        Err(OpError::Device {
+            op: "affine_sampler",
+            what: "CPU only: on CUDA compose affine_grid and grid_sample".into(),
+        })
+    }
+}
+
+/// `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo]))` with zero padding, the gradient for theta
+/// only (`x` carries no tape), on the CPU.
+pub fn affine_sample<Sx, St, E, D, T>(
+    x: Tensor<Sx, E, D>,
+    theta: Tensor<St, E, D, T>,
+    out_hw: (usize, usize),
+    align_corners: bool,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError>
+where
+    Sx: Shape,
+    St: Shape,
+    E: Real,
+    D: OpDevice<E>,
+    T: Tape<E, D>,
+{
+    let dev = theta.device().clone();
+    let (x, _) = Input::new("affine_sampler", x)?;
+    let (theta, tape) = Input::new("affine_sampler", theta)?;
+    apply(
+        AffineSampler {
+            out_hw,
+            align_corners,
+        },
+        &dev,
+        vec![x, theta],
+        tape,
+    )
+}
