@@ -89,6 +89,18 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // mimalloc keeps freed memory, as in the binaries (`stn::in_pool`): see there for why.
+    extern "C" {
+        fn mi_option_get(option: i32) -> std::ffi::c_long;
+        fn mi_option_set(option: i32, value: std::ffi::c_long);
+    }
+    // SAFETY: plain calls into the linked mimalloc; entry 15 is mimalloc 3's purge delay (checked
+    // by its default, 1000 ms).
+    unsafe {
+        if mi_option_get(15) == 1000 {
+            mi_option_set(15, -1);
+        }
+    }
     // On a worker of rayon's pool, as the binaries run (`stn::in_pool`): a parallel loop started
     // from outside the pool hands its work over and sleeps until it is done, two context switches
     // per loop, where torch's OpenMP runs the loop on the calling thread too.
