@@ -5,7 +5,9 @@
 //! * [`grid_sample`] — `torch.nn.functional.grid_sample(input, grid, mode="bilinear", padding_mode,
 //!   align_corners)`, with gradients for the input and the grid;
 //! * [`conv2d`] — stride 1, no padding, with bias;
-//! * [`max_pool2d`] — kernel 2, stride 2 (floor), the first maximum of a window wins on ties.
+//! * [`max_pool2d`] — kernel 2, stride 2 (floor), the first maximum of a window wins on ties;
+//! * [`affine_sample`] — `affine_grid` then zero-padding `grid_sample` as one op on the CPU (the
+//!   STN's transformer without a grid tensor), bit-identical to the two.
 //!
 //! Every op has one shape ([`CustomOp`], after candle's `CustomOp1`): a struct holding its options,
 //! with output-shape checking, a CPU forward and backward, and (feature `cuda`) a CUDA forward and
