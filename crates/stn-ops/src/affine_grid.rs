@@ -20,6 +20,46 @@ pub struct AffineGrid {
 }
 
 impl AffineGrid {
+    /// One image's grid `[H·W, 2]` into `g` from its `theta` (6 values) and the base coordinates:
+    /// `(x·t0 + y·t1 + t2, x·t3 + y·t4 + t5)` — the forward's arithmetic, shared with
+    /// `affine_sample` so that the two agree bit for bit.
+    pub(crate) fn image_grid<E: Real>(t: &[E], xs: &[E], ys: &[E], g: &mut [E]) {
+        let w = xs.len();
+        for (i, &y) in ys.iter().enumerate() {
+            for (j, &x) in xs.iter().enumerate() {
+                let o = (i * w + j) * 2;
+                g[o] = x * t[0] + y * t[1] + t[2];
+                g[o + 1] = x * t[3] + y * t[4] + t[5];
+            }
+        }
+    }
+
+    /// `gt += ` theta's gradient from one image's grid gradient `gg [H·W, 2]`: a sum over every
+    /// grid point, accumulated in f64, so f32 keeps PyTorch-level accuracy (an f32 sum over 784
+    /// points drifts by ~1e-5 relative). Shared with `affine_sample`.
+    pub(crate) fn theta_grad<E: Real>(gg: &[E], xs: &[E], ys: &[E], gt: &mut [E]) {
+        let w = xs.len();
+        let f = |v: E| v.to_f64().unwrap_or(f64::NAN);
+        let mut acc = [0f64; 6];
+        for (i, &y) in ys.iter().enumerate() {
+            let y = f(y);
+            for (j, &x) in xs.iter().enumerate() {
+                let x = f(x);
+                let o = (i * w + j) * 2;
+                let (gx, gy) = (f(gg[o]), f(gg[o + 1]));
+                acc[0] += gx * x;
+                acc[1] += gx * y;
+                acc[2] += gx;
+                acc[3] += gy * x;
+                acc[4] += gy * y;
+                acc[5] += gy;
+            }
+        }
+        for k in 0..6 {
+            gt[k] += E::of(acc[k]);
+        }
+    }
+
     /// PyTorch's `_linspace_from_neg_one`: `linspace(-1, 1, n)`, scaled by `(n-1)/n` without
     /// align_corners, computed in the element type in PyTorch's order of operations.
     pub fn base<E: Real>(n: usize, align_corners: bool) -> Vec<E> {
@@ -80,15 +120,7 @@ impl<E: Real> CustomOp<E> for AffineGrid {
             .data
             .par_chunks_exact(6)
             .zip(out.par_chunks_exact_mut(h * w * 2))
-            .for_each(|(t, g)| {
-                for (i, &y) in ys.iter().enumerate() {
-                    for (j, &x) in xs.iter().enumerate() {
-                        let o = (i * w + j) * 2;
-                        g[o] = x * t[0] + y * t[1] + t[2];
-                        g[o + 1] = x * t[3] + y * t[4] + t[5];
-                    }
-                }
-            });
+            .for_each(|(t, g)| Self::image_grid(t, &xs, &ys, g));
     }
 
     fn cpu_bwd(&self, _inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
@@ -103,31 +135,7 @@ impl<E: Real> CustomOp<E> for AffineGrid {
         grad_out
             .par_chunks_exact(h * w * 2)
             .zip(gt.par_chunks_exact_mut(6))
-            .for_each(|(gg, gt)| {
-                // A sum over every grid point: accumulated in f64, so f32 keeps PyTorch-level accuracy
-                // (an f32 sum over 784 points drifts by ~1e-5 relative).
-                let mut acc = [0f64; 6];
-                for (i, y) in ys.iter().enumerate() {
-                    let y = y.to_f64().unwrap_or(f64::NAN);
-                    for (j, x) in xs.iter().enumerate() {
-                        let x = x.to_f64().unwrap_or(f64::NAN);
-                        let o = (i * w + j) * 2;
-                        let (gx, gy) = (
-                            gg[o].to_f64().unwrap_or(f64::NAN),
-                            gg[o + 1].to_f64().unwrap_or(f64::NAN),
-                        );
-                        acc[0] += gx * x;
-                        acc[1] += gx * y;
-                        acc[2] += gx;
-                        acc[3] += gy * x;
-                        acc[4] += gy * y;
-                        acc[5] += gy;
-                    }
-                }
-                for k in 0..6 {
-                    gt[k] += E::of(acc[k]);
-                }
-            });
+            .for_each(|(gg, gt)| Self::theta_grad(gg, &xs, &ys, gt));
     }
 
     #[cfg(feature = "cuda")]

@@ -31,18 +31,6 @@ pub struct AffineSampler {
 }
 
 impl AffineSampler {
-    /// Image `t`'s grid `[Ho·Wo, 2]` into `g`, as `AffineGrid`'s forward computes it.
-    fn grid<E: Real>(&self, t: &[E], xs: &[E], ys: &[E], g: &mut [E]) {
-        let w = xs.len();
-        for (i, &y) in ys.iter().enumerate() {
-            for (j, &x) in xs.iter().enumerate() {
-                let o = (i * w + j) * 2;
-                g[o] = x * t[0] + y * t[1] + t[2];
-                g[o + 1] = x * t[3] + y * t[4] + t[5];
-            }
-        }
-    }
-
     fn bases<E: Real>(&self) -> (Vec<E>, Vec<E>) {
         let (ho, wo) = self.out_hw;
         (
@@ -98,7 +86,7 @@ impl<E: Real> CustomOp<E> for AffineSampler {
                     (grid, vec![E::zero(); c * (h + 4) * (w + 4)])
                 },
                 |(grid, framed), ((o, x), t)| {
-                    self.grid(t, &xs, &ys, grid);
+                    AffineGrid::image_grid(t, &xs, &ys, grid);
                     zeros_fwd_image(x, grid, &ax, &ay, framed, o);
                 },
             );
@@ -132,31 +120,10 @@ impl<E: Real> CustomOp<E> for AffineSampler {
                     )
                 },
                 |(grid, gg, framed), (((gt, x), t), go)| {
-                    self.grid(t, &xs, &ys, grid);
+                    AffineGrid::image_grid(t, &xs, &ys, grid);
                     gg.fill(E::zero());
                     zeros_bwd_grid_image(x, grid, go, &ax, &ay, framed, gg);
-                    // affine_grid's backward: Σ over the grid, in f64, in its order.
-                    let mut acc = [0f64; 6];
-                    for (i, y) in ys.iter().enumerate() {
-                        let y = y.to_f64().unwrap_or(f64::NAN);
-                        for (j, x) in xs.iter().enumerate() {
-                            let x = x.to_f64().unwrap_or(f64::NAN);
-                            let o = (i * wo + j) * 2;
-                            let (gx, gy) = (
-                                gg[o].to_f64().unwrap_or(f64::NAN),
-                                gg[o + 1].to_f64().unwrap_or(f64::NAN),
-                            );
-                            acc[0] += gx * x;
-                            acc[1] += gx * y;
-                            acc[2] += gx;
-                            acc[3] += gy * x;
-                            acc[4] += gy * y;
-                            acc[5] += gy;
-                        }
-                    }
-                    for k in 0..6 {
-                        gt[k] += E::of(acc[k]);
-                    }
+                    AffineGrid::theta_grad(gg, &xs, &ys, gt);
                 },
             );
     }

@@ -651,12 +651,10 @@ pub(crate) fn zeros_fwd_image<E: Real>(
     let (fw, frame) = (w + 4, (h + 4) * (w + 4));
     let c = x.len() / (h * w);
     let p = g.len() / 2;
-    assert!(x.len() == c * h * w && framed.len() == c * frame && out.len() == c * p && p > 0);
-    for (plane, f) in x.chunks_exact(h * w).zip(framed.chunks_exact_mut(frame)) {
-        for (y, row) in plane.chunks_exact(w).enumerate() {
-            f[(y + 2) * fw + 2..(y + 2) * fw + 2 + w].copy_from_slice(row);
-        }
-    }
+    assert!(out.len() == c * p && p > 0);
+    frame_planes(x, h, w, framed);
+    // The points as `framed_points` computes them, inlined here with the weights in one lane loop
+    // (through `framed_points` the forward vectorised worse: 146 → 239 µs for 64 images).
     let (wmax, hmax) = (E::of(w as f64), E::of(h as f64));
     let two = E::of(2.0);
     for q0 in (0..p).step_by(LANES) {
