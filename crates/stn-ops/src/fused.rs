@@ -119,6 +119,38 @@ impl ConvPoolRelu {
     }
 }
 
+/// One-channel conv products, output rows in 8-pixel blocks with all `R` channels in registers:
+/// `conv[o, y, x] = Σ_p w[p, o] · x[offs[p] + y·W + x]` (no bias), rows `wo8` long. The sum runs
+/// over p in order from zero with one multiply-add each, as the general kernel's, so the products
+/// are bit for bit the same.
+fn conv_rows<E: Real, const R: usize>(g: &Geom, xp: &[E], wpm: &[E], conv: &mut [E], wo8: usize) {
+    let k = g.k();
+    assert!(wpm.len() == k * R && conv.len() == R * g.ho * wo8);
+    assert!(g
+        .offs
+        .iter()
+        .all(|&o| o + (g.ho - 1) * g.w + wo8 <= xp.len()));
+    let plane = g.ho * wo8;
+    for y in 0..g.ho {
+        for x0 in (0..g.wo).step_by(8) {
+            let mut acc = [E::splat(E::zero()); R];
+            let base = y * g.w + x0;
+            for (p, &off) in g.offs.iter().enumerate() {
+                // SAFETY: off + base + 8 ≤ off + (ho−1)·W + wo8 ≤ xp.len() (asserted above), and
+                // p·R + r < k·R = wpm.len().
+                let bv = E::load(unsafe { xp.get_unchecked(off + base..off + base + 8) });
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = E::fma(E::splat(unsafe { *wpm.get_unchecked(p * R + r) }), bv, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let at = r * plane + y * wo8 + x0;
+                conv[at..at + 8].copy_from_slice(&E::lanes(*a));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Real;
@@ -158,38 +190,6 @@ mod tests {
                     let want = reference([r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]], b);
                     assert!(o == want, "len {len} b {b} out[{j}]: {o} vs {want}");
                 }
-            }
-        }
-    }
-}
-
-/// One-channel conv products, output rows in 8-pixel blocks with all `R` channels in registers:
-/// `conv[o, y, x] = Σ_p w[p, o] · x[offs[p] + y·W + x]` (no bias), rows `wo8` long. The sum runs
-/// over p in order from zero with one multiply-add each, as the general kernel's, so the products
-/// are bit for bit the same.
-fn conv_rows<E: Real, const R: usize>(g: &Geom, xp: &[E], wpm: &[E], conv: &mut [E], wo8: usize) {
-    let k = g.k();
-    assert!(wpm.len() == k * R && conv.len() == R * g.ho * wo8);
-    assert!(g
-        .offs
-        .iter()
-        .all(|&o| o + (g.ho - 1) * g.w + wo8 <= xp.len()));
-    let plane = g.ho * wo8;
-    for y in 0..g.ho {
-        for x0 in (0..g.wo).step_by(8) {
-            let mut acc = [E::splat(E::zero()); R];
-            let base = y * g.w + x0;
-            for (p, &off) in g.offs.iter().enumerate() {
-                // SAFETY: off + base + 8 ≤ off + (ho−1)·W + wo8 ≤ xp.len() (asserted above), and
-                // p·R + r < k·R = wpm.len().
-                let bv = E::load(unsafe { xp.get_unchecked(off + base..off + base + 8) });
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = E::fma(E::splat(unsafe { *wpm.get_unchecked(p * R + r) }), bv, *a);
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                let at = r * plane + y * wo8 + x0;
-                conv[at..at + 8].copy_from_slice(&E::lanes(*a));
             }
         }
     }

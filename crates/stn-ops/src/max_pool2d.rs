@@ -230,7 +230,7 @@ mod tests {
         let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
         (0..n * h * w)
             .map(|i| {
-                if (i * 7 + seed) % 11 == 0 {
+                if (i * 7 + seed).is_multiple_of(11) {
                     special[(i / 11 + seed) % special.len()]
                 } else {
                     ((i as f32 * 0.913 + seed as f32).sin() * 3.0).round() * 0.5
