@@ -7,7 +7,7 @@ use stn_ops::{affine_grid, affine_sample, grid_sample, Dyn4, OpDevice, Padding, 
 
 fn values<E: Real>(n: usize, seed: f64, scale: f64) -> Vec<E> {
     (0..n)
-        .map(|i| E::of((i as f64 * 0.7071 + seed).sin() * scale))
+        .map(|i| E::of((i as f64 * 0.7137 + seed).sin() * scale))
         .collect()
 }
 

@@ -195,7 +195,7 @@ fn conv_matches_tracts_own_and_leaves_it_the_cases_ours_does_not_cover() {
         ),
     ] {
         let m = one_node("Conv", attrs, &[("x", x_dims)], &weights(bias), 16);
-        check(&m, &[x.clone()], &[x_dims], "StnConv", true);
+        check(&m, std::slice::from_ref(&x), &[x_dims], "StnConv", true);
     }
     // Padding, stride, dilation: tract's own Conv.
     for attrs in [
@@ -204,7 +204,7 @@ fn conv_matches_tracts_own_and_leaves_it_the_cases_ours_does_not_cover() {
         vec![k(), ints("dilations", &[2, 2])],
     ] {
         let m = one_node("Conv", attrs, &[("x", x_dims)], &weights(true), 16);
-        check(&m, &[x.clone()], &[x_dims], "StnConv", false);
+        check(&m, std::slice::from_ref(&x), &[x_dims], "StnConv", false);
     }
 }
 
