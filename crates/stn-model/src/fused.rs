@@ -64,6 +64,8 @@ struct Scratch<E> {
     loc3: Vec<E>,
     hidden: Vec<E>,
     grid: Vec<E>,
+    /// The sampled image when the caller does not keep it.
+    warped: Vec<E>,
     c1: Vec<E>,
     c2: Vec<E>,
     f1: Vec<E>,
@@ -148,6 +150,7 @@ impl<E: Real> FusedNet<E> {
             loc3: z(loc3),
             hidden: z(32),
             grid: z(SAMPLED * SAMPLED * 2),
+            warped: z(SAMPLED * SAMPLED),
             c1: z(self.conv1.op.out_len()),
             c2: z(self.conv2.op.out_len()),
             f1: z(50),
@@ -156,18 +159,51 @@ impl<E: Real> FusedNet<E> {
 
     /// The network in eval mode on `n` images `[N, 1, S, S]` (S the arch's canvas).
     pub fn forward(&self, images: &[f32], n: usize) -> FusedOutputs<E> {
+        self.forward_with(images, n, true)
+    }
+
+    /// As [`FusedNet::forward`]; without `keep_warped` the sampled images stay in per-thread
+    /// scratch and `warped` comes back empty (no `[N, 784]` buffer to allocate and fill).
+    pub fn forward_with(&self, images: &[f32], n: usize, keep_warped: bool) -> FusedOutputs<E> {
         let s = self.arch.canvas;
         assert_eq!(images.len(), n * s * s, "{n} images of {s}×{s}");
         let sampled = SAMPLED * SAMPLED;
+        let keep_warped = keep_warped && self.stn.is_some();
         let mut out = FusedOutputs {
             log_probs: vec![E::zero(); n * 10],
             theta: vec![E::zero(); n * 6],
-            warped: vec![E::zero(); n * sampled],
+            warped: vec![E::zero(); if keep_warped { n * sampled } else { 0 }],
         };
-        out.log_probs
+        let (lp, theta) = (&mut out.log_probs, &mut out.theta);
+        if keep_warped {
+            self.run(
+                images,
+                lp,
+                theta,
+                out.warped.par_chunks_mut(sampled).map(Some),
+            );
+        } else {
+            self.run(images, lp, theta, (0..n).into_par_iter().map(|_| None));
+        }
+        if self.stn.is_none() {
+            out.theta.clear();
+        }
+        out
+    }
+
+    fn run<'a>(
+        &self,
+        images: &[f32],
+        log_probs: &mut [E],
+        theta: &mut [E],
+        warped: impl IndexedParallelIterator<Item = Option<&'a mut [E]>>,
+    ) {
+        let s = self.arch.canvas;
+        let n = log_probs.len() / 10;
+        log_probs
             .par_chunks_mut(10)
-            .zip(out.theta.par_chunks_mut(6))
-            .zip(out.warped.par_chunks_mut(sampled))
+            .zip(theta.par_chunks_mut(6))
+            .zip(warped)
             .zip(images.par_chunks(s * s))
             // One piece per thread: each piece sets up its own scratch.
             .with_min_len(n.div_ceil(rayon::current_num_threads()).max(1))
@@ -175,11 +211,6 @@ impl<E: Real> FusedNet<E> {
                 || self.scratch(),
                 |sc, (((lp, theta), warped), img)| self.image(img, sc, lp, theta, warped),
             );
-        if self.stn.is_none() {
-            out.theta.clear();
-            out.warped.clear();
-        }
-        out
     }
 
     fn image(
@@ -188,12 +219,16 @@ impl<E: Real> FusedNet<E> {
         sc: &mut Scratch<E>,
         lp: &mut [E],
         theta: &mut [E],
-        warped: &mut [E],
+        warped: Option<&mut [E]>,
     ) {
         for (x, &v) in sc.x.iter_mut().zip(img) {
             *x = E::of(v as f64);
         }
         let s = self.arch.canvas;
+        let warped = match warped {
+            Some(w) => w,
+            None => &mut sc.warped[..],
+        };
         let cls_in: &[E] = if let Some(stn) = &self.stn {
             stn.loc0.run(&sc.x, &mut sc.work, &mut sc.loc0);
             stn.loc3.run(&sc.loc0, &mut sc.work, &mut sc.loc3);

@@ -292,6 +292,13 @@ fn fused_inference_reproduces_pytorch() {
     close("theta", &out.theta, &f.theta.data, 1e-5);
     close("warped", &out.warped, &f.warped.data, 1e-5);
     close("log_probs", &out.log_probs, &f.log_probs.data, 1e-5);
+    // Without the sampled images kept: the same answers, no warped buffer.
+    let lean = stn_model::FusedNet::<f32>::new(&params)
+        .unwrap()
+        .forward_with(&images, n, false);
+    assert_eq!(lean.log_probs, out.log_probs);
+    assert_eq!(lean.theta, out.theta);
+    assert!(lean.warped.is_empty());
 }
 
 /// The dfdx forward (eval mode) in `E` on the CPU: log-probs, theta, warped.

@@ -33,7 +33,7 @@ impl Runner for FusedRunner {
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
         check_batch("fused", images, n, self.input_side())?;
-        let out = self.net.forward(images, n);
+        let out = self.net.forward_with(images, n, self.warped);
         Ok(RunOutput {
             log_probs: out.log_probs,
             warped: (self.warped && !out.warped.is_empty()).then_some(out.warped),
