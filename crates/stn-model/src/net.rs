@@ -6,8 +6,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
-    affine_grid, affine_sample, conv2d, grid_sample, max_pool2d, Dyn4, OpDevice, OpError, Padding,
-    Real,
+    affine_grid, affine_sample, conv2d, grid_sample, max_pool2d, max_pool2d_relu, Dyn4, OpDevice,
+    OpError, Padding, Real,
 };
 
 /// Which variant of the seed network: the input canvas side (28 for MNIST, 42 for RTS, 60 for T)
@@ -128,6 +128,21 @@ impl<E: Clone> DropoutMasks<E> {
 }
 
 /// `x · wᵀ + b` with `w` stored `[out, in]` as in PyTorch.
+/// `relu(max_pool2d(x, 2, 2))`: one op on the CPU, the pool then dfdx's ReLU elsewhere (CUDA).
+fn pool_relu<E: Real, D: OpDevice<E>, T: Tape<E, D>>(
+    x: Tensor<Dyn4, E, D, T>,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
+    if D::HOST {
+        return max_pool2d_relu(x, 2, 2);
+    }
+    max_pool2d(x, 2, 2)?
+        .try_relu()
+        .map_err(|e| OpError::Device {
+            op: "relu",
+            what: e.to_string(),
+        })
+}
+
 fn linear<E: Real, D: OpDevice<E>, T: Tape<E, D> + Merge<T>>(
     x: Tensor<(usize, usize), E, D, T>,
     w: Tensor<(usize,), E, D, T>,
@@ -218,13 +233,11 @@ where
             .try_reshape_like(&shape4("localization.0.weight"))
             .map_err(dev_err)?;
         let xs = conv2d(x.clone(), w0, take("localization.0.bias"))?;
-        let xs = max_pool2d(xs, 2, 2)?.try_relu().map_err(dev_err)?;
+        let xs = pool_relu(xs)?;
         let w3 = take("localization.3.weight")
             .try_reshape_like(&shape4("localization.3.weight"))
             .map_err(dev_err)?;
-        let xs = max_pool2d(conv2d(xs, w3, take("localization.3.bias"))?, 2, 2)?
-            .try_relu()
-            .map_err(dev_err)?;
+        let xs = pool_relu(conv2d(xs, w3, take("localization.3.bias"))?)?;
         let xs = xs
             .try_reshape_like(&(n, arch.fc_loc_in()))
             .map_err(dev_err)?;
@@ -249,7 +262,7 @@ where
         // No STN: the classifier reads the input itself (no gradient for the images).
         (conv2d(x, w1, b1)?, None, None)
     };
-    let y = max_pool2d(c1, 2, 2)?.try_relu().map_err(dev_err)?;
+    let y = pool_relu(c1)?;
     let w2 = take("conv2.weight")
         .try_reshape_like(&shape4("conv2.weight"))
         .map_err(dev_err)?;
@@ -266,7 +279,7 @@ where
             )
             .map_err(dev_err)?;
     }
-    let y = max_pool2d(y, 2, 2)?.try_relu().map_err(dev_err)?;
+    let y = pool_relu(y)?;
     let y = y.try_reshape_like(&(n, arch.fc1_in())).map_err(dev_err)?;
     let mut f = linear(y, take("fc1.weight"), take("fc1.bias"), 50)?
         .try_relu()

@@ -49,7 +49,7 @@ pub use affine_sample::{affine_sample, AffineSampler};
 pub use conv2d::{conv2d, Conv2d};
 pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, GridSample, Padding};
-pub use max_pool2d::{max_pool2d, MaxPool2d};
+pub use max_pool2d::{max_pool2d, max_pool2d_relu, MaxPool2d};
 pub use op::{CustomOp, OpDevice, OpError, Real};
 
 /// The dynamic 4-d shape the ops produce (`[N, C, H, W]`, or `[N, H, W, 2]` for grids).

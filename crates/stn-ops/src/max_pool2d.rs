@@ -17,6 +17,9 @@ use cudarc::driver::CudaSlice;
 pub struct MaxPool2d {
     pub kernel: usize,
     pub stride: usize,
+    /// Followed by a ReLU (dfdx's: `max(x, 0)`, gradient where `x > 0`) in the same op: the
+    /// seed's every pool is, and as one op the ReLU costs neither a tensor nor a pass of its own.
+    pub relu: bool,
 }
 
 impl MaxPool2d {
@@ -89,7 +92,11 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
                     for (oy, o) in o.chunks_exact_mut(wo).enumerate() {
                         let r0 = &plane[2 * oy * w..][..2 * wo];
                         let r1 = &plane[(2 * oy + 1) * w..][..2 * wo];
-                        E::pool2_row(r0, r1, o);
+                        if self.relu {
+                            E::pool2_relu_row(r0, r1, E::zero(), o);
+                        } else {
+                            E::pool2_row(r0, r1, o);
+                        }
                     }
                 });
         }
@@ -100,7 +107,8 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
             .for_each(|(plane, o)| {
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        o[oy * wo + ox] = plane[self.argmax(plane, w, oy, ox)];
+                        let v = plane[self.argmax(plane, w, oy, ox)];
+                        o[oy * wo + ox] = if self.relu { v.max(E::zero()) } else { v };
                     }
                 }
             });
@@ -126,6 +134,7 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
                             go,
                             &mut g[2 * oy * w..][..w + 2 * wo],
                             w,
+                            self.relu,
                         );
                     }
                 });
@@ -138,7 +147,10 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
             .for_each(|((plane, g), go)| {
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        g[self.argmax(plane, w, oy, ox)] += go[oy * wo + ox];
+                        let i = self.argmax(plane, w, oy, ox);
+                        if !self.relu || plane[i] > E::zero() {
+                            g[i] += go[oy * wo + ox];
+                        }
                     }
                 }
             });
@@ -151,6 +163,12 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
         inputs: &[CudaBuf],
         out: &mut CudaSlice<f32>,
     ) -> Result<(), OpError> {
+        if self.relu {
+            return Err(OpError::Device {
+                op: "max_pool2d",
+                what: "the fused ReLU is CPU only: on CUDA use max_pool2d, then relu".into(),
+            });
+        }
         let x = inputs[0].dims;
         let (h, w) = (x[2], x[3]);
         let (ho, wo) = self.out_hw(h, w);
@@ -182,6 +200,12 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
         grad_out: &CudaSlice<f32>,
         grads: &mut [Option<&mut CudaSlice<f32>>],
     ) -> Result<(), OpError> {
+        if self.relu {
+            return Err(OpError::Device {
+                op: "max_pool2d",
+                what: "the fused ReLU is CPU only: on CUDA use max_pool2d, then relu".into(),
+            });
+        }
         let Some(gx) = grads[0].as_deref_mut() else {
             return Ok(());
         };
@@ -218,7 +242,36 @@ pub fn max_pool2d<S: Shape, E: Real, D: OpDevice<E>, T: Tape<E, D>>(
 ) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
     let dev = x.device().clone();
     let (x, tape) = Input::new("max_pool2d", x)?;
-    apply(MaxPool2d { kernel, stride }, &dev, vec![x], tape)
+    apply(
+        MaxPool2d {
+            kernel,
+            stride,
+            relu: false,
+        },
+        &dev,
+        vec![x],
+        tape,
+    )
+}
+
+/// `relu(max_pool2d(x, kernel, stride))` as one op (the CPU's; CUDA's pool has no ReLU).
+pub fn max_pool2d_relu<S: Shape, E: Real, D: OpDevice<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+    kernel: usize,
+    stride: usize,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
+    let dev = x.device().clone();
+    let (x, tape) = Input::new("max_pool2d", x)?;
+    apply(
+        MaxPool2d {
+            kernel,
+            stride,
+            relu: true,
+        },
+        &dev,
+        vec![x],
+        tape,
+    )
 }
 
 #[cfg(test)]
@@ -241,10 +294,17 @@ mod tests {
 
     #[test]
     fn the_2x2_fast_paths_follow_the_argmax_rule() {
-        let op = MaxPool2d {
-            kernel: 2,
-            stride: 2,
-        };
+        for (kernel, relu) in [(2, false), (2, true), (3, true)] {
+            check(MaxPool2d {
+                kernel,
+                stride: 2,
+                relu,
+            });
+        }
+    }
+
+    /// Forward and backward against `argmax` (and dfdx's ReLU: `max(v, 0)`, gradient where v > 0).
+    fn check(op: MaxPool2d) {
         for (h, w) in [
             (2, 2),
             (4, 6),
@@ -254,17 +314,18 @@ mod tests {
             (22, 35),
             (3, 40),
         ] {
+            if h < op.kernel || w < op.kernel {
+                continue;
+            }
             let n = 3;
             let x = planes(n, h, w, h + w);
-            let go: Vec<f32> = (0..n * (h / 2) * (w / 2))
-                .map(|i| 1.0 + i as f32 * 0.25)
-                .collect();
+            let (ho, wo) = op.out_hw(h, w);
+            let go: Vec<f32> = (0..n * ho * wo).map(|i| 1.0 + i as f32 * 0.25).collect();
             let dims = [1, n, h, w];
             let input = [Buf {
                 data: &x,
                 dims: &dims,
             }];
-            let (ho, wo) = op.out_hw(h, w);
             let mut out = vec![0f32; n * ho * wo];
             op.cpu_fwd(&input, &mut out);
             let mut gx = vec![0f32; x.len()];
@@ -275,8 +336,11 @@ mod tests {
                 for oy in 0..ho {
                     for ox in 0..wo {
                         let i = op.argmax(plane, w, oy, ox);
-                        want_out[p * ho * wo + oy * wo + ox] = plane[i];
-                        want_gx[p * h * w + i] += go[p * ho * wo + oy * wo + ox];
+                        let v = plane[i];
+                        want_out[p * ho * wo + oy * wo + ox] = if op.relu { v.max(0.0) } else { v };
+                        if !op.relu || v > 0.0 {
+                            want_gx[p * h * w + i] += go[p * ho * wo + oy * wo + ox];
+                        }
                     }
                 }
             }
@@ -286,7 +350,7 @@ mod tests {
                     "{h}×{w} out[{i}]: {g} vs {e}"
                 );
             }
-            assert_eq!(gx, want_gx, "{h}×{w} gradient");
+            assert_eq!(gx, want_gx, "{op:?} {h}×{w} gradient");
         }
     }
 }

@@ -78,10 +78,11 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
     }
     /// The backward of [`Real::pool2_row`]: each `go[j]` is added to the gradient of its window's
     /// first maximum in row-major order, or of its first NaN — `max_pool2d`'s rule. `g` holds the
-    /// gradient rows of `r0` (from 0) and `r1` (from `w`).
+    /// gradient rows of `r0` (from 0) and `r1` (from `w`). With `relu` the pool's output went
+    /// through a ReLU: only windows whose value is > 0 pass their gradient (dfdx's ReLU rule).
     #[inline]
-    fn pool2_row_bwd(r0: &[Self], r1: &[Self], go: &[Self], g: &mut [Self], w: usize) {
-        pool2_bwd_scalar(r0, r1, go, g, w, 0);
+    fn pool2_row_bwd(r0: &[Self], r1: &[Self], go: &[Self], g: &mut [Self], w: usize, relu: bool) {
+        pool2_bwd_scalar(r0, r1, go, g, w, 0, relu);
     }
     /// `[plane[idx[0]], …, plane[idx[7]]]`; every index must be inside `plane` (it panics if not).
     #[inline(always)]
@@ -270,7 +271,7 @@ impl Real for f32 {
     /// first candidate of each chosen by masks, the gradients interleaved back.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     #[inline]
-    fn pool2_row_bwd(r0: &[f32], r1: &[f32], go: &[f32], g: &mut [f32], w: usize) {
+    fn pool2_row_bwd(r0: &[f32], r1: &[f32], go: &[f32], g: &mut [f32], w: usize, relu: bool) {
         use std::arch::x86_64::*;
         let n = go.len();
         assert!(r0.len() >= 2 * n && r1.len() >= 2 * n && w >= 2 * n && g.len() >= w + 2 * n);
@@ -307,6 +308,14 @@ impl Real for f32 {
                 let s2 = _mm256_andnot_ps(taken, cand(v2, n2));
                 let taken = _mm256_or_ps(taken, s2);
                 let gv = ld(go, j);
+                // After a ReLU only windows whose value is > 0 (so not NaN) pass their gradient.
+                let gv = if relu {
+                    let pass =
+                        _mm256_andnot_ps(any, _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()));
+                    _mm256_and_ps(pass, gv)
+                } else {
+                    gv
+                };
                 let (d0, d1, d2) = (
                     _mm256_and_ps(s0, gv),
                     _mm256_and_ps(s1, gv),
@@ -326,7 +335,7 @@ impl Real for f32 {
                 add(g1, d2, d3);
             }
         }
-        pool2_bwd_scalar(r0, r1, go, g, w, full);
+        pool2_bwd_scalar(r0, r1, go, g, w, full, relu);
     }
     /// Two 4-element gathers of 64-bit pairs and two shuffles, where the build has AVX2: half the
     /// gathered elements of two 8-element gathers (a gather costs per element on AMD's cores).
@@ -760,7 +769,15 @@ pub(crate) fn per_image<E>(g: Option<&mut [E]>, n: usize, len: usize) -> Vec<Opt
 /// candidates (the window's NaNs if it holds one, else its maxima), the first of them, and its
 /// position in `g` by arithmetic.
 #[inline]
-fn pool2_bwd_scalar<E: Real>(r0: &[E], r1: &[E], go: &[E], g: &mut [E], w: usize, from: usize) {
+fn pool2_bwd_scalar<E: Real>(
+    r0: &[E],
+    r1: &[E],
+    go: &[E],
+    g: &mut [E],
+    w: usize,
+    from: usize,
+    relu: bool,
+) {
     assert!(r0.len() >= 2 * go.len() && r1.len() >= 2 * go.len());
     assert!(w >= 2 * go.len() && g.len() >= w + 2 * go.len());
     for (j, &go) in go.iter().enumerate().skip(from) {
@@ -771,7 +788,8 @@ fn pool2_bwd_scalar<E: Real>(r0: &[E], r1: &[E], go: &[E], g: &mut [E], w: usize
         let c = |i: usize| (nan[i] | (!any & (v[i] == m))) as u32;
         // The first candidate: the lowest set bit (bit 3 stands for "else the last").
         let best = (c(0) | c(1) << 1 | c(2) << 2 | 8).trailing_zeros() as usize;
-        g[2 * j + (best & 1) + (best >> 1) * w] += go;
+        let pass = !relu || (!any & (m > E::zero()));
+        g[2 * j + (best & 1) + (best >> 1) * w] += if pass { go } else { E::zero() };
     }
 }
 
