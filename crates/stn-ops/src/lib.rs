@@ -6,6 +6,7 @@
 //!   align_corners)`, with gradients for the input and the grid;
 //! * [`conv2d`] — stride 1, no padding, with bias;
 //! * [`max_pool2d`] — kernel 2, stride 2 (floor), the first maximum of a window wins on ties;
+//!   [`max_pool2d_relu`] is it followed by dfdx's ReLU, as one op on the CPU;
 //! * [`affine_sample`] — `affine_grid` then zero-padding `grid_sample` as one op on the CPU (the
 //!   STN's transformer without a grid tensor), bit-identical to the two.
 //!
