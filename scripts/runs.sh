@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training runs recorded in BENCHMARKS.md and models/README.md (~15 minutes on 2 cores).
-#   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine|rts-b32]
+#   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine|rts-b32|rts-search]
 # Each run writes its log and metrics under target/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +38,14 @@ case "${1:-all}" in
       --out target/runs/rts-stn-b32.safetensors --visualize target/runs/rts-stn-b32-warped.png
     run rts-nostn-b32 --distort rts --no-stn --epochs 10 --batch 32 --optimizer adam --lr 0.001 --schedule cosine --clip 5 \
       --out target/runs/rts-nostn-b32.safetensors ;;
+  rts-search)
+    # The RTS recipe search of BENCHMARKS.md (not in `all`: ~10 minutes more).
+    rts=(--distort rts --epochs 10 --optimizer adam --schedule cosine --clip 5)
+    run rts-search-lr2e-3 "${rts[@]}" --batch 32 --lr 0.002 --loc-lr-scale 0.3 --out target/runs/rts-search-lr2e-3.safetensors
+    run rts-search-b16 "${rts[@]}" --batch 16 --lr 0.001 --loc-lr-scale 0.3 --out target/runs/rts-search-b16.safetensors
+    run rts-search-b128 "${rts[@]}" --batch 128 --lr 0.004 --loc-lr-scale 0.3 --out target/runs/rts-search-b128.safetensors
+    run rts-search-loc1 "${rts[@]}" --batch 64 --lr 0.002 --loc-lr-scale 1.0 --out target/runs/rts-search-loc1.safetensors
+    run rts-search-loc01 "${rts[@]}" --batch 32 --lr 0.001 --loc-lr-scale 0.1 --out target/runs/rts-search-loc01.safetensors
+    run rts-search-fresh "${rts[@]}" --batch 32 --lr 0.001 --loc-lr-scale 0.3 --fresh-distortions \
+      --out target/runs/rts-search-fresh.safetensors ;;
 esac

@@ -30,13 +30,35 @@ pub struct AffineSampler {
     pub align_corners: bool,
 }
 
+struct Geom<E> {
+    c: usize,
+    h: usize,
+    w: usize,
+    wo: usize,
+    xs: Vec<E>,
+    ys: Vec<E>,
+    ax: Axis<E>,
+    ay: Axis<E>,
+}
+
 impl AffineSampler {
-    fn bases<E: Real>(&self) -> (Vec<E>, Vec<E>) {
+    /// The sizes of a call on input dims `[N, C, H, W]`, the grid's base coordinates and the
+    /// sampler's axes — what the forward and the backward both start from.
+    fn geom<E: Real>(&self, x: &[usize]) -> Geom<E> {
+        let [_, c, h, w] = x[..] else {
+            unreachable!("checked by out_dims")
+        };
         let (ho, wo) = self.out_hw;
-        (
-            AffineGrid::base::<E>(wo, self.align_corners),
-            AffineGrid::base::<E>(ho, self.align_corners),
-        )
+        Geom {
+            c,
+            h,
+            w,
+            wo,
+            xs: AffineGrid::base::<E>(wo, self.align_corners),
+            ys: AffineGrid::base::<E>(ho, self.align_corners),
+            ax: Axis::new(w, self.align_corners),
+            ay: Axis::new(h, self.align_corners),
+        }
     }
 }
 
@@ -67,16 +89,17 @@ impl<E: Real> CustomOp<E> for AffineSampler {
     }
 
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
-        let [_, c, h, w] = inputs[0].dims[..] else {
-            unreachable!("checked")
-        };
-        let (ho, wo) = self.out_hw;
-        let p = ho * wo;
-        let (xs, ys) = self.bases::<E>();
-        let (ax, ay) = (
-            Axis::new(w, self.align_corners),
-            Axis::new(h, self.align_corners),
-        );
+        let Geom {
+            c,
+            h,
+            w,
+            wo,
+            xs,
+            ys,
+            ax,
+            ay,
+        } = self.geom(inputs[0].dims);
+        let p = self.out_hw.0 * wo;
         out.par_chunks_mut(c * p)
             .zip(inputs[0].data.par_chunks(c * h * w))
             .zip(inputs[1].data.par_chunks(6))
@@ -96,16 +119,17 @@ impl<E: Real> CustomOp<E> for AffineSampler {
         let Some(gt) = grads[1].as_deref_mut() else {
             return;
         };
-        let [_, c, h, w] = inputs[0].dims[..] else {
-            unreachable!("checked")
-        };
-        let (ho, wo) = self.out_hw;
-        let p = ho * wo;
-        let (xs, ys) = self.bases::<E>();
-        let (ax, ay) = (
-            Axis::new(w, self.align_corners),
-            Axis::new(h, self.align_corners),
-        );
+        let Geom {
+            c,
+            h,
+            w,
+            wo,
+            xs,
+            ys,
+            ax,
+            ay,
+        } = self.geom(inputs[0].dims);
+        let p = self.out_hw.0 * wo;
         gt.par_chunks_mut(6)
             .zip(inputs[0].data.par_chunks(c * h * w))
             .zip(inputs[1].data.par_chunks(6))

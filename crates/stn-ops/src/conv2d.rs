@@ -90,44 +90,14 @@ impl Geom {
         }
     }
 
-    /// The explicit im2col, `cols[(c,ki,kj), oy·Wo + ox] = x[c, oy+ki, ox+kj]`. Rows are copied
-    /// in 8-wide pieces that may run one piece past a segment (the next segment overwrites it;
-    /// `cols` has 8 spare entries at its end) instead of a `memcpy` call per 7-float segment.
-    pub(crate) fn im2col<E: Real>(&self, x: &[E], cols: &mut [E]) {
-        let (p, wo) = (self.p(), self.wo);
-        assert!(cols.len() >= self.k() * p + 8 && x.len() == self.image());
-        if wo > 8 || x.len() < 8 {
-            for (r, &off) in self.offs.iter().enumerate() {
-                for oy in 0..self.ho {
-                    let (src, dst) = (off + oy * self.w, r * p + oy * wo);
-                    E::copy(&mut cols[dst..dst + wo], &x[src..src + wo]);
-                }
-            }
-            return;
-        }
-        // Sources from here on can be read 8 wide; the last few are copied element by element.
-        let last8 = x.len() - 8;
-        let (xp, cp) = (x.as_ptr(), cols.as_mut_ptr());
-        for (r, &off) in self.offs.iter().enumerate() {
-            for oy in 0..self.ho {
-                let (src, dst) = (off + oy * self.w, r * p + oy * wo);
-                if src <= last8 {
-                    // SAFETY: src + 8 ≤ x.len() (just checked); dst + 8 ≤ (k−1)·p + (ho−1)·wo + 8
-                    // ≤ k·p + 8 ≤ cols.len() (asserted above); x and cols are distinct slices.
-                    unsafe { std::ptr::copy_nonoverlapping(xp.add(src), cp.add(dst), 8) };
-                } else {
-                    cols[dst..dst + wo].copy_from_slice(&x[src..src + wo]);
-                }
-            }
-        }
-    }
-
     /// The explicit im2col of `t` images side by side: `cols[(c,ki,kj), j·P + oy·Wo + ox] =
     /// x_j[c, oy+ki, ox+kj]` (rows of `t·P` columns). Why: with small planes (P = 49 in
     /// localization.3) one image's rows are too short for the products — a 16-column block hangs
     /// 30% into padding and each weight-gradient block's accumulators are reloaded every 49
     /// columns; four images make the rows 196 long. Rows are filled in order (row, image, output
-    /// row), so an 8-wide piece running past its segment lands where a later piece will write.
+    /// row), so an 8-wide piece running past its segment lands where a later piece will write
+    /// (`cols` has 8 spare entries at its end) — no `memcpy` call per 7-float segment. One image
+    /// is `t = 1`.
     pub(crate) fn im2col_group<E: Real>(&self, xs: &[E], t: usize, cols: &mut [E]) {
         let (p, wo, img) = (self.p(), self.wo, self.image());
         let np = t * p;

@@ -240,18 +240,7 @@ pub fn max_pool2d<S: Shape, E: Real, D: OpDevice<E>, T: Tape<E, D>>(
     kernel: usize,
     stride: usize,
 ) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
-    let dev = x.device().clone();
-    let (x, tape) = Input::new("max_pool2d", x)?;
-    apply(
-        MaxPool2d {
-            kernel,
-            stride,
-            relu: false,
-        },
-        &dev,
-        vec![x],
-        tape,
-    )
+    pool(x, kernel, stride, false)
 }
 
 /// `relu(max_pool2d(x, kernel, stride))` as one op (the CPU's; CUDA's pool has no ReLU).
@@ -260,18 +249,23 @@ pub fn max_pool2d_relu<S: Shape, E: Real, D: OpDevice<E>, T: Tape<E, D>>(
     kernel: usize,
     stride: usize,
 ) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
+    pool(x, kernel, stride, true)
+}
+
+fn pool<S: Shape, E: Real, D: OpDevice<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+    kernel: usize,
+    stride: usize,
+    relu: bool,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
     let dev = x.device().clone();
     let (x, tape) = Input::new("max_pool2d", x)?;
-    apply(
-        MaxPool2d {
-            kernel,
-            stride,
-            relu: true,
-        },
-        &dev,
-        vec![x],
-        tape,
-    )
+    let op = MaxPool2d {
+        kernel,
+        stride,
+        relu,
+    };
+    apply(op, &dev, vec![x], tape)
 }
 
 #[cfg(test)]

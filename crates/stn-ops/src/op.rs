@@ -177,8 +177,8 @@ impl Real for f32 {
     fn vsub(a: wide::f32x8, b: wide::f32x8) -> wide::f32x8 {
         a - b
     }
-    /// Eight outputs at a time with AVX2 where the build has it: vertical maxima, then the
-    /// horizontal pairs deinterleaved by two shuffles; a window with a NaN gives 0 (ReLU of NaN).
+    /// Eight outputs at a time with AVX2 where the build has it ([`pool2_windows8`]); a window
+    /// with a NaN gives 0 (ReLU of NaN).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     #[inline]
     fn pool2_relu_row(r0: &[f32], r1: &[f32], b: f32, out: &mut [f32]) {
@@ -186,35 +186,12 @@ impl Real for f32 {
         let full = out.len() / 8 * 8;
         assert!(r0.len() >= 2 * out.len() && r1.len() >= 2 * out.len());
         for j in (0..full).step_by(8) {
-            // SAFETY: AVX2 is enabled for this build; the loads read r0/r1[2j..2j+16] and the store
-            // writes out[j..j+8], inside the slices (asserted above, j + 8 ≤ full ≤ out.len()).
+            // SAFETY: AVX2 is enabled for this build; the windows read r0/r1[2j..2j+16] and the
+            // store writes out[j..j+8], inside the slices (asserted above, j + 8 ≤ full).
             unsafe {
-                let ld = |r: &[f32], o: usize| _mm256_loadu_ps(r.as_ptr().add(2 * j + o));
-                let (a0, a1, c0, c1) = (ld(r0, 0), ld(r0, 8), ld(r1, 0), ld(r1, 8));
-                let (v0, v1) = (_mm256_max_ps(a0, c0), _mm256_max_ps(a1, c1));
-                let (n0, n1) = (
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(a0, c0),
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(a1, c1),
-                );
-                // even = [v0₀ v0₂ v1₀ v1₂ v0₄ v0₆ v1₄ v1₆], odd likewise: their maximum is the
-                // outputs in the order 0 1 4 5 2 3 6 7, which the 64-bit permute puts right.
-                let m = _mm256_max_ps(
-                    _mm256_shuffle_ps::<0b10_00_10_00>(v0, v1),
-                    _mm256_shuffle_ps::<0b11_01_11_01>(v0, v1),
-                );
-                let n = _mm256_or_ps(
-                    _mm256_or_ps(
-                        _mm256_shuffle_ps::<0b10_00_10_00>(n0, n1),
-                        _mm256_shuffle_ps::<0b11_01_11_01>(n0, n1),
-                    ),
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(m, m),
-                );
-                let m =
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(m)));
-                let n =
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(n)));
+                let (m, nan) = pool2_windows8(r0, r1, j);
                 let y = _mm256_max_ps(_mm256_add_ps(m, _mm256_set1_ps(b)), _mm256_setzero_ps());
-                _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_andnot_ps(n, y));
+                _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_andnot_ps(nan, y));
             }
         }
         for ((o, a), c) in out[full..]
@@ -236,26 +213,9 @@ impl Real for f32 {
             // SAFETY: as in `pool2_relu_row`: AVX2 is enabled; r0/r1[2j..2j+16] and out[j..j+8]
             // are inside the slices.
             unsafe {
-                let ld = |r: &[f32], o: usize| _mm256_loadu_ps(r.as_ptr().add(2 * j + o));
-                let (a0, a1, c0, c1) = (ld(r0, 0), ld(r0, 8), ld(r1, 0), ld(r1, 8));
-                let (v0, v1) = (_mm256_max_ps(a0, c0), _mm256_max_ps(a1, c1));
-                let (n0, n1) = (
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(a0, c0),
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(a1, c1),
-                );
-                let m = _mm256_max_ps(
-                    _mm256_shuffle_ps::<0b10_00_10_00>(v0, v1),
-                    _mm256_shuffle_ps::<0b11_01_11_01>(v0, v1),
-                );
-                let n = _mm256_or_ps(
-                    _mm256_shuffle_ps::<0b10_00_10_00>(n0, n1),
-                    _mm256_shuffle_ps::<0b11_01_11_01>(n0, n1),
-                );
+                let (m, nan) = pool2_windows8(r0, r1, j);
                 // All-ones lanes are NaN.
-                let y = _mm256_or_ps(m, n);
-                let y =
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(y)));
-                _mm256_storeu_ps(out.as_mut_ptr().add(j), y);
+                _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_or_ps(m, nan));
             }
         }
         for ((o, a), c) in out[full..]
@@ -803,4 +763,39 @@ fn pool2_value<E: Real>(v: [E; 4]) -> E {
     } else {
         m
     }
+}
+
+/// The 2×2 windows of outputs `j..j+8` (rows `r0`, `r1` from `2j`): their maxima and a mask of the
+/// windows that hold a NaN, in output order. Vertical maxima first, then the horizontal pairs
+/// deinterleaved by two shuffles: even = [v0₀ v0₂ v1₀ v1₂ v0₄ v0₆ v1₄ v1₆], odd likewise, whose
+/// maximum is the outputs in the order 0 1 4 5 2 3 6 7, which the 64-bit permute puts right.
+///
+/// # Safety
+/// AVX2 must be available and `r0`, `r1` must hold `2j + 16` elements.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn pool2_windows8(
+    r0: &[f32],
+    r1: &[f32],
+    j: usize,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    debug_assert!(r0.len() >= 2 * j + 16 && r1.len() >= 2 * j + 16);
+    let ld = |r: &[f32], o: usize| _mm256_loadu_ps(r.as_ptr().add(2 * j + o));
+    let (a0, a1, c0, c1) = (ld(r0, 0), ld(r0, 8), ld(r1, 0), ld(r1, 8));
+    let (v0, v1) = (_mm256_max_ps(a0, c0), _mm256_max_ps(a1, c1));
+    let (n0, n1) = (
+        _mm256_cmp_ps::<_CMP_UNORD_Q>(a0, c0),
+        _mm256_cmp_ps::<_CMP_UNORD_Q>(a1, c1),
+    );
+    let pairs = |x: __m256, y: __m256| {
+        (
+            _mm256_shuffle_ps::<0b10_00_10_00>(x, y),
+            _mm256_shuffle_ps::<0b11_01_11_01>(x, y),
+        )
+    };
+    let ((e, o), (ne, no)) = (pairs(v0, v1), pairs(n0, n1));
+    let order =
+        |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+    (order(_mm256_max_ps(e, o)), order(_mm256_or_ps(ne, no)))
 }
