@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use crate::grid_sample::{zeros_bwd_grid_image, zeros_fwd_image, Axis};
+use crate::grid_sample::{paired_len, zeros_bwd_grid_image, zeros_fwd_image, Axis};
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::{AffineGrid, Dyn4};
 
@@ -106,7 +106,7 @@ impl<E: Real> CustomOp<E> for AffineSampler {
             .for_each_init(
                 || {
                     let grid = vec![E::zero(); 2 * p];
-                    (grid, vec![E::zero(); c * (h + 4) * (w + 4)])
+                    (grid, vec![E::zero(); paired_len(c, h, w)])
                 },
                 |(grid, framed), ((o, x), t)| {
                     AffineGrid::image_grid(t, &xs, &ys, grid);
@@ -140,7 +140,7 @@ impl<E: Real> CustomOp<E> for AffineSampler {
                     (
                         grid,
                         vec![E::zero(); 2 * p],
-                        vec![E::zero(); c * (h + 4) * (w + 4)],
+                        vec![E::zero(); paired_len(c, h, w)],
                     )
                 },
                 |(grid, gg, framed), (((gt, x), t), go)| {

@@ -302,7 +302,7 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .zip(x.par_chunks(c * h * w))
                 .zip(grid.par_chunks(p * 2))
                 .for_each_init(
-                    || vec![E::zero(); c * (h + 4) * (w + 4)],
+                    || vec![E::zero(); paired_len(c, h, w)],
                     |framed, ((o, x), g)| zeros_fwd_image(x, g, &ax, &ay, framed, o),
                 );
         }
@@ -354,7 +354,7 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .zip(grid.par_chunks(p * 2))
                 .zip(grad_out.par_chunks(c * p))
                 .for_each_init(
-                    || vec![E::zero(); c * (h + 4) * (w + 4)],
+                    || vec![E::zero(); paired_len(c, h, w)],
                     |framed, (((gg, x), g), go)| {
                         zeros_bwd_grid_image(x, g, go, &ax, &ay, framed, gg)
                     },
@@ -527,13 +527,36 @@ where
     )
 }
 
-/// Copies the planes of `x` into zero frames 2 pixels wide (`framed`, `C·(H+4)·(W+4)`).
-fn frame_planes<E: Real>(x: &[E], h: usize, w: usize, framed: &mut [E]) {
-    let (fw, frame) = (w + 4, (h + 4) * (w + 4));
-    assert!(x.len().is_multiple_of(h * w) && framed.len() == x.len() / (h * w) * frame);
-    for (plane, f) in x.chunks_exact(h * w).zip(framed.chunks_exact_mut(frame)) {
-        for (y, row) in plane.chunks_exact(w).enumerate() {
-            f[(y + 2) * fw + 2..(y + 2) * fw + 2 + w].copy_from_slice(row);
+/// Scratch length of [`pair_rows`] for `c` planes of `h × w`.
+pub(crate) fn paired_len(c: usize, h: usize, w: usize) -> usize {
+    c * (h + 3) * (w + 4) * 2
+}
+
+/// Copies the planes of `x` into zero frames 2 pixels wide (`(H+4) × (W+4)`), stored row-paired:
+/// element `2i` is frame pixel `i` and `2i + 1` the pixel below it, so a sample's four corners are
+/// four adjacent values (`[nw, sw, ne, se]` from `2·(top-left corner)`; [`Real::corners`]).
+/// `paired` (`paired_len`) must hold zeros where the frame is, as a fresh buffer does: only the
+/// image's pixels are written, so a scratch buffer can be reused for images of the same size.
+pub(crate) fn pair_rows<E: Real>(x: &[E], h: usize, w: usize, paired: &mut [E]) {
+    let fw = w + 4;
+    let plane_len = paired_len(1, h, w);
+    assert!(x.len().is_multiple_of(h * w) && paired.len() == x.len() / (h * w) * plane_len);
+    let zeros = vec![E::zero(); w];
+    for (plane, f) in x
+        .chunks_exact(h * w)
+        .zip(paired.chunks_exact_mut(plane_len))
+    {
+        // Frame row r + 2 holds image row r, and pair row p frame rows p and p + 1: pair rows 1
+        // to h + 1 hold image pixels. Each written whole, two rows interleaved (vectorises).
+        let row = |r: usize| plane.get(r * w..(r + 1) * w).unwrap_or(&zeros);
+        for p in 1..=h + 1 {
+            let top = if p >= 2 { row(p - 2) } else { &zeros };
+            let bottom = row(p - 1);
+            let dst = &mut f[2 * (p * fw + 2)..][..2 * w];
+            for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(top).zip(bottom) {
+                d[0] = a;
+                d[1] = b;
+            }
         }
     }
 }
@@ -581,7 +604,7 @@ fn framed_points<E: Real>(
 }
 
 /// Zero padding's grid gradient on one image (the input's gradient not asked for), from framed
-/// planes as the forward: the general path's arithmetic without its masks, as an outside corner
+/// row-paired planes as the forward: the general path's arithmetic without its masks, as an outside corner
 /// reads the frame's zero (`gg += ((ne − nw)(1 − fy) + (se − sw)fy)·gout·scale` and likewise for y).
 pub(crate) fn zeros_bwd_grid_image<E: Real>(
     x: &[E],
@@ -593,30 +616,29 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
     gg: &mut [E],
 ) {
     let (h, w) = (ay.size, ax.size);
-    let (fw, frame) = ((w + 4) as u32, (h + 4) * (w + 4));
+    let frame = paired_len(1, h, w);
     let c = x.len() / (h * w);
     let p = g.len() / 2;
     assert!(go.len() == c * p && gg.len() == 2 * p && p > 0);
-    frame_planes(x, h, w, framed);
+    pair_rows(x, h, w, framed);
     let one = E::splat(E::one());
     for q0 in (0..p).step_by(LANES) {
         let lanes = (p - q0).min(LANES);
         let (fx, fy, base, _) = framed_points(g, q0, ax, ay);
-        let idx = [
-            base,
-            base.map(|b| b + 1),
-            base.map(|b| b + fw),
-            base.map(|b| b + fw + 1),
-        ];
         let (fx, fy) = (E::load(&fx), E::load(&fy));
         let (ex, ey) = (E::vsub(one, fx), E::vsub(one, fy));
         let zero = E::splat(E::zero());
         let (mut dgx, mut dgy) = (zero, zero);
         for (f, go) in framed.chunks_exact(frame).zip(go.chunks_exact(p)) {
-            let mut gout = [E::zero(); LANES];
-            gout[..lanes].copy_from_slice(&go[q0..q0 + lanes]);
-            let ((nw, ne), (sw, se)) = (E::gather_pairs(f, &idx[0]), E::gather_pairs(f, &idx[2]));
-            let go = E::load(&gout);
+            // A full chunk loads in place (a copy of `lanes` values is a `memcpy` call).
+            let go = if lanes == LANES {
+                E::load(&go[q0..])
+            } else {
+                let mut gout = [E::zero(); LANES];
+                gout[..lanes].copy_from_slice(&go[q0..q0 + lanes]);
+                E::load(&gout)
+            };
+            let [nw, ne, sw, se] = E::corners(f, &base);
             let tx = E::vadd(E::vmul(E::vsub(ne, nw), ey), E::vmul(E::vsub(se, sw), fy));
             let ty = E::vadd(E::vmul(E::vsub(sw, nw), ex), E::vmul(E::vsub(se, ne), fx));
             dgx = E::vadd(dgx, E::vmul(tx, go));
@@ -633,8 +655,8 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
 /// Zero padding's forward on one image `[C, H, W]` for the points of `g` (x, y pairs), into
 /// `out [C, P]`.
 ///
-/// Each plane is first copied into a frame with a 2-pixel zero border (`framed`, `C·(H+4)·(W+4)`),
-/// and each coordinate's floor is clamped to [−2, W] (resp. H): then a sample's four corners are
+/// Each plane is first copied into a frame with a 2-pixel zero border, row-paired ([`pair_rows`];
+/// `framed`, [`paired_len`]), and each coordinate's floor is clamped to [−2, W] (resp. H): then a sample's four corners are
 /// always inside the frame, an outside corner reads a zero, and no corner needs a mask or a clamp
 /// of its own — half the work of the general sampler. The arithmetic is the general path's
 /// (`((p0·w0 + p1·w1) + p2·w2) + p3·w3` with the same weights), so the result is the same, and a
@@ -648,11 +670,11 @@ pub(crate) fn zeros_fwd_image<E: Real>(
     out: &mut [E],
 ) {
     let (h, w) = (ay.size, ax.size);
-    let (fw, frame) = (w + 4, (h + 4) * (w + 4));
+    let (fw, frame) = (w + 4, paired_len(1, h, w));
     let c = x.len() / (h * w);
     let p = g.len() / 2;
     assert!(out.len() == c * p && p > 0);
-    frame_planes(x, h, w, framed);
+    pair_rows(x, h, w, framed);
     // The points as `framed_points` computes them, inlined here with the weights in one lane loop
     // (through `framed_points` the forward vectorised worse: 146 → 239 µs for 64 images).
     let (wmax, hmax) = (E::of(w as f64), E::of(h as f64));
@@ -667,7 +689,7 @@ pub(crate) fn zeros_fwd_image<E: Real>(
             gx[l] = g[2 * q];
             gy[l] = g[2 * q + 1];
         }
-        let mut idx = [[0u32; LANES]; 4];
+        let mut base = [0u32; LANES];
         let mut wt = [[E::zero(); LANES]; 4];
         for l in 0..LANES {
             let x = gx[l] * ax.scale + ax.offset;
@@ -678,11 +700,7 @@ pub(crate) fn zeros_fwd_image<E: Real>(
             // Into [−2, W] × [−2, H] (NaN to −2): both corners of a clamped axis are in the border.
             let cx = if ok { x0.max(-two).min(wmax) } else { -two };
             let cy = if ok { y0.max(-two).min(hmax) } else { -two };
-            let base = (E::to_i32_sat(cy) + 2) as u32 * fw as u32 + (E::to_i32_sat(cx) + 2) as u32;
-            idx[0][l] = base;
-            idx[1][l] = base + 1;
-            idx[2][l] = base + fw as u32;
-            idx[3][l] = base + fw as u32 + 1;
+            base[l] = (E::to_i32_sat(cy) + 2) as u32 * fw as u32 + (E::to_i32_sat(cx) + 2) as u32;
             let (ex, sy) = (E::one() - fx, E::one() - fy);
             let z = |v: E| if ok { v } else { E::zero() };
             wt[0][l] = z(sy * ex);
@@ -692,7 +710,7 @@ pub(crate) fn zeros_fwd_image<E: Real>(
         }
         let w = wt.map(|w| E::load(&w));
         for (f, o) in framed.chunks_exact(frame).zip(out.chunks_exact_mut(p)) {
-            let ((p0, p1), (p2, p3)) = (E::gather_pairs(f, &idx[0]), E::gather_pairs(f, &idx[2]));
+            let [p0, p1, p2, p3] = E::corners(f, &base);
             let v = E::lanes(E::vadd(
                 E::vadd(
                     E::vadd(E::vmul(p0, w[0]), E::vmul(p1, w[1])),
@@ -700,7 +718,11 @@ pub(crate) fn zeros_fwd_image<E: Real>(
                 ),
                 E::vmul(p3, w[3]),
             ));
-            o[q0..q0 + lanes].copy_from_slice(&v[..lanes]);
+            if lanes == LANES {
+                o[q0..q0 + LANES].copy_from_slice(&v);
+            } else {
+                o[q0..q0 + lanes].copy_from_slice(&v[..lanes]);
+            }
         }
     }
 }
@@ -737,6 +759,60 @@ mod tests {
             v = if k == 0 { p } else { v + p };
         }
         v
+    }
+
+    /// Every top-left corner a clamped sample can have, on both element types (f32 reads with
+    /// AVX2 loads, f64 with the generic path): the four corners read from the row-paired frame
+    /// are the zero-framed image's pixels.
+    fn corners_are_the_framed_pixels<E: Real>() {
+        let (c, h, w) = (2usize, 5usize, 7usize);
+        let x: Vec<E> = (0..c * h * w).map(|i| E::of(i as f64 + 1.0)).collect();
+        // Stale values where the image goes must be overwritten; the frame must stay zero.
+        let mut paired = vec![E::zero(); paired_len(c, h, w)];
+        pair_rows(
+            &x.iter().map(|&v| -v).collect::<Vec<_>>(),
+            h,
+            w,
+            &mut paired,
+        );
+        pair_rows(&x, h, w, &mut paired);
+        let fw = w + 4;
+        let pixel = |ch: usize, fy: usize, fx: usize| {
+            let (y, x_) = (fy as i64 - 2, fx as i64 - 2);
+            if (0..h as i64).contains(&y) && (0..w as i64).contains(&x_) {
+                x[ch * h * w + y as usize * w + x_ as usize]
+            } else {
+                E::zero()
+            }
+        };
+        let bases: Vec<u32> = (0..h + 3)
+            .flat_map(|y| (0..w + 3).map(move |x| (y * fw + x) as u32))
+            .collect();
+        for ch in 0..c {
+            let plane = &paired[ch * paired_len(1, h, w)..][..paired_len(1, h, w)];
+            for chunk in bases.chunks(LANES) {
+                let idx: [u32; LANES] = std::array::from_fn(|l| chunk[l.min(chunk.len() - 1)]);
+                let got = E::corners(plane, &idx).map(E::lanes);
+                for (l, &b) in idx.iter().enumerate() {
+                    let (fy, fx) = (b as usize / fw, b as usize % fw);
+                    let want = [
+                        pixel(ch, fy, fx),
+                        pixel(ch, fy, fx + 1),
+                        pixel(ch, fy + 1, fx),
+                        pixel(ch, fy + 1, fx + 1),
+                    ];
+                    for k in 0..4 {
+                        assert!(got[k][l] == want[k], "channel {ch} corner {k} of {fy},{fx}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_paired_frames_give_each_samples_four_corners() {
+        corners_are_the_framed_pixels::<f32>();
+        corners_are_the_framed_pixels::<f64>();
     }
 
     #[test]
