@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training runs recorded in BENCHMARKS.md and models/README.md (~15 minutes on 2 cores).
-#   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine|rts-b32|rts-search]
+#   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine|rts-b32|rts-long|rts-search]
 # Each run writes its log and metrics under target/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,13 @@ case "${1:-all}" in
       --out target/runs/rts-stn-b32.safetensors --visualize target/runs/rts-stn-b32-warped.png
     run rts-nostn-b32 --distort rts --no-stn --epochs 10 --batch 32 --optimizer adam --lr 0.001 --schedule cosine --clip 5 \
       --out target/runs/rts-nostn-b32.safetensors ;;
+  rts-long)
+    # The RTS goal's run: the batch-32 recipe for 40 epochs on new distortions every epoch, and
+    # the baseline under the same budget (~12 minutes; not in `all`).
+    long=(--distort rts --epochs 40 --batch 32 --optimizer adam --lr 0.001 --schedule cosine --clip 5 --fresh-distortions)
+    run rts-long-stn "${long[@]}" --loc-lr-scale 0.3 \
+      --out target/runs/rts-long-stn.safetensors --visualize target/runs/rts-long-stn-warped.png
+    run rts-long-nostn "${long[@]}" --no-stn --out target/runs/rts-long-nostn.safetensors ;;
   rts-search)
     # The RTS recipe search of BENCHMARKS.md (not in `all`: ~10 minutes more).
     rts=(--distort rts --epochs 10 --optimizer adam --schedule cosine --clip 5)

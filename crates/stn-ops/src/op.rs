@@ -111,6 +111,20 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
         Self::lanes(acc).iter().fold(tail, |s, &v| s + v)
     }
 
+    /// `dst[i] += src[i]`, 8 lanes at a time.
+    #[inline]
+    fn add_rows(dst: &mut [Self], src: &[Self]) {
+        assert_eq!(dst.len(), src.len());
+        let mut d = dst.chunks_exact_mut(8);
+        let mut s = src.chunks_exact(8);
+        for (d, s) in (&mut d).zip(&mut s) {
+            Self::add_into(d, Self::load(s));
+        }
+        for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+            *d += s;
+        }
+    }
+
     /// `dst.copy_from_slice(src)` for short rows, without a `memcpy` call per row.
     #[inline]
     fn copy(dst: &mut [Self], src: &[Self]) {
