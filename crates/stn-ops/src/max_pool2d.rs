@@ -88,17 +88,7 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
                 .data
                 .par_chunks(h * w)
                 .zip(out.par_chunks_mut(ho * wo))
-                .for_each(|(plane, o)| {
-                    for (oy, o) in o.chunks_exact_mut(wo).enumerate() {
-                        let r0 = &plane[2 * oy * w..][..2 * wo];
-                        let r1 = &plane[(2 * oy + 1) * w..][..2 * wo];
-                        if self.relu {
-                            E::pool2_relu_row(r0, r1, E::zero(), o);
-                        } else {
-                            E::pool2_row(r0, r1, o);
-                        }
-                    }
-                });
+                .for_each(|(plane, o)| E::pool2_plane(plane, w, o, wo, self.relu));
         }
         inputs[0]
             .data
@@ -126,18 +116,7 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
                 .par_chunks(h * w)
                 .zip(gx.par_chunks_mut(h * w))
                 .zip(grad_out.par_chunks(ho * wo))
-                .for_each(|((plane, g), go)| {
-                    for (oy, go) in go.chunks_exact(wo).enumerate() {
-                        E::pool2_row_bwd(
-                            &plane[2 * oy * w..][..2 * wo],
-                            &plane[(2 * oy + 1) * w..][..2 * wo],
-                            go,
-                            &mut g[2 * oy * w..][..w + 2 * wo],
-                            w,
-                            self.relu,
-                        );
-                    }
-                });
+                .for_each(|((plane, g), go)| E::pool2_plane_bwd(plane, w, go, g, wo, self.relu));
         }
         inputs[0]
             .data
@@ -307,6 +286,9 @@ mod tests {
             (24, 24),
             (22, 35),
             (3, 40),
+            // Rows of 4 outputs (two rows per 8-lane pass), and 15 = 8 + 4 + 3 over 7 rows.
+            (8, 8),
+            (14, 30),
         ] {
             if h < op.kernel || w < op.kernel {
                 continue;

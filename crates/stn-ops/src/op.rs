@@ -84,6 +84,42 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
     fn pool2_row_bwd(r0: &[Self], r1: &[Self], go: &[Self], g: &mut [Self], w: usize, relu: bool) {
         pool2_bwd_scalar(r0, r1, go, g, w, 0, relu);
     }
+    /// `max_pool2d` with kernel and stride 2 over one plane `w` wide into `out` (rows `wo` wide),
+    /// then ReLU with `relu`: [`Real::pool2_row`] or [`Real::pool2_relu_row`] row by row.
+    #[inline]
+    fn pool2_plane(plane: &[Self], w: usize, out: &mut [Self], wo: usize, relu: bool) {
+        for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
+            let r0 = &plane[2 * oy * w..][..2 * wo];
+            let r1 = &plane[(2 * oy + 1) * w..][..2 * wo];
+            if relu {
+                Self::pool2_relu_row(r0, r1, Self::zero(), o);
+            } else {
+                Self::pool2_row(r0, r1, o);
+            }
+        }
+    }
+    /// The backward of [`Real::pool2_plane`]: [`Real::pool2_row_bwd`] row by row, into the
+    /// plane's gradient `g` (added to).
+    #[inline]
+    fn pool2_plane_bwd(
+        plane: &[Self],
+        w: usize,
+        go: &[Self],
+        g: &mut [Self],
+        wo: usize,
+        relu: bool,
+    ) {
+        for (oy, go) in go.chunks_exact(wo).enumerate() {
+            Self::pool2_row_bwd(
+                &plane[2 * oy * w..][..2 * wo],
+                &plane[(2 * oy + 1) * w..][..2 * wo],
+                go,
+                &mut g[2 * oy * w..][..w + 2 * wo],
+                w,
+                relu,
+            );
+        }
+    }
     /// `[plane[idx[0]], …, plane[idx[7]]]`; every index must be inside `plane` (it panics if not).
     #[inline(always)]
     fn gather(plane: &[Self], idx: &[u32; 8]) -> Self::Lanes {
@@ -253,63 +289,120 @@ impl Real for f32 {
         let full = n / 8 * 8;
         for j in (0..full).step_by(8) {
             // SAFETY: AVX2 is enabled; every access is to [2j, 2j+16) of r0, r1, g0, g1 or
-            // [j, j+8) of go, inside the slices (asserted above, j + 8 ≤ full ≤ n).
+            // [j, j+8) of go, inside the slices (asserted above, j + 8 ≤ full ≤ n); g0 and g1
+            // are distinct.
             unsafe {
-                let ld = |r: &[f32], o: usize| _mm256_loadu_ps(r.as_ptr().add(o));
-                // Even and odd elements of a 16-float row, in output order.
-                let order = |v: __m256| {
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
-                };
-                let split = |x: __m256, y: __m256| {
-                    (
-                        order(_mm256_shuffle_ps::<0b10_00_10_00>(x, y)),
-                        order(_mm256_shuffle_ps::<0b11_01_11_01>(x, y)),
-                    )
-                };
-                let (v0, v1) = split(ld(r0, 2 * j), ld(r0, 2 * j + 8));
-                let (v2, v3) = split(ld(r1, 2 * j), ld(r1, 2 * j + 8));
-                let m = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
-                let nan = |v| _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
-                let (n0, n1, n2, n3) = (nan(v0), nan(v1), nan(v2), nan(v3));
-                let any = _mm256_or_ps(_mm256_or_ps(n0, n1), _mm256_or_ps(n2, n3));
-                // Candidates: the NaNs if the window has one, else its maxima.
-                let cand = |v, nv| {
-                    _mm256_or_ps(nv, _mm256_andnot_ps(any, _mm256_cmp_ps::<_CMP_EQ_OQ>(v, m)))
-                };
-                let s0 = cand(v0, n0);
-                let s1 = _mm256_andnot_ps(s0, cand(v1, n1));
-                let taken = _mm256_or_ps(s0, s1);
-                let s2 = _mm256_andnot_ps(taken, cand(v2, n2));
-                let taken = _mm256_or_ps(taken, s2);
-                let gv = ld(go, j);
-                // After a ReLU only windows whose value is > 0 (so not NaN) pass their gradient.
-                let gv = if relu {
-                    let pass =
-                        _mm256_andnot_ps(any, _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()));
-                    _mm256_and_ps(pass, gv)
-                } else {
-                    gv
-                };
-                let (d0, d1, d2) = (
-                    _mm256_and_ps(s0, gv),
-                    _mm256_and_ps(s1, gv),
-                    _mm256_and_ps(s2, gv),
+                let (r0, r1) = (r0.as_ptr().add(2 * j), r1.as_ptr().add(2 * j));
+                let (g0, g1) = (g0.as_mut_ptr().add(2 * j), g1.as_mut_ptr().add(2 * j));
+                pool2_bwd_ab(
+                    [r0, r0.add(8), r1, r1.add(8)],
+                    _mm256_loadu_ps(go.as_ptr().add(j)),
+                    [g0, g0.add(8), g1, g1.add(8)],
+                    relu,
                 );
-                let d3 = _mm256_andnot_ps(taken, gv);
-                // Interleave (even, odd) back into two 8-float pieces of the row, and add.
-                let add = |g: &mut [f32], e: __m256, o: __m256| {
-                    let (lo, hi) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
-                    let p = g.as_mut_ptr().add(2 * j);
-                    let a = _mm256_permute2f128_ps::<0x20>(lo, hi);
-                    let b = _mm256_permute2f128_ps::<0x31>(lo, hi);
-                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), a));
-                    _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), b));
-                };
-                add(g0, d0, d1);
-                add(g1, d2, d3);
             }
         }
         pool2_bwd_scalar(r0, r1, go, g, w, full, relu);
+    }
+    /// Rows of 8-output groups as [`Real::pool2_row`]; where a row has 4 to 7 outputs past its
+    /// last group (the seed's 12- and 4-wide pooled rows), those first 4 of two rows go through
+    /// one 8-lane pass (instead of the scalar tail); the rest is scalar.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[inline]
+    fn pool2_plane(plane: &[f32], w: usize, out: &mut [f32], wo: usize, relu: bool) {
+        use std::arch::x86_64::*;
+        let ho = out.len() / wo;
+        let full = wo / 8 * 8;
+        assert!(out.len() == ho * wo && 2 * wo <= w && plane.len() >= 2 * ho * w);
+        let row = |oy: usize, k: usize| &plane[(2 * oy + k) * w..][..2 * wo];
+        for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
+            if relu {
+                Self::pool2_relu_row(row(oy, 0), row(oy, 1), 0.0, &mut o[..full]);
+            } else {
+                Self::pool2_row(row(oy, 0), row(oy, 1), &mut o[..full]);
+            }
+        }
+        let quads = wo - full >= 4;
+        let paired = if quads { ho / 2 * 2 } else { 0 };
+        for oy in (0..paired).step_by(2) {
+            // SAFETY: AVX2 is enabled; the windows read columns [2·full, 2·full + 8) ⊂ [0, 2·wo)
+            // of rows 2oy..2oy+4 < 2·ho, inside `plane` (asserted); the stores write
+            // out[oy·wo + full..+4] and out[(oy+1)·wo + full..+4], inside `out` (full + 4 ≤ wo).
+            unsafe {
+                let at = |oy: usize, k: usize| plane.as_ptr().add((2 * oy + k) * w + 2 * full);
+                let (m, nan) =
+                    pool2_windows_ab([at(oy, 0), at(oy + 1, 0), at(oy, 1), at(oy + 1, 1)]);
+                let y = if relu {
+                    _mm256_andnot_ps(nan, _mm256_max_ps(m, _mm256_setzero_ps()))
+                } else {
+                    _mm256_or_ps(m, nan)
+                };
+                let o = out.as_mut_ptr().add(oy * wo + full);
+                _mm_storeu_ps(o, _mm256_castps256_ps128(y));
+                _mm_storeu_ps(o.add(wo), _mm256_extractf128_ps::<1>(y));
+            }
+        }
+        for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
+            let from = if oy < paired { full + 4 } else { full };
+            for j in from..wo {
+                let (a, c) = (&row(oy, 0)[2 * j..], &row(oy, 1)[2 * j..]);
+                let v = pool2_value([a[0], a[1], c[0], c[1]]);
+                o[j] = if relu { v.max(0.0) } else { v };
+            }
+        }
+    }
+    /// As [`Real::pool2_plane`]'s f32 path: 8-output groups per row, the first 4 outputs past
+    /// them of two rows in one pass, the rest scalar.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[inline]
+    fn pool2_plane_bwd(plane: &[f32], w: usize, go: &[f32], g: &mut [f32], wo: usize, relu: bool) {
+        use std::arch::x86_64::*;
+        let ho = go.len() / wo;
+        let full = wo / 8 * 8;
+        assert!(go.len() == ho * wo && 2 * wo <= w);
+        assert!(plane.len() >= 2 * ho * w && g.len() >= 2 * ho * w);
+        for (oy, go) in go.chunks_exact(wo).enumerate() {
+            Self::pool2_row_bwd(
+                &plane[2 * oy * w..][..2 * full],
+                &plane[(2 * oy + 1) * w..][..2 * full],
+                &go[..full],
+                &mut g[2 * oy * w..][..w + 2 * full],
+                w,
+                relu,
+            );
+        }
+        let quads = wo - full >= 4;
+        let paired = if quads { ho / 2 * 2 } else { 0 };
+        for oy in (0..paired).step_by(2) {
+            // SAFETY: AVX2 is enabled; reads and writes cover columns [2·full, 2·full + 8) ⊂
+            // [0, 2·wo) of rows 2oy..2oy+4 < 2·ho of `plane` and `g` (asserted), four distinct
+            // rows of `g`; go[oy·wo + full..+4] and go[(oy+1)·wo + full..+4] lie inside `go`.
+            unsafe {
+                let at = |oy: usize, k: usize| (2 * oy + k) * w + 2 * full;
+                let rows = [at(oy, 0), at(oy + 1, 0), at(oy, 1), at(oy + 1, 1)];
+                let gp = go.as_ptr().add(oy * wo + full);
+                let gv = _mm256_set_m128(_mm_loadu_ps(gp.add(wo)), _mm_loadu_ps(gp));
+                let gptr = g.as_mut_ptr();
+                pool2_bwd_ab(
+                    rows.map(|i| plane.as_ptr().add(i)),
+                    gv,
+                    rows.map(|i| gptr.add(i)),
+                    relu,
+                );
+            }
+        }
+        for (oy, go) in go.chunks_exact(wo).enumerate() {
+            let from = if oy < paired { full + 4 } else { full };
+            pool2_bwd_scalar(
+                &plane[2 * oy * w..][..2 * wo],
+                &plane[(2 * oy + 1) * w..][..2 * wo],
+                go,
+                &mut g[2 * oy * w..][..w + 2 * wo],
+                w,
+                from,
+                relu,
+            );
+        }
     }
     /// Eight 128-bit loads (each point's four corners lie side by side in a row-paired plane)
     /// and a 4×4 transpose in each half, where the build has AVX2: no gather instruction, whose
@@ -772,9 +865,7 @@ fn pool2_value<E: Real>(v: [E; 4]) -> E {
 }
 
 /// The 2×2 windows of outputs `j..j+8` (rows `r0`, `r1` from `2j`): their maxima and a mask of the
-/// windows that hold a NaN, in output order. Vertical maxima first, then the horizontal pairs
-/// deinterleaved by two shuffles: even = [v0₀ v0₂ v1₀ v1₂ v0₄ v0₆ v1₄ v1₆], odd likewise, whose
-/// maximum is the outputs in the order 0 1 4 5 2 3 6 7, which the 64-bit permute puts right.
+/// windows that hold a NaN, in output order ([`pool2_windows_ab`] on the two halves).
 ///
 /// # Safety
 /// AVX2 must be available and `r0`, `r1` must hold `2j + 16` elements.
@@ -785,10 +876,27 @@ unsafe fn pool2_windows8(
     r1: &[f32],
     j: usize,
 ) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
-    use std::arch::x86_64::*;
     debug_assert!(r0.len() >= 2 * j + 16 && r1.len() >= 2 * j + 16);
-    let ld = |r: &[f32], o: usize| _mm256_loadu_ps(r.as_ptr().add(2 * j + o));
-    let (a0, a1, c0, c1) = (ld(r0, 0), ld(r0, 8), ld(r1, 0), ld(r1, 8));
+    let (r0, r1) = (r0.as_ptr().add(2 * j), r1.as_ptr().add(2 * j));
+    pool2_windows_ab([r0, r0.add(8), r1, r1.add(8)])
+}
+
+/// Four 2×2 windows at each of two places: `rows = [top a, top b, bottom a, bottom b]`, 8 floats
+/// from each (a and b may lie in different rows of the plane). Their maxima and a mask of the
+/// windows that hold a NaN, lanes 0–3 a's windows, 4–7 b's. Vertical maxima first, then the
+/// horizontal pairs deinterleaved by two shuffles: even = [v0₀ v0₂ v1₀ v1₂ v0₄ v0₆ v1₄ v1₆], odd
+/// likewise, whose maximum is the outputs in the order 0 1 4 5 2 3 6 7, which the 64-bit permute
+/// puts right.
+///
+/// # Safety
+/// AVX2 must be available and each pointer must be valid for reading 8 floats.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn pool2_windows_ab(
+    rows: [*const f32; 4],
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    let [a0, a1, c0, c1] = rows.map(|r| _mm256_loadu_ps(r));
     let (v0, v1) = (_mm256_max_ps(a0, c0), _mm256_max_ps(a1, c1));
     let (n0, n1) = (
         _mm256_cmp_ps::<_CMP_UNORD_Q>(a0, c0),
@@ -804,4 +912,71 @@ unsafe fn pool2_windows8(
     let order =
         |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
     (order(_mm256_max_ps(e, o)), order(_mm256_or_ps(ne, no)))
+}
+
+/// The backward of four 2×2 windows at each of two places (as [`pool2_windows_ab`]: `rows` =
+/// [top a, top b, bottom a, bottom b]), `go` their output gradients (lanes 0–3 a's): each is added
+/// to the gradient of its window's first maximum in row-major order, or of its first NaN, at
+/// `g` = [top a, top b, bottom a, bottom b] (8 floats each, as `rows`). With `relu` only windows
+/// whose value is > 0 pass their gradient. Branch-free: the windows deinterleaved, the first
+/// candidate of each chosen by masks, the gradients interleaved back.
+///
+/// # Safety
+/// AVX2 must be available; each `rows` pointer valid for reading 8 floats, each `g` pointer for
+/// reading and writing 8 floats; the two `g` pieces of a place must not overlap the other place's.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn pool2_bwd_ab(
+    rows: [*const f32; 4],
+    go: std::arch::x86_64::__m256,
+    g: [*mut f32; 4],
+    relu: bool,
+) {
+    use std::arch::x86_64::*;
+    // Even and odd elements of two 8-float pieces, in output order.
+    let order =
+        |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+    let split = |x: __m256, y: __m256| {
+        (
+            order(_mm256_shuffle_ps::<0b10_00_10_00>(x, y)),
+            order(_mm256_shuffle_ps::<0b11_01_11_01>(x, y)),
+        )
+    };
+    let [t0, t1, b0, b1] = rows.map(|r| _mm256_loadu_ps(r));
+    let (v0, v1) = split(t0, t1);
+    let (v2, v3) = split(b0, b1);
+    let m = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
+    let nan = |v| _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+    let (n0, n1, n2, n3) = (nan(v0), nan(v1), nan(v2), nan(v3));
+    let any = _mm256_or_ps(_mm256_or_ps(n0, n1), _mm256_or_ps(n2, n3));
+    // Candidates: the NaNs if the window has one, else its maxima.
+    let cand = |v, nv| _mm256_or_ps(nv, _mm256_andnot_ps(any, _mm256_cmp_ps::<_CMP_EQ_OQ>(v, m)));
+    let s0 = cand(v0, n0);
+    let s1 = _mm256_andnot_ps(s0, cand(v1, n1));
+    let taken = _mm256_or_ps(s0, s1);
+    let s2 = _mm256_andnot_ps(taken, cand(v2, n2));
+    let taken = _mm256_or_ps(taken, s2);
+    // After a ReLU only windows whose value is > 0 (so not NaN) pass their gradient.
+    let gv = if relu {
+        let pass = _mm256_andnot_ps(any, _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()));
+        _mm256_and_ps(pass, go)
+    } else {
+        go
+    };
+    let (d0, d1, d2) = (
+        _mm256_and_ps(s0, gv),
+        _mm256_and_ps(s1, gv),
+        _mm256_and_ps(s2, gv),
+    );
+    let d3 = _mm256_andnot_ps(taken, gv);
+    // Interleave (even, odd) back into the two 8-float pieces, and add.
+    let add = |pa: *mut f32, pb: *mut f32, e: __m256, o: __m256| {
+        let (lo, hi) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
+        let a = _mm256_permute2f128_ps::<0x20>(lo, hi);
+        let b = _mm256_permute2f128_ps::<0x31>(lo, hi);
+        _mm256_storeu_ps(pa, _mm256_add_ps(_mm256_loadu_ps(pa), a));
+        _mm256_storeu_ps(pb, _mm256_add_ps(_mm256_loadu_ps(pb), b));
+    };
+    add(g[0], g[1], d0, d1);
+    add(g[2], g[3], d2, d3);
 }
