@@ -344,10 +344,10 @@ impl Real for f32 {
         }
         for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
             let from = if oy < paired { full + 4 } else { full };
-            for j in from..wo {
-                let (a, c) = (&row(oy, 0)[2 * j..], &row(oy, 1)[2 * j..]);
-                let v = pool2_value([a[0], a[1], c[0], c[1]]);
-                o[j] = if relu { v.max(0.0) } else { v };
+            let (r0, r1) = (row(oy, 0), row(oy, 1));
+            for (j, o) in o.iter_mut().enumerate().skip(from) {
+                let v = pool2_value([r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]]);
+                *o = if relu { v.max(0.0) } else { v };
             }
         }
     }

@@ -37,6 +37,7 @@ fn assert_grad(what: &str, analytic: &[f64], numeric: &[f64], tol: f64) {
 }
 
 /// L = Σ grid_sample(x, affine_grid(theta)) · r
+#[allow(clippy::too_many_arguments)]
 fn stn_loss(
     dev: &Cpu,
     x: &[f64],
