@@ -2,7 +2,6 @@
 
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
-use num_traits::Zero;
 
 /// Errors of the ops: shapes that do not fit (never a panic), or the device.
 #[derive(Debug, thiserror::Error)]
