@@ -6,8 +6,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
-    affine_grid, affine_sample, conv2d, grid_sample, max_pool2d, max_pool2d_relu, Dyn4, OpDevice,
-    OpError, Padding, Real,
+    affine_grid, affine_sample, conv2d, conv_pool_relu, grid_sample, max_pool2d, max_pool2d_relu,
+    Dyn4, OpDevice, OpError, Padding, Real,
 };
 
 /// Which variant of the seed network: the input canvas side (28 for MNIST, 42 for RTS, 60 for T)
@@ -143,6 +143,25 @@ fn pool_relu<E: Real, D: OpDevice<E>, T: Tape<E, D>>(
         })
 }
 
+/// `relu(max_pool2d(conv2d(x, w, b), 2, 2))`: one op on the CPU (no conv output tensor), three
+/// elsewhere (CUDA).
+fn conv_block<E, D, Tx, T>(
+    x: Tensor<Dyn4, E, D, Tx>,
+    w: Tensor<Dyn4, E, D, T>,
+    b: Tensor<(usize,), E, D, T>,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError>
+where
+    E: Real,
+    D: OpDevice<E>,
+    Tx: Tape<E, D>,
+    T: Tape<E, D> + Merge<Tx>,
+{
+    if D::HOST {
+        return conv_pool_relu(x, w, b);
+    }
+    pool_relu(conv2d(x, w, b)?)
+}
+
 fn linear<E: Real, D: OpDevice<E>, T: Tape<E, D> + Merge<T>>(
     x: Tensor<(usize, usize), E, D, T>,
     w: Tensor<(usize,), E, D, T>,
@@ -228,16 +247,15 @@ where
         .try_reshape_like(&shape4("conv1.weight"))
         .map_err(dev_err)?;
     let b1 = take("conv1.bias");
-    let (c1, theta, warped) = if arch.stn {
+    let (y, theta, warped) = if arch.stn {
         let w0 = take("localization.0.weight")
             .try_reshape_like(&shape4("localization.0.weight"))
             .map_err(dev_err)?;
-        let xs = conv2d(x.clone(), w0, take("localization.0.bias"))?;
-        let xs = pool_relu(xs)?;
+        let xs = conv_block(x.clone(), w0, take("localization.0.bias"))?;
         let w3 = take("localization.3.weight")
             .try_reshape_like(&shape4("localization.3.weight"))
             .map_err(dev_err)?;
-        let xs = pool_relu(conv2d(xs, w3, take("localization.3.bias"))?)?;
+        let xs = conv_block(xs, w3, take("localization.3.bias"))?;
         let xs = xs
             .try_reshape_like(&(n, arch.fc_loc_in()))
             .map_err(dev_err)?;
@@ -257,12 +275,15 @@ where
             grid_sample(x, grid, Padding::Zeros, false)?
         };
         let warped_out = warped.retaped::<NoneTape>();
-        (conv2d(warped, w1, b1)?, Some(theta_out), Some(warped_out))
+        (
+            conv_block(warped, w1, b1)?,
+            Some(theta_out),
+            Some(warped_out),
+        )
     } else {
         // No STN: the classifier reads the input itself (no gradient for the images).
-        (conv2d(x, w1, b1)?, None, None)
+        (conv_block(x, w1, b1)?, None, None)
     };
-    let y = pool_relu(c1)?;
     let w2 = take("conv2.weight")
         .try_reshape_like(&shape4("conv2.weight"))
         .map_err(dev_err)?;

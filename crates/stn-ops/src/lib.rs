@@ -8,7 +8,9 @@
 //! * [`max_pool2d`] — kernel 2, stride 2 (floor), the first maximum of a window wins on ties;
 //!   [`max_pool2d_relu`] is it followed by dfdx's ReLU, as one op on the CPU;
 //! * [`affine_sample`] — `affine_grid` then zero-padding `grid_sample` as one op on the CPU (the
-//!   STN's transformer without a grid tensor), bit-identical to the two.
+//!   STN's transformer without a grid tensor), bit-identical to the two;
+//! * [`conv_pool_relu`] — `relu(max_pool2d(conv2d(x, w, b), 2, 2))` as one op on the CPU (no conv
+//!   output tensor), bit-identical to the three.
 //!
 //! Every op has one shape ([`CustomOp`], after candle's `CustomOp1`): a struct holding its options,
 //! with output-shape checking, a CPU forward and backward, and (feature `cuda`) a CUDA forward and
@@ -35,6 +37,7 @@
 mod affine_grid;
 mod affine_sample;
 mod conv2d;
+mod conv_pool_relu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod fused;
@@ -48,6 +51,7 @@ pub mod op;
 pub use affine_grid::{affine_grid, AffineGrid};
 pub use affine_sample::{affine_sample, AffineSampler};
 pub use conv2d::{conv2d, Conv2d};
+pub use conv_pool_relu::{conv_pool_relu, ConvPoolReluOp};
 pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, GridSample, Padding};
 pub use max_pool2d::{max_pool2d, max_pool2d_relu, MaxPool2d};

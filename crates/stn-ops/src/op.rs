@@ -692,7 +692,7 @@ impl<E: Real> Drop for HostCopy<E> {
 /// `vec![0; n]`, zeroed in parallel when large: a 2 MB output zeroed by one thread and written
 /// by the kernels' threads cost more than the kernels themselves at two threads (measured with
 /// ten-channel grid_sample: the zeroing thread's cache lines then moved to the other core).
-fn zeroed<E: Real>(n: usize) -> Vec<E> {
+pub(crate) fn zeroed<E: Real>(n: usize) -> Vec<E> {
     use rayon::prelude::*;
     const PARALLEL_FROM: usize = 1 << 16;
     if n < PARALLEL_FROM {

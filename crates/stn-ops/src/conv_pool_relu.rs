@@ -1,0 +1,165 @@
+//! Training on the CPU: `relu(max_pool2d(conv2d(x, w, b), 2, 2))` as one op — the seed network's
+//! conv blocks without dropout between conv and pool (`localization.0`, `localization.3`, `conv1`).
+//!
+//! Why: as two ops the conv's output is a tensor — zeroed by one thread, written by the conv's,
+//! copied again by one thread as the pool's input, and its gradient zeroed by one thread by dfdx:
+//! three serial passes over the largest buffers of a step (1.5 MB for `conv1` at batch 64). Here the
+//! conv writes into a buffer the op keeps for its backward (zeroed in parallel), the pool reads it
+//! in place, and the backward's gradient of the conv output is a buffer zeroed in parallel too. The
+//! kernels are [`Conv2d`]'s and [`MaxPool2d`]'s, run in the same order on the same values, so
+//! outputs and gradients are bit for bit the two ops'. CUDA composes the ops ([`OpDevice::HOST`]).
+
+use std::sync::{Arc, Mutex};
+
+use dfdx::prelude::*;
+use dfdx::tensor::Merge;
+
+use crate::op::{apply, zeroed, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::{Conv2d, Dyn4, MaxPool2d};
+
+#[cfg(feature = "cuda")]
+use crate::cuda::{CudaBuf, CudaKernels};
+#[cfg(feature = "cuda")]
+use cudarc::driver::CudaSlice;
+
+const POOL: MaxPool2d = MaxPool2d {
+    kernel: 2,
+    stride: 2,
+    relu: true,
+};
+
+/// `relu(max_pool2d(conv2d(x, weight, bias), 2, 2))`; inputs `x [N, C, H, W]`,
+/// `weight [O, C, K, K]`, `bias [O]`. One value per call: it holds the conv's output from the
+/// forward for the backward.
+#[derive(Clone)]
+pub struct ConvPoolReluOp<E: Real> {
+    conv_out: Arc<Mutex<Option<Vec<E>>>>,
+}
+
+impl<E: Real> Default for ConvPoolReluOp<E> {
+    fn default() -> Self {
+        ConvPoolReluOp {
+            conv_out: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+/// The conv's output dimensions for inputs `[x, weight, bias]`.
+fn conv_dims<E: Real>(inputs: &[&[usize]]) -> Result<Vec<usize>, OpError> {
+    <Conv2d as CustomOp<E>>::out_dims(&Conv2d, inputs)
+}
+
+impl<E: Real> ConvPoolReluOp<E> {
+    /// The conv's output for `inputs` and its dimensions.
+    fn conv(inputs: &[Buf<E>]) -> (Vec<E>, Vec<usize>) {
+        let dims: Vec<&[usize]> = inputs.iter().map(|b| b.dims).collect();
+        let cd = conv_dims::<E>(&dims).expect("checked by out_dims");
+        let mut y = zeroed(cd.iter().product());
+        Conv2d.cpu_fwd(inputs, &mut y);
+        (y, cd)
+    }
+}
+
+impl<E: Real> CustomOp<E> for ConvPoolReluOp<E> {
+    const NAME: &'static str = "conv_pool_relu";
+
+    fn out_dims(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, OpError> {
+        let cd = conv_dims::<E>(inputs)?;
+        <MaxPool2d as CustomOp<E>>::out_dims(&POOL, &[&cd])
+    }
+
+    fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
+        let (y, cd) = Self::conv(inputs);
+        POOL.cpu_fwd(
+            &[Buf {
+                data: &y,
+                dims: &cd,
+            }],
+            out,
+        );
+        *self.conv_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
+    }
+
+    fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
+        let saved = self
+            .conv_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // The forward's output (recomputed only if this op's backward runs twice).
+        let (y, cd) = match saved {
+            Some(y) => {
+                let dims: Vec<&[usize]> = inputs.iter().map(|b| b.dims).collect();
+                (y, conv_dims::<E>(&dims).expect("checked by out_dims"))
+            }
+            None => Self::conv(inputs),
+        };
+        let mut gy = zeroed(y.len());
+        POOL.cpu_bwd(
+            &[Buf {
+                data: &y,
+                dims: &cd,
+            }],
+            grad_out,
+            &mut [Some(&mut gy[..])],
+        );
+        drop(y);
+        Conv2d.cpu_bwd(inputs, &gy, grads);
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _k: &CudaKernels,
+        _inputs: &[CudaBuf],
+        _out: &mut CudaSlice<f32>,
+    ) -> Result<(), OpError> {
+        Err(OpError::Device {
+            op: "conv_pool_relu",
+            what: "CPU only: on CUDA compose conv2d, max_pool2d and relu".into(),
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_bwd(
+        &self,
+        _k: &CudaKernels,
+        _inputs: &[CudaBuf],
+        _grad_out: &CudaSlice<f32>,
+        _grads: &mut [Option<&mut CudaSlice<f32>>],
+    ) -> Result<(), OpError> {
+        Err(OpError::Device {
+            op: "conv_pool_relu",
+            what: "CPU only: on CUDA compose conv2d, max_pool2d and relu".into(),
+        })
+    }
+}
+
+/// `relu(max_pool2d(conv2d(x, weight, bias), 2, 2))` as one op on the CPU. The output carries the
+/// parameters' tape merged with the input's; the input's gradient is computed only when it has a
+/// tape of its own.
+pub fn conv_pool_relu<Sx, Sw, Sb, E, D, Tx, T>(
+    x: Tensor<Sx, E, D, Tx>,
+    weight: Tensor<Sw, E, D, T>,
+    bias: Tensor<Sb, E, D, T>,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError>
+where
+    Sx: Shape,
+    Sw: Shape,
+    Sb: Shape,
+    E: Real,
+    D: OpDevice<E>,
+    Tx: Tape<E, D>,
+    T: Tape<E, D> + Merge<Tx>,
+{
+    let dev = weight.device().clone();
+    let (x, tx) = Input::new("conv_pool_relu", x)?;
+    let (w, tw) = Input::new("conv_pool_relu", weight)?;
+    let (b, tb) = Input::new("conv_pool_relu", bias)?;
+    apply(
+        ConvPoolReluOp::default(),
+        &dev,
+        vec![x, w, b],
+        tw.merge(tb).merge(tx),
+    )
+}

@@ -1,0 +1,100 @@
+//! `conv_pool_relu` against the three ops it fuses (`conv2d`, then `max_pool2d_relu`): the same
+//! output and the same gradients for the input, the weight and the bias, bit for bit, in f64 and
+//! f32, at the seed network's three conv blocks and an odd size, with the input traced or not.
+
+use dfdx::prelude::*;
+use stn_ops::{conv2d, conv_pool_relu, max_pool2d_relu, Dyn4, OpDevice, Real};
+
+fn values<E: Real>(n: usize, seed: f64, scale: f64) -> Vec<E> {
+    (0..n)
+        .map(|i| E::of((i as f64 * 0.7137 + seed).sin() * scale))
+        .collect()
+}
+
+/// Output, then the gradients of x (empty when untraced), weight and bias.
+fn run<E: Real>(fused: bool, [n, c, h, o, k]: [usize; 5], traced: bool) -> [Vec<E>; 4]
+where
+    Cpu: OpDevice<E>,
+{
+    let dev = Cpu::default();
+    let x: Tensor<Dyn4, E, Cpu> =
+        dev.tensor_from_vec(values(n * c * h * h, 0.3, 1.0), (n, c, h, h));
+    let w: Tensor<Dyn4, E, Cpu> =
+        dev.tensor_from_vec(values(o * c * k * k, 1.1, 0.4), (o, c, k, k));
+    // Biases of both signs: some windows end below zero, where the ReLU stops the gradient.
+    let b: Tensor<(usize,), E, Cpu> = dev.tensor_from_vec(values(o, 2.9, 2.0), (o,));
+    let (wt, bt) = (w.leaky_trace(), b.leaky_trace());
+    let y = match (fused, traced) {
+        (true, true) => conv_pool_relu(x.leaky_trace(), wt, bt),
+        (true, false) => conv_pool_relu(x.clone(), wt, bt),
+        (false, true) => max_pool2d_relu(conv2d(x.leaky_trace(), wt, bt).unwrap(), 2, 2),
+        (false, false) => max_pool2d_relu(conv2d(x.clone(), wt, bt).unwrap(), 2, 2),
+    }
+    .unwrap();
+    let shape = *y.shape();
+    let r: Tensor<Dyn4, E, Cpu> =
+        dev.tensor_from_vec(values(shape.num_elements(), 2.2, 1.0), shape);
+    let out = y.retaped::<NoneTape>().as_vec();
+    let g = (y * r).sum::<Rank0, _>().backward();
+    let gx = if traced {
+        g.get(&x).as_vec()
+    } else {
+        Vec::new()
+    };
+    [out, gx, g.get(&w).as_vec(), g.get(&b).as_vec()]
+}
+
+fn same<E: Real>(dims: [usize; 5], traced: bool)
+where
+    Cpu: OpDevice<E>,
+{
+    let (a, b) = (run::<E>(true, dims, traced), run::<E>(false, dims, traced));
+    for (what, (u, v)) in ["output", "grad x", "grad weight", "grad bias"]
+        .iter()
+        .zip(a.iter().zip(&b))
+    {
+        assert_eq!(u.len(), v.len(), "{dims:?} {what}");
+        for (i, (p, q)) in u.iter().zip(v).enumerate() {
+            assert!(p == q, "{dims:?} {what}[{i}]: fused {p:?}, three ops {q:?}");
+        }
+    }
+    // The ReLU both passed and stopped gradients.
+    assert!(
+        a[0].iter().any(|&v| v > E::zero()) && a[0].iter().any(|&v| v == E::zero()),
+        "{dims:?}: the ReLU must pass some windows and stop others"
+    );
+    assert!(a[2].iter().any(|&g| g != E::zero()));
+}
+
+#[test]
+fn fused_block_equals_conv_then_pool_and_relu_bit_for_bit() {
+    // [n, c, h, o, k]: localization.0, localization.3 (a 7×7 conv output: the pool drops a row and
+    // a column), conv1, and an odd size.
+    for dims in [
+        [4, 1, 28, 8, 7],
+        [5, 8, 11, 10, 5],
+        [4, 1, 28, 10, 5],
+        [3, 2, 13, 3, 4],
+    ] {
+        for traced in [false, true] {
+            same::<f64>(dims, traced);
+            same::<f32>(dims, traced);
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let dev = Cpu::default();
+    let x: Tensor<Dyn4, f32, Cpu> = dev.zeros_like(&(2, 3, 8, 8));
+    let w: Tensor<Dyn4, f32, Cpu> = dev.zeros_like(&(4, 2, 3, 3));
+    let b: Tensor<(usize,), f32, Cpu> = dev.zeros_like(&(4,));
+    let e = conv_pool_relu(x, w.leaky_trace(), b.leaky_trace())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("weight has 2 input channels, input has 3"),
+        "{e}"
+    );
+}
