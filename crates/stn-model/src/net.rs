@@ -6,8 +6,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
-    affine_grid, affine_sample, conv2d, conv_pool_relu, grid_sample, max_pool2d, max_pool2d_relu,
-    Dyn4, OpDevice, OpError, Padding, Real,
+    affine_grid, affine_sample, conv2d, conv_pool_relu, conv_pool_relu_scaled, grid_sample,
+    max_pool2d, max_pool2d_relu, Dyn4, OpDevice, OpError, Padding, Real,
 };
 
 /// Which variant of the seed network: the input canvas side (28 for MNIST, 42 for RTS, 60 for T)
@@ -287,20 +287,29 @@ where
     let w2 = take("conv2.weight")
         .try_reshape_like(&shape4("conv2.weight"))
         .map_err(dev_err)?;
-    let mut y = conv2d(y, w2, take("conv2.bias"))?;
-    if let Some(m) = dropout {
-        let s = *y.shape();
-        let mask = dev
-            .try_tensor_from_vec(m.conv2.clone(), (s.0, s.1))
-            .map_err(dev_err)?;
-        y = y
-            .try_mul(
-                mask.try_broadcast_like::<_, Axes2<2, 3>>(&s)
-                    .map_err(dev_err)?,
-            )
-            .map_err(dev_err)?;
-    }
-    let y = pool_relu(y)?;
+    let b2 = take("conv2.bias");
+    let o2 = w2.shape().0;
+    // Dropout2d between conv2 and its pool: a mask per (image, channel).
+    let mask = dropout
+        .map(|m| dev.try_tensor_from_vec(m.conv2.clone(), (n, o2)))
+        .transpose()
+        .map_err(dev_err)?;
+    let y = if D::HOST {
+        // One op: no conv output, masked or mask tensor of its own.
+        conv_pool_relu_scaled(y, w2, b2, mask)?
+    } else {
+        let mut y = conv2d(y, w2, b2)?;
+        if let Some(mask) = mask {
+            let s = *y.shape();
+            y = y
+                .try_mul(
+                    mask.try_broadcast_like::<_, Axes2<2, 3>>(&s)
+                        .map_err(dev_err)?,
+                )
+                .map_err(dev_err)?;
+        }
+        pool_relu(y)?
+    };
     let y = y.try_reshape_like(&(n, arch.fc1_in())).map_err(dev_err)?;
     let mut f = linear(y, take("fc1.weight"), take("fc1.bias"), 50)?
         .try_relu()

@@ -10,7 +10,8 @@
 //! * [`affine_sample`] — `affine_grid` then zero-padding `grid_sample` as one op on the CPU (the
 //!   STN's transformer without a grid tensor), bit-identical to the two;
 //! * [`conv_pool_relu`] — `relu(max_pool2d(conv2d(x, w, b), 2, 2))` as one op on the CPU (no conv
-//!   output tensor), bit-identical to the three.
+//!   output tensor), bit-identical to the three; [`conv_pool_relu_scaled`] with a per-plane scale
+//!   (Dropout2d's mask) between conv and pool.
 //!
 //! Every op has one shape ([`CustomOp`], after candle's `CustomOp1`): a struct holding its options,
 //! with output-shape checking, a CPU forward and backward, and (feature `cuda`) a CUDA forward and
@@ -51,7 +52,7 @@ pub mod op;
 pub use affine_grid::{affine_grid, AffineGrid};
 pub use affine_sample::{affine_sample, AffineSampler};
 pub use conv2d::{conv2d, Conv2d};
-pub use conv_pool_relu::{conv_pool_relu, ConvPoolReluOp};
+pub use conv_pool_relu::{conv_pool_relu, conv_pool_relu_scaled, ConvPoolReluOp};
 pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, GridSample, Padding};
 pub use max_pool2d::{max_pool2d, max_pool2d_relu, MaxPool2d};

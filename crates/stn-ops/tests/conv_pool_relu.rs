@@ -1,9 +1,12 @@
-//! `conv_pool_relu` against the three ops it fuses (`conv2d`, then `max_pool2d_relu`): the same
-//! output and the same gradients for the input, the weight and the bias, bit for bit, in f64 and
-//! f32, at the seed network's three conv blocks and an odd size, with the input traced or not.
+//! `conv_pool_relu` against the ops it fuses (`conv2d`, then `max_pool2d_relu`; with a scale, dfdx's
+//! broadcasting `mul` between them, as Dropout2d): the same output and the same gradients for the
+//! input, the weight and the bias, bit for bit, in f64 and f32, at the seed network's four conv
+//! blocks and an odd size, with the input traced or not.
 
 use dfdx::prelude::*;
-use stn_ops::{conv2d, conv_pool_relu, max_pool2d_relu, Dyn4, OpDevice, Real};
+use stn_ops::{
+    conv2d, conv_pool_relu, conv_pool_relu_scaled, max_pool2d_relu, Dyn4, OpDevice, Real,
+};
 
 fn values<E: Real>(n: usize, seed: f64, scale: f64) -> Vec<E> {
     (0..n)
@@ -11,8 +14,9 @@ fn values<E: Real>(n: usize, seed: f64, scale: f64) -> Vec<E> {
         .collect()
 }
 
-/// Output, then the gradients of x (empty when untraced), weight and bias.
-fn run<E: Real>(fused: bool, [n, c, h, o, k]: [usize; 5], traced: bool) -> [Vec<E>; 4]
+/// Output, then the gradients of x (empty when untraced), weight and bias. With `scaled`, a
+/// Dropout2d-like mask (0 or 2 per image and channel) scales the conv's output.
+fn run<E: Real>(fused: bool, [n, c, h, o, k]: [usize; 5], traced: bool, scaled: bool) -> [Vec<E>; 4]
 where
     Cpu: OpDevice<E>,
 {
@@ -24,11 +28,32 @@ where
     // Biases of both signs: some windows end below zero, where the ReLU stops the gradient.
     let b: Tensor<(usize,), E, Cpu> = dev.tensor_from_vec(values(o, 2.9, 2.0), (o,));
     let (wt, bt) = (w.leaky_trace(), b.leaky_trace());
-    let y = match (fused, traced) {
-        (true, true) => conv_pool_relu(x.leaky_trace(), wt, bt),
-        (true, false) => conv_pool_relu(x.clone(), wt, bt),
-        (false, true) => max_pool2d_relu(conv2d(x.leaky_trace(), wt, bt).unwrap(), 2, 2),
-        (false, false) => max_pool2d_relu(conv2d(x.clone(), wt, bt).unwrap(), 2, 2),
+    let mask: Vec<E> = (0..n * o)
+        .map(|i| E::of(if (i * 7) % 5 < 2 { 0.0 } else { 2.0 }))
+        .collect();
+    let mask: Tensor<(usize, usize), E, Cpu> = dev.tensor_from_vec(mask, (n, o));
+    let y = if fused {
+        let mask = scaled.then_some(mask);
+        if traced {
+            conv_pool_relu_scaled(x.leaky_trace(), wt, bt, mask)
+        } else if scaled {
+            conv_pool_relu_scaled(x.clone(), wt, bt, mask)
+        } else {
+            conv_pool_relu(x.clone(), wt, bt)
+        }
+    } else {
+        let y = if traced {
+            conv2d(x.leaky_trace(), wt, bt).unwrap()
+        } else {
+            conv2d(x.clone(), wt, bt).unwrap()
+        };
+        let s = *y.shape();
+        let y = if scaled {
+            y * mask.broadcast_like::<_, Axes2<2, 3>>(&s)
+        } else {
+            y
+        };
+        max_pool2d_relu(y, 2, 2)
     }
     .unwrap();
     let shape = *y.shape();
@@ -44,11 +69,14 @@ where
     [out, gx, g.get(&w).as_vec(), g.get(&b).as_vec()]
 }
 
-fn same<E: Real>(dims: [usize; 5], traced: bool)
+fn same<E: Real>(dims: [usize; 5], traced: bool, scaled: bool)
 where
     Cpu: OpDevice<E>,
 {
-    let (a, b) = (run::<E>(true, dims, traced), run::<E>(false, dims, traced));
+    let (a, b) = (
+        run::<E>(true, dims, traced, scaled),
+        run::<E>(false, dims, traced, scaled),
+    );
     for (what, (u, v)) in ["output", "grad x", "grad weight", "grad bias"]
         .iter()
         .zip(a.iter().zip(&b))
@@ -69,16 +97,17 @@ where
 #[test]
 fn fused_block_equals_conv_then_pool_and_relu_bit_for_bit() {
     // [n, c, h, o, k]: localization.0, localization.3 (a 7×7 conv output: the pool drops a row and
-    // a column), conv1, and an odd size.
+    // a column), conv1, conv2, and an odd size.
     for dims in [
         [4, 1, 28, 8, 7],
         [5, 8, 11, 10, 5],
         [4, 1, 28, 10, 5],
+        [4, 10, 12, 20, 5],
         [3, 2, 13, 3, 4],
     ] {
-        for traced in [false, true] {
-            same::<f64>(dims, traced);
-            same::<f32>(dims, traced);
+        for (traced, scaled) in [(false, false), (true, false), (true, true)] {
+            same::<f64>(dims, traced, scaled);
+            same::<f32>(dims, traced, scaled);
         }
     }
 }
@@ -97,4 +126,12 @@ fn bad_shapes_are_errors() {
             .contains("weight has 2 input channels, input has 3"),
         "{e}"
     );
+    // A scale that is not images × output channels.
+    let w: Tensor<Dyn4, f32, Cpu> = dev.zeros_like(&(4, 3, 3, 3));
+    let x: Tensor<Dyn4, f32, Cpu> = dev.zeros_like(&(2, 3, 8, 8));
+    let s: Tensor<(usize, usize), f32, Cpu> = dev.zeros_like(&(2, 5));
+    let e = conv_pool_relu_scaled(x, w.leaky_trace(), b.leaky_trace(), Some(s))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("scale must be 2×4"), "{e}");
 }
