@@ -1,7 +1,8 @@
 //! `conv_pool_relu` against the ops it fuses (`conv2d`, then `max_pool2d_relu`; with a scale, dfdx's
 //! broadcasting `mul` between them, as Dropout2d): the same output and the same gradients for the
-//! input, the weight and the bias, bit for bit, in f64 and f32, at the seed network's four conv
-//! blocks and an odd size, with the input traced or not.
+//! input, the weight and the bias, bit for bit (`==`, so a zero's sign may differ: see the op's
+//! docs), in f64 and f32, at the seed network's four conv blocks and an odd size, with the input
+//! traced or not.
 
 use dfdx::prelude::*;
 use stn_ops::{
