@@ -159,10 +159,10 @@ impl<E: Real> CustomOp<E> for AffineSampler {
         _inputs: &[CudaBuf],
         _out: &mut CudaSlice<f32>,
     ) -> Result<(), OpError> {
-        Err(OpError::Device {
-            op: "affine_sampler",
-            what: "CPU only: on CUDA compose affine_grid and grid_sample".into(),
-        })
+        Err(OpError::cpu_only(
+            "affine_sampler",
+            "compose affine_grid and grid_sample",
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -173,10 +173,10 @@ impl<E: Real> CustomOp<E> for AffineSampler {
         _grad_out: &CudaSlice<f32>,
         _grads: &mut [Option<&mut CudaSlice<f32>>],
     ) -> Result<(), OpError> {
-        Err(OpError::Device {
-            op: "affine_sampler",
-            what: "CPU only: on CUDA compose affine_grid and grid_sample".into(),
-        })
+        Err(OpError::cpu_only(
+            "affine_sampler",
+            "compose affine_grid and grid_sample",
+        ))
     }
 }
 

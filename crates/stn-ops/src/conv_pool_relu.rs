@@ -153,10 +153,10 @@ impl<E: Real> CustomOp<E> for ConvPoolReluOp<E> {
         _inputs: &[CudaBuf],
         _out: &mut CudaSlice<f32>,
     ) -> Result<(), OpError> {
-        Err(OpError::Device {
-            op: "conv_pool_relu",
-            what: "CPU only: on CUDA compose conv2d, max_pool2d and relu".into(),
-        })
+        Err(OpError::cpu_only(
+            "conv_pool_relu",
+            "compose conv2d, max_pool2d and relu",
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -167,10 +167,10 @@ impl<E: Real> CustomOp<E> for ConvPoolReluOp<E> {
         _grad_out: &CudaSlice<f32>,
         _grads: &mut [Option<&mut CudaSlice<f32>>],
     ) -> Result<(), OpError> {
-        Err(OpError::Device {
-            op: "conv_pool_relu",
-            what: "CPU only: on CUDA compose conv2d, max_pool2d and relu".into(),
-        })
+        Err(OpError::cpu_only(
+            "conv_pool_relu",
+            "compose conv2d, max_pool2d and relu",
+        ))
     }
 }
 

@@ -541,22 +541,29 @@ pub(crate) fn pair_rows<E: Real>(x: &[E], h: usize, w: usize, paired: &mut [E]) 
     let fw = w + 4;
     let plane_len = paired_len(1, h, w);
     assert!(x.len().is_multiple_of(h * w) && paired.len() == x.len() / (h * w) * plane_len);
-    let zeros = vec![E::zero(); w];
     for (plane, f) in x
         .chunks_exact(h * w)
         .zip(paired.chunks_exact_mut(plane_len))
     {
         // Frame row r + 2 holds image row r, and pair row p frame rows p and p + 1: pair rows 1
-        // to h + 1 hold image pixels. Each written whole, two rows interleaved (vectorises).
-        let row = |r: usize| plane.get(r * w..(r + 1) * w).unwrap_or(&zeros);
-        for p in 1..=h + 1 {
-            let top = if p >= 2 { row(p - 2) } else { &zeros };
-            let bottom = row(p - 1);
-            let dst = &mut f[2 * (p * fw + 2)..][..2 * w];
-            for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(top).zip(bottom) {
+        // to h + 1 hold image pixels. Rows 2 to h hold two image rows, written whole (two rows
+        // interleaved, which vectorises); rows 1 and h + 1 one, the other half frame zeros.
+        let row = |r: usize| &plane[r * w..(r + 1) * w];
+        for p in 2..=h {
+            let d = &mut f[2 * (p * fw + 2)..][..2 * w];
+            for ((d, &a), &b) in d.chunks_exact_mut(2).zip(row(p - 2)).zip(row(p - 1)) {
                 d[0] = a;
                 d[1] = b;
             }
+        }
+        for (d, &b) in f[2 * (fw + 2)..][..2 * w].chunks_exact_mut(2).zip(row(0)) {
+            d[1] = b;
+        }
+        for (d, &a) in f[2 * ((h + 1) * fw + 2)..][..2 * w]
+            .chunks_exact_mut(2)
+            .zip(row(h - 1))
+        {
+            d[0] = a;
         }
     }
 }
@@ -604,8 +611,8 @@ fn framed_points<E: Real>(
 }
 
 /// Zero padding's grid gradient on one image (the input's gradient not asked for), from framed
-/// row-paired planes as the forward: the general path's arithmetic without its masks, as an outside corner
-/// reads the frame's zero (`gg += ((ne − nw)(1 − fy) + (se − sw)fy)·gout·scale` and likewise for y).
+/// row-paired planes as the forward: the general path's arithmetic without its masks, as an
+/// outside corner reads the frame's zero (`gg += ((ne − nw)(1 − fy) + (se − sw)fy)·gout·scale` and likewise for y).
 pub(crate) fn zeros_bwd_grid_image<E: Real>(
     x: &[E],
     g: &[E],

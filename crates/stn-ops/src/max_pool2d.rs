@@ -143,10 +143,11 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
         out: &mut CudaSlice<f32>,
     ) -> Result<(), OpError> {
         if self.relu {
-            return Err(OpError::Device {
-                op: "max_pool2d",
-                what: "the fused ReLU is CPU only: on CUDA use max_pool2d, then relu".into(),
-            });
+            // The fused ReLU.
+            return Err(OpError::cpu_only(
+                "max_pool2d_relu",
+                "use max_pool2d, then relu",
+            ));
         }
         let x = inputs[0].dims;
         let (h, w) = (x[2], x[3]);
@@ -180,10 +181,11 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
         grads: &mut [Option<&mut CudaSlice<f32>>],
     ) -> Result<(), OpError> {
         if self.relu {
-            return Err(OpError::Device {
-                op: "max_pool2d",
-                what: "the fused ReLU is CPU only: on CUDA use max_pool2d, then relu".into(),
-            });
+            // The fused ReLU.
+            return Err(OpError::cpu_only(
+                "max_pool2d_relu",
+                "use max_pool2d, then relu",
+            ));
         }
         let Some(gx) = grads[0].as_deref_mut() else {
             return Ok(());

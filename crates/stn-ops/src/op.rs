@@ -23,6 +23,13 @@ impl OpError {
             what: what.into(),
         }
     }
+    /// The error of a CPU-only op's CUDA entry points; `instead` says what to run on CUDA.
+    pub fn cpu_only(op: &'static str, instead: &str) -> Self {
+        OpError::Device {
+            op,
+            what: format!("CPU only: on CUDA {instead}"),
+        }
+    }
 }
 
 /// Element types of the kernels: f32 (training and inference) and f64 (gradient checks).
