@@ -121,6 +121,17 @@ fn bench() {
         sampler_kernels();
         return;
     }
+    // The training step's conv blocks alone, outside dfdx (asked for by name only: `-- block`).
+    if filter.iter().any(|f| f == "block") {
+        // With a layer's name too (`-- block conv1`), that layer only.
+        let layer = |name: &str| {
+            filter
+                .iter()
+                .all(|f| f == "block" || name.contains(f.as_str()))
+        };
+        block_kernels(layer);
+        return;
+    }
     for c in [1usize, 10] {
         if !wanted("grid_sample_fwd_bwd") && !wanted("affine_sample_fwd_bwd") {
             continue;
@@ -168,6 +179,71 @@ fn bench() {
         });
         println!(
             r#"{{"op":"conv_pool_fwd_bwd","layer":"{name}","shape":[{n},{c},{h},{w}],"ours_us":{us:.1}}}"#
+        );
+    }
+}
+
+/// The seed's four conv blocks as training runs them (`ConvPoolReluOp`, one half-batch of 32
+/// images, conv2 with its dropout scale): forward, and backward with the gradients training asks
+/// for (the input's except for localization.0, whose input is the data).
+fn block_kernels(wanted: impl Fn(&str) -> bool) {
+    let n = 32;
+    let layers = [
+        ("localization.0", [n, 1, 28, 28], [8, 1, 7, 7], false, false),
+        ("localization.3", [n, 8, 11, 11], [10, 8, 5, 5], true, false),
+        ("conv1", [n, 1, 28, 28], [10, 1, 5, 5], true, false),
+        ("conv2", [n, 10, 12, 12], [20, 10, 5, 5], true, true),
+    ];
+    let fill =
+        |len: usize, k: f32| -> Vec<f32> { (0..len).map(|i| ((i as f32) * k).sin()).collect() };
+    for (name, xd, wd, want_x, scaled) in layers {
+        if !wanted(name) {
+            continue;
+        }
+        let o = wd[0];
+        let (x, wt, b) = (
+            fill(xd.iter().product(), 0.31),
+            fill(wd.iter().product(), 0.17),
+            fill(o, 0.5),
+        );
+        let scale: Vec<f32> = (0..n * o).map(|i| (i % 2) as f32 * 2.0).collect();
+        let (bd, sd) = ([o], [n, o]);
+        let mut inputs = vec![
+            Buf {
+                data: &x,
+                dims: &xd,
+            },
+            Buf {
+                data: &wt,
+                dims: &wd,
+            },
+            Buf {
+                data: &b,
+                dims: &bd,
+            },
+        ];
+        if scaled {
+            inputs.push(Buf {
+                data: &scale,
+                dims: &sd,
+            });
+        }
+        let dims: Vec<&[usize]> = inputs.iter().map(|b| b.dims).collect();
+        let op = stn_ops::ConvPoolReluOp::<f32>::default();
+        let od = op.out_dims(&dims).unwrap();
+        let mut out = vec![0f32; od.iter().product()];
+        let fwd = median_us(|| op.cpu_fwd(&inputs, &mut out));
+        let go = fill(out.len(), 0.23);
+        let (mut gx, mut gw, mut gb) = (vec![0f32; x.len()], vec![0f32; wt.len()], vec![0f32; o]);
+        let bwd = median_us(|| {
+            // The backward takes the conv output its forward kept.
+            op.cpu_fwd(&inputs, &mut out);
+            let gx = want_x.then_some(&mut gx[..]);
+            let mut grads = [gx, Some(&mut gw[..]), Some(&mut gb[..]), None];
+            op.cpu_bwd(&inputs, &go, &mut grads[..inputs.len()]);
+        }) - fwd;
+        println!(
+            r#"{{"op":"conv_block_kernels","layer":"{name}","shape":{xd:?},"fwd_us":{fwd:.1},"bwd_us":{bwd:.1}}}"#
         );
     }
 }

@@ -153,6 +153,14 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
         Self::lanes(acc).iter().fold(tail, |s, &v| s + v)
     }
 
+    /// `s[..n]` in the first `n` lanes, zero in the others (`n ≤ 8`, `n ≤ s.len()`).
+    #[inline(always)]
+    fn load_head(s: &[Self], n: usize) -> Self::Lanes {
+        let mut a = [Self::zero(); 8];
+        a[..n].copy_from_slice(&s[..n]);
+        Self::load(&a)
+    }
+
     /// `dst[i] += src[i]`, 8 lanes at a time.
     #[inline]
     fn add_rows(dst: &mut [Self], src: &[Self]) {
@@ -220,6 +228,20 @@ impl Real for f32 {
     fn add_into(dst: &mut [f32], v: wide::f32x8) {
         let d: &mut [f32; 8] = (&mut dst[..8]).try_into().expect("8 lanes");
         *d = (wide::f32x8::from(*d) + v).to_array();
+    }
+    /// One 8-lane load and a mask where 8 elements are readable (no copy through the stack,
+    /// whose 4-byte stores a 32-byte load cannot forward from).
+    #[inline(always)]
+    fn load_head(s: &[f32], n: usize) -> wide::f32x8 {
+        assert!(n <= 8 && n <= s.len());
+        if s.len() < 8 {
+            let mut a = [0.0; 8];
+            a[..n].copy_from_slice(&s[..n]);
+            return wide::f32x8::from(a);
+        }
+        const ONES: [u32; 16] = [!0, !0, !0, !0, !0, !0, !0, !0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let m: [u32; 8] = ONES[8 - n..16 - n].try_into().expect("8 lanes");
+        Self::load(s) & wide::f32x8::from(m.map(f32::from_bits))
     }
     #[inline(always)]
     fn vadd(a: wide::f32x8, b: wide::f32x8) -> wide::f32x8 {
