@@ -182,6 +182,37 @@ fn block<E: Real, const R: usize, const ACC: bool>(
     }
 }
 
+/// Lane-wise dot products of `a0` and `a1` (equal lengths, a multiple of 8) with each of the
+/// rows `bs` (as long): 2·Q accumulators, 2 + Q loads per 2·Q FMAs.
+#[inline(always)]
+fn dots<E: Real, const Q: usize>(
+    a0: &[E],
+    a1: &[E],
+    bs: [&[E]; Q],
+) -> ([E::Lanes; Q], [E::Lanes; Q]) {
+    let len = a0.len();
+    assert!(a1.len() == len && bs.iter().all(|b| b.len() == len) && len % 8 == 0);
+    let z = E::splat(E::zero());
+    let (mut s0, mut s1) = ([z; Q], [z; Q]);
+    for (j, (x0, x1)) in a0.chunks_exact(8).zip(a1.chunks_exact(8)).enumerate() {
+        let (x0, x1) = (E::load(x0), E::load(x1));
+        for t in 0..Q {
+            // SAFETY: j·8 + 8 ≤ len = bs[t].len() (asserted above).
+            let y = E::load(unsafe { bs[t].get_unchecked(j * 8..j * 8 + 8) });
+            s0[t] = E::fma(x0, y, s0[t]);
+            s1[t] = E::fma(x1, y, s1[t]);
+        }
+    }
+    (s0, s1)
+}
+
+/// `dots`' sums in the first Q of 4 places.
+#[inline(always)]
+fn pad<L: Copy, const Q: usize>((s0, s1): ([L; Q], [L; Q])) -> ([L; 4], [L; 4]) {
+    let f = |s: [L; Q]| std::array::from_fn(|t| s[t.min(Q - 1)]);
+    (f(s0), f(s1))
+}
+
 /// Dot products of long rows, `Σ_j a[i·n + j] · b[boff[p] + j]` for `i < m`, `p < k`, added to
 /// an accumulator that keeps 8 partial sums per result ([`DotAcc::sum_into`] reduces them once,
 /// after a whole batch, instead of after every image). Four rows of `b` share each load of `a`.
@@ -216,30 +247,16 @@ impl<E: Real> DotAcc<E> {
             };
             let mut p = 0;
             while p < k {
+                // Groups of 4 rows of b; the last group as long as what is left (k = 25 in
+                // conv1: a group of 4 repeating its last row wasted a ninth of the products).
                 let q = (k - p).min(4);
-                // Short groups repeat their last row; the extra sums are not stored.
-                let [b0, b1, b2, b3] = std::array::from_fn(|t| {
-                    let o = boff[p + t.min(q - 1)];
-                    &b[o..o + full]
-                });
-                let z = E::splat(E::zero());
-                let mut s0 = [z; 4];
-                let mut s1 = [z; 4];
-                for (((((x0, x1), y0), y1), y2), y3) in a0
-                    .chunks_exact(8)
-                    .zip(a1.chunks_exact(8))
-                    .zip(b0.chunks_exact(8))
-                    .zip(b1.chunks_exact(8))
-                    .zip(b2.chunks_exact(8))
-                    .zip(b3.chunks_exact(8))
-                {
-                    let (x0, x1) = (E::load(x0), E::load(x1));
-                    let ys = [E::load(y0), E::load(y1), E::load(y2), E::load(y3)];
-                    for t in 0..4 {
-                        s0[t] = E::fma(x0, ys[t], s0[t]);
-                        s1[t] = E::fma(x1, ys[t], s1[t]);
-                    }
-                }
+                let row = |t: usize| &b[boff[p + t]..boff[p + t] + full];
+                let (s0, s1) = match q {
+                    4 => dots::<E, 4>(a0, a1, std::array::from_fn(row)),
+                    3 => pad(dots::<E, 3>(a0, a1, std::array::from_fn(row))),
+                    2 => pad(dots::<E, 2>(a0, a1, std::array::from_fn(row))),
+                    _ => pad(dots::<E, 1>(a0, a1, std::array::from_fn(row))),
+                };
                 for t in 0..q {
                     let idx = i * k + p + t;
                     self.lanes[idx] = E::vadd(self.lanes[idx], s0[t]);
