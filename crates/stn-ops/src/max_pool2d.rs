@@ -291,6 +291,13 @@ mod tests {
             // Rows of 4 outputs (two rows per 8-lane pass), and 15 = 8 + 4 + 3 over 7 rows.
             (8, 8),
             (14, 30),
+            // 1–3 outputs past the 8-output groups, two rows per pass while it stays inside
+            // the plane: localization.0's 11 = 8 + 3, localization.3's 3, odd sizes.
+            (22, 22),
+            (7, 7),
+            (9, 23),
+            (21, 13),
+            (6, 18),
         ] {
             if h < op.kernel || w < op.kernel {
                 continue;

@@ -350,12 +350,12 @@ impl Real for f32 {
                 Self::pool2_row(row(oy, 0), row(oy, 1), &mut o[..full]);
             }
         }
-        let quads = wo - full >= 4;
-        let paired = if quads { ho / 2 * 2 } else { 0 };
+        let (quad, paired) = paired_tail(ho, w, wo, full, plane.len());
         for oy in (0..paired).step_by(2) {
-            // SAFETY: AVX2 is enabled; the windows read columns [2·full, 2·full + 8) ⊂ [0, 2·wo)
-            // of rows 2oy..2oy+4 < 2·ho, inside `plane` (asserted); the stores write
-            // out[oy·wo + full..+4] and out[(oy+1)·wo + full..+4], inside `out` (full + 4 ≤ wo).
+            // SAFETY: AVX2 is enabled; the windows read columns [2·full, 2·full + 8) of rows
+            // 2oy..2oy+4, inside `plane` (`paired_tail`: past 2·wo only into the next row); the
+            // stores write out[oy·wo + full..+4] and out[(oy+1)·wo + full..+4], inside `out`
+            // (full + 4 ≤ wo) when the pass is a whole quad; else through `lanes`, `quad` each.
             unsafe {
                 let at = |oy: usize, k: usize| plane.as_ptr().add((2 * oy + k) * w + 2 * full);
                 let (m, nan) =
@@ -365,13 +365,19 @@ impl Real for f32 {
                 } else {
                     _mm256_or_ps(m, nan)
                 };
-                let o = out.as_mut_ptr().add(oy * wo + full);
-                _mm_storeu_ps(o, _mm256_castps256_ps128(y));
-                _mm_storeu_ps(o.add(wo), _mm256_extractf128_ps::<1>(y));
+                if quad == 4 {
+                    let o = out.as_mut_ptr().add(oy * wo + full);
+                    _mm_storeu_ps(o, _mm256_castps256_ps128(y));
+                    _mm_storeu_ps(o.add(wo), _mm256_extractf128_ps::<1>(y));
+                } else {
+                    let lanes = std::mem::transmute::<__m256, [f32; 8]>(y);
+                    out[oy * wo + full..][..quad].copy_from_slice(&lanes[..quad]);
+                    out[(oy + 1) * wo + full..][..quad].copy_from_slice(&lanes[4..4 + quad]);
+                }
             }
         }
         for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
-            let from = if oy < paired { full + 4 } else { full };
+            let from = if oy < paired { full + quad } else { full };
             let (r0, r1) = (row(oy, 0), row(oy, 1));
             for (j, o) in o.iter_mut().enumerate().skip(from) {
                 let v = pool2_value([r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]]);
@@ -399,17 +405,37 @@ impl Real for f32 {
                 relu,
             );
         }
-        let quads = wo - full >= 4;
-        let paired = if quads { ho / 2 * 2 } else { 0 };
+        let (quad, mut paired) = paired_tail(ho, w, wo, full, plane.len().min(g.len()));
+        // Each pass reads 4 output gradients of its second row.
+        while paired > 0 && (paired - 1) * wo + full + 4 > go.len() {
+            paired -= 2;
+        }
+        // The outputs past `quad` in a pass get a zero gradient: they add 0 to what they cover.
+        // SAFETY: SSE2 is part of every x86_64 build.
+        let keep = unsafe {
+            _mm_castsi128_ps(_mm_cmplt_epi32(
+                _mm_setr_epi32(0, 1, 2, 3),
+                _mm_set1_epi32(quad as i32),
+            ))
+        };
         for oy in (0..paired).step_by(2) {
-            // SAFETY: AVX2 is enabled; reads and writes cover columns [2·full, 2·full + 8) ⊂
-            // [0, 2·wo) of rows 2oy..2oy+4 < 2·ho of `plane` and `g` (asserted), four distinct
-            // rows of `g`; go[oy·wo + full..+4] and go[(oy+1)·wo + full..+4] lie inside `go`.
+            // SAFETY: AVX2 is enabled; reads and writes cover columns [2·full, 2·full + 8) of
+            // rows 2oy..2oy+4 of `plane` and `g` (`paired_tail`: inside both, past 2·wo only into
+            // the next row, which this call alone writes), four distinct rows of `g`;
+            // go[oy·wo + full..+4] and go[(oy+1)·wo + full..+4] lie inside `go` (checked above).
             unsafe {
                 let at = |oy: usize, k: usize| (2 * oy + k) * w + 2 * full;
                 let rows = [at(oy, 0), at(oy + 1, 0), at(oy, 1), at(oy + 1, 1)];
                 let gp = go.as_ptr().add(oy * wo + full);
-                let gv = _mm256_set_m128(_mm_loadu_ps(gp.add(wo)), _mm_loadu_ps(gp));
+                let q = |p: *const f32| {
+                    let v = _mm_loadu_ps(p);
+                    if quad == 4 {
+                        v
+                    } else {
+                        _mm_and_ps(keep, v)
+                    }
+                };
+                let gv = _mm256_set_m128(q(gp.add(wo)), q(gp));
                 let gptr = g.as_mut_ptr();
                 pool2_bwd_ab(
                     rows.map(|i| plane.as_ptr().add(i)),
@@ -420,7 +446,7 @@ impl Real for f32 {
             }
         }
         for (oy, go) in go.chunks_exact(wo).enumerate() {
-            let from = if oy < paired { full + 4 } else { full };
+            let from = if oy < paired { full + quad } else { full };
             pool2_bwd_scalar(
                 &plane[2 * oy * w..][..2 * wo],
                 &plane[(2 * oy + 1) * w..][..2 * wo],
@@ -904,6 +930,25 @@ fn pool2_bwd_scalar<E: Real>(
 
 /// A 2×2 window's `max_pool2d` value without branches: its maximum, or NaN if it holds one.
 #[inline(always)]
+/// The pooled rows' outputs past their 8-output groups that go through one 8-lane pass for two
+/// rows: `(quad, paired)` — up to 4 outputs (`quad`) of the rows `..paired`. A pass reads 8 columns
+/// of 4 conv rows from column `2·full`: with fewer than 4 outputs left (`quad` < 4: the seed's
+/// 11-wide localization.0 and 3-wide localization.3 rows) it runs past the row into the next,
+/// so only while that stays inside the `len` elements of the plane (its rows below the pass's).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn paired_tail(ho: usize, w: usize, wo: usize, full: usize, len: usize) -> (usize, usize) {
+    let quad = (wo - full).min(4);
+    if quad == 0 {
+        return (0, 0);
+    }
+    // Rows 2oy..2oy+4 of a pass, columns [2·full, 2·full + 8).
+    let fits = |oy: usize| (2 * oy + 3) * w + 2 * full + 8 <= len;
+    let mut paired = ho / 2 * 2;
+    while paired > 0 && !fits(paired - 2) {
+        paired -= 2;
+    }
+    (quad, paired)
+}
 fn pool2_value<E: Real>(v: [E; 4]) -> E {
     let any_nan = v[0].is_nan() | v[1].is_nan() | v[2].is_nan() | v[3].is_nan();
     let m = v[0].max(v[1]).max(v[2].max(v[3]));
