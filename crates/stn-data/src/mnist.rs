@@ -278,7 +278,7 @@ impl Mnist {
                 }
             }
         }
-        let mut loaded: Vec<Result<(Vec<usize>, Vec<u8>), DataError>> = MNIST_FILES
+        let mut loaded: Vec<_> = MNIST_FILES
             .par_iter()
             .map(|f| load_file(&find(dir, f.stem).expect("checked above"), f))
             .collect();

@@ -230,7 +230,7 @@ where
         op: "forward",
         what: e.to_string(),
     };
-    let mut params: Vec<Option<Tensor<(usize,), E, D, T>>> = params.into_iter().map(Some).collect();
+    let mut params: Vec<Option<_>> = params.into_iter().map(Some).collect();
     let mut take = |name: &str| -> Tensor<(usize,), E, D, T> {
         let i = specs
             .iter()

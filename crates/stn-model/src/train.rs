@@ -285,6 +285,9 @@ fn step_on<D: OpDevice<f32>>(
     Ok((value, base.iter().map(|t| grads.get(t).as_vec()).collect()))
 }
 
+/// Log-probs, theta and warped images as host buffers (see [`predict`]).
+pub type HostOutputs = (Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// The network's outputs for images `start..start+n` of `data` (eval mode), as host buffers:
 /// log-probs `[n, 10]`, and with the STN theta `[n, 2, 3]` and the warped images `[n, 28, 28]`.
 pub fn predict(
@@ -292,7 +295,7 @@ pub fn predict(
     data: &Batch,
     start: usize,
     n: usize,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), TrainError> {
+) -> Result<HostOutputs, TrainError> {
     let dev = Cpu::default();
     let side = data.side;
     let x = dev.tensor_from_vec(

@@ -191,7 +191,7 @@ fn dots<E: Real, const Q: usize>(
     bs: [&[E]; Q],
 ) -> ([E::Lanes; Q], [E::Lanes; Q]) {
     let len = a0.len();
-    assert!(a1.len() == len && bs.iter().all(|b| b.len() == len) && len % 8 == 0);
+    assert!(a1.len() == len && bs.iter().all(|b| b.len() == len) && len.is_multiple_of(8));
     let z = E::splat(E::zero());
     let (mut s0, mut s1) = ([z; Q], [z; Q]);
     for (j, (x0, x1)) in a0.chunks_exact(8).zip(a1.chunks_exact(8)).enumerate() {
