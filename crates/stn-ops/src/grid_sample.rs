@@ -10,7 +10,9 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
-use crate::op::{apply, per_image, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::op::{
+    apply, per_image, AxisMap, Buf, CustomOp, Framed8, Input, OpDevice, OpError, Real,
+};
 use crate::Dyn4;
 
 #[cfg(feature = "cuda")]
@@ -569,45 +571,24 @@ pub(crate) fn pair_rows<E: Real>(x: &[E], h: usize, w: usize, paired: &mut [E]) 
 }
 
 /// The points `q0..q0+8` of `g` (x, y pairs; lanes past the end repeat the last point) in a framed
-/// image: the source coordinates' fractional parts and the frame index of each top-left corner,
-/// the floor clamped to [−2, W] × [−2, H] (NaN to −2) so that both corners of a clamped axis lie
-/// in the zero border. Whether each coordinate is finite.
+/// image ([`Real::framed8`]: fractional parts, frame index of each top-left corner, finiteness).
 #[inline(always)]
-#[allow(clippy::type_complexity)]
-fn framed_points<E: Real>(
-    g: &[E],
-    q0: usize,
-    ax: &Axis<E>,
-    ay: &Axis<E>,
-) -> ([E; LANES], [E; LANES], [u32; LANES], [bool; LANES]) {
+fn framed_points<E: Real>(g: &[E], q0: usize, ax: &Axis<E>, ay: &Axis<E>) -> Framed8<E> {
     let p = g.len() / 2;
-    let fw = (ax.size + 4) as u32;
-    let (wmax, hmax) = (E::of(ax.size as f64), E::of(ay.size as f64));
-    let two = E::of(2.0);
-    let mut gx = [E::zero(); LANES];
-    let mut gy = [E::zero(); LANES];
+    let map = |a: &Axis<E>| AxisMap {
+        scale: a.scale,
+        offset: a.offset,
+        size: a.size,
+    };
+    if q0 + LANES <= p {
+        return E::framed8(&g[2 * q0..2 * (q0 + LANES)], map(ax), map(ay));
+    }
+    let mut last = [E::zero(); 2 * LANES];
     for l in 0..LANES {
         let q = (q0 + l).min(p - 1);
-        gx[l] = g[2 * q];
-        gy[l] = g[2 * q + 1];
+        last[2 * l..2 * l + 2].copy_from_slice(&g[2 * q..2 * q + 2]);
     }
-    let (mut fx, mut fy, mut base, mut ok) = (
-        [E::zero(); LANES],
-        [E::zero(); LANES],
-        [0u32; LANES],
-        [false; LANES],
-    );
-    for l in 0..LANES {
-        let x = gx[l] * ax.scale + ax.offset;
-        let y = gy[l] * ay.scale + ay.offset;
-        let (x0, y0) = (x.floor(), y.floor());
-        (fx[l], fy[l]) = (x - x0, y - y0);
-        ok[l] = x.is_finite() && y.is_finite();
-        let cx = if ok[l] { x0.max(-two).min(wmax) } else { -two };
-        let cy = if ok[l] { y0.max(-two).min(hmax) } else { -two };
-        base[l] = (E::to_i32_sat(cy) + 2) as u32 * fw + (E::to_i32_sat(cx) + 2) as u32;
-    }
-    (fx, fy, base, ok)
+    E::framed8(&last, map(ax), map(ay))
 }
 
 /// Zero padding's grid gradient on one image (the input's gradient not asked for), from framed
@@ -631,8 +612,7 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
     let one = E::splat(E::one());
     for q0 in (0..p).step_by(LANES) {
         let lanes = (p - q0).min(LANES);
-        let (fx, fy, base, _) = framed_points(g, q0, ax, ay);
-        let (fx, fy) = (E::load(&fx), E::load(&fy));
+        let Framed8 { fx, fy, base, .. } = framed_points(g, q0, ax, ay);
         let (ex, ey) = (E::vsub(one, fx), E::vsub(one, fy));
         let zero = E::splat(E::zero());
         let (mut dgx, mut dgy) = (zero, zero);
@@ -651,10 +631,19 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
             dgx = E::vadd(dgx, E::vmul(tx, go));
             dgy = E::vadd(dgy, E::vmul(ty, go));
         }
-        let (dgx, dgy) = (E::lanes(dgx), E::lanes(dgy));
-        for l in 0..lanes {
-            gg[2 * (q0 + l)] += dgx[l] * ax.scale;
-            gg[2 * (q0 + l) + 1] += dgy[l] * ay.scale;
+        let dgx = E::vmul(dgx, E::splat(ax.scale));
+        let dgy = E::vmul(dgy, E::splat(ay.scale));
+        if lanes == LANES {
+            // (x, y) pairs: two vectors, added in place.
+            let [lo, hi] = E::interleave(dgx, dgy);
+            E::add_into(&mut gg[2 * q0..2 * q0 + 8], lo);
+            E::add_into(&mut gg[2 * q0 + 8..2 * q0 + 16], hi);
+        } else {
+            let (dgx, dgy) = (E::lanes(dgx), E::lanes(dgy));
+            for l in 0..lanes {
+                gg[2 * (q0 + l)] += dgx[l];
+                gg[2 * (q0 + l) + 1] += dgy[l];
+            }
         }
     }
 }
@@ -677,45 +666,16 @@ pub(crate) fn zeros_fwd_image<E: Real>(
     out: &mut [E],
 ) {
     let (h, w) = (ay.size, ax.size);
-    let (fw, frame) = (w + 4, paired_len(1, h, w));
+    let frame = paired_len(1, h, w);
     let c = x.len() / (h * w);
     let p = g.len() / 2;
     assert!(out.len() == c * p && p > 0);
     pair_rows(x, h, w, framed);
-    // The points as `framed_points` computes them, inlined here with the weights in one lane loop
-    // (through `framed_points` the forward vectorised worse: 146 → 239 µs for 64 images).
-    let (wmax, hmax) = (E::of(w as f64), E::of(h as f64));
-    let two = E::of(2.0);
     for q0 in (0..p).step_by(LANES) {
         let lanes = (p - q0).min(LANES);
-        let mut gx = [E::zero(); LANES];
-        let mut gy = [E::zero(); LANES];
-        for l in 0..LANES {
-            // Lanes past the end repeat the last point (their results are not stored).
-            let q = (q0 + l).min(p - 1);
-            gx[l] = g[2 * q];
-            gy[l] = g[2 * q + 1];
-        }
-        let mut base = [0u32; LANES];
-        let mut wt = [[E::zero(); LANES]; 4];
-        for l in 0..LANES {
-            let x = gx[l] * ax.scale + ax.offset;
-            let y = gy[l] * ay.scale + ay.offset;
-            let (x0, y0) = (x.floor(), y.floor());
-            let (fx, fy) = (x - x0, y - y0);
-            let ok = x.is_finite() && y.is_finite();
-            // Into [−2, W] × [−2, H] (NaN to −2): both corners of a clamped axis are in the border.
-            let cx = if ok { x0.max(-two).min(wmax) } else { -two };
-            let cy = if ok { y0.max(-two).min(hmax) } else { -two };
-            base[l] = (E::to_i32_sat(cy) + 2) as u32 * fw as u32 + (E::to_i32_sat(cx) + 2) as u32;
-            let (ex, sy) = (E::one() - fx, E::one() - fy);
-            let z = |v: E| if ok { v } else { E::zero() };
-            wt[0][l] = z(sy * ex);
-            wt[1][l] = z(sy * fx);
-            wt[2][l] = z(fy * ex);
-            wt[3][l] = z(fy * fx);
-        }
-        let w = wt.map(|w| E::load(&w));
+        let pts = framed_points(g, q0, ax, ay);
+        let base = pts.base;
+        let w = E::weights8(&pts);
         for (f, o) in framed.chunks_exact(frame).zip(out.chunks_exact_mut(p)) {
             let [p0, p1, p2, p3] = E::corners(f, &base);
             let v = E::lanes(E::vadd(
