@@ -313,21 +313,22 @@ impl<E: Real> CustomOp<E> for Conv2d {
         // Scratch per rayon job, reused by its groups: every buffer is overwritten before it is
         // read (zeroing fresh ones per group was 4 MB of memset per conv2 backward).
         let scratch = || {
+            let acc = DotAcc::<E>::new(if want_w { g.o } else { 0 }, k);
             if g.packed {
                 let np = g.group() * p;
-                (vec![E::zero(); k * np + 8], vec![E::zero(); g.o * np])
+                (vec![E::zero(); k * np + 8], vec![E::zero(); g.o * np], acc)
             } else {
                 (
                     vec![E::zero(); if want_x { k * n } else { 0 }],
                     vec![E::zero(); g.o * n],
+                    acc,
                 )
             }
         };
-        let partials: Vec<DotAcc<E>> = gx_images
+        let partials: Vec<Vec<E>> = gx_images
             .par_chunks_mut(g.group())
             .enumerate()
-            .map_init(scratch, |(cols, go_buf), (grp, gxs)| {
-                let mut gw_acc = DotAcc::<E>::new(if want_w { g.o } else { 0 }, k);
+            .map_init(scratch, |(cols, go_buf, gw_acc), (grp, gxs)| {
                 if g.packed {
                     // The group's images side by side (see `im2col_group`).
                     let t = gxs.len();
@@ -358,7 +359,7 @@ impl<E: Real> CustomOp<E> for Conv2d {
                             }
                         }
                     }
-                    return gw_acc;
+                    return gw_acc.take_sums();
                 }
                 let (dcols, go_wide) = (cols, go_buf);
                 let dcol_offs: Vec<usize> = (0..k).map(|r| r * n).collect();
@@ -389,12 +390,16 @@ impl<E: Real> CustomOp<E> for Conv2d {
                         }
                     }
                 }
-                gw_acc
+                gw_acc.take_sums()
             })
             .collect();
-        let gw_sum = partials.into_iter().reduce(DotAcc::merge);
-        if let (Some(gw), Some(sum)) = (gw.as_deref_mut(), gw_sum) {
-            sum.sum_into(gw);
+        if let Some(gw) = gw.as_deref_mut() {
+            // The groups' sums in group order.
+            let mut sum = vec![E::zero(); gw.len()];
+            for part in &partials {
+                sum.iter_mut().zip(part).for_each(|(s, &v)| *s += v);
+            }
+            gw.iter_mut().zip(&sum).for_each(|(g, &s)| *g += s);
         }
         self.bias_grad(gb.as_deref_mut(), grad_out, g.o, p);
     }
