@@ -206,6 +206,11 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
         w.map(|w| Self::load(&w))
     }
 
+    /// `dst[..8] = v`.
+    #[inline(always)]
+    fn store(dst: &mut [Self], v: Self::Lanes) {
+        dst[..8].copy_from_slice(&Self::lanes(v));
+    }
     /// `[a0 b0 a1 b1 a2 b2 a3 b3]` and `[a4 b4 … a7 b7]`: two lane vectors as (a, b) pairs.
     #[inline(always)]
     fn interleave(a: Self::Lanes, b: Self::Lanes) -> [Self::Lanes; 2] {
@@ -591,6 +596,21 @@ impl Real for f32 {
                 base: std::mem::transmute::<__m256i, [u32; 8]>(base),
                 ok: std::array::from_fn(|l| bits >> l & 1 == 1),
             }
+        }
+    }
+    /// One unaligned store where the build has AVX2 (through `lanes` the vector went to the stack
+    /// and back, a fifth of the sampler's forward).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[inline(always)]
+    fn store(dst: &mut [f32], v: wide::f32x8) {
+        assert!(dst.len() >= 8);
+        // SAFETY: AVX2 is enabled; dst[..8] is inside the slice (asserted); `f32x8` has
+        // `__m256`'s layout.
+        unsafe {
+            std::arch::x86_64::_mm256_storeu_ps(
+                dst.as_mut_ptr(),
+                std::mem::transmute::<wide::f32x8, std::arch::x86_64::__m256>(v),
+            )
         }
     }
     /// Two unpacks and two lane permutes where the build has AVX2.
