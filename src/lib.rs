@@ -33,7 +33,10 @@ pub fn in_pool<T: Send>(
     }
     pool.build_global()
         .map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))?;
-    rayon::scope(|_| body())
+    if std::env::var_os("STN_NO_KEEPER").is_some() {
+        return rayon::scope(|_| body());
+    }
+    rayon::scope(|_| stn_ops::with_awake_workers(body))
 }
 
 /// Tells mimalloc (the binaries' allocator) to keep the memory it frees rather than return it to

@@ -32,11 +32,16 @@
 //! (`linalg.rs`), batch-parallel with a fixed-order reduction so training is bit-for-bit
 //! reproducible. [`ConvPoolRelu`] is the inference-only fused conv → pool → ReLU of `FusedNet`.
 //!
+//! The kernels' parallel loops run on rayon's global pool; [`with_awake_workers`] keeps its other
+//! workers taking work between them instead of sleeping (the binaries and the ops bench run under
+//! it).
+//!
 //! Strided inputs (a broadcast or a permute) are made contiguous by dfdx first. f32 is the working
 //! type; f64 is supported on the CPU for gradient checks.
 
 mod affine_grid;
 mod affine_sample;
+mod awake;
 mod conv2d;
 mod conv_pool_relu;
 #[cfg(feature = "cuda")]
@@ -51,6 +56,7 @@ pub mod op;
 
 pub use affine_grid::{affine_grid, AffineGrid};
 pub use affine_sample::{affine_sample, AffineSampler};
+pub use awake::with_awake_workers;
 pub use conv2d::{conv2d, Conv2d};
 pub use conv_pool_relu::{conv_pool_relu, conv_pool_relu_scaled, ConvPoolReluOp};
 pub use fused::{ConvPoolRelu, PackedWeights};
