@@ -33,9 +33,6 @@ pub fn in_pool<T: Send>(
     }
     pool.build_global()
         .map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))?;
-    if std::env::var_os("STN_NO_KEEPER").is_some() {
-        return rayon::scope(|_| body());
-    }
     rayon::scope(|_| stn_ops::with_awake_workers(body))
 }
 

@@ -104,13 +104,9 @@ fn main() {
     }
     // On a worker of rayon's pool, as the binaries run (`stn::in_pool`): a parallel loop started
     // from outside the pool hands its work over and sleeps until it is done, two context switches
-    // per loop, where torch's OpenMP runs the loop on the calling thread too.
-    // With the other workers kept awake between the loops, as the binaries run.
-    if std::env::var_os("STN_NO_KEEPER").is_some() {
-        rayon::scope(|_| bench());
-    } else {
-        rayon::scope(|_| stn_ops::with_awake_workers(bench));
-    }
+    // per loop, where torch's OpenMP runs the loop on the calling thread too. The other workers
+    // kept awake between the loops, also as the binaries run.
+    rayon::scope(|_| stn_ops::with_awake_workers(bench));
 }
 
 fn bench() {

@@ -29,11 +29,11 @@ thread_local! {
 /// Runs `body` on the current thread (a worker of rayon's pool) while every other worker of the
 /// pool runs a keeper: a job that runs the pool's pending jobs (`rayon::yield_now`) as soon as
 /// they appear and spins while there are none — for up to 2 ms, then it naps 200 µs at a time.
-/// Outside a pool, or with one thread, `body` alone.
+/// Outside a pool, with one thread, or with `STN_NO_KEEPER` set (for comparisons), `body` alone.
 pub fn with_awake_workers<T: Send>(body: impl FnOnce() -> T + Send) -> T {
     let threads = rayon::current_num_threads();
     let owner = rayon::current_thread_index();
-    if threads < 2 || owner.is_none() {
+    if threads < 2 || owner.is_none() || std::env::var_os("STN_NO_KEEPER").is_some() {
         return body();
     }
     let stop = AtomicBool::new(false);

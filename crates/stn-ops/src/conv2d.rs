@@ -247,13 +247,14 @@ impl<E: Real> CustomOp<E> for Conv2d {
         if g.packed {
             // Groups of images side by side (see `im2col_group`):
             // res[O, t·P] = W[O, K] · cols[K, t·P], then out_j[o, q] = bias[o] + res[o, j·P + q].
+            let group = g.group();
             return out
-                .par_chunks_mut(g.group() * g.o * p)
-                .zip(x.par_chunks(g.group() * g.image()))
+                .par_chunks_mut(group * g.o * p)
+                .zip(x.par_chunks(group * g.image()))
                 .for_each_init(
                     || {
-                        let cols = vec![E::zero(); k * g.group() * p + 8];
-                        (cols, vec![E::zero(); g.o * g.group() * p])
+                        let cols = vec![E::zero(); k * group * p + 8];
+                        (cols, vec![E::zero(); g.o * group * p])
                     },
                     |(cols, res), (o, xs)| {
                         let t = xs.len() / g.image();
@@ -312,10 +313,11 @@ impl<E: Real> CustomOp<E> for Conv2d {
         // bit-for-bit reproducible (and resumable).
         // Scratch per rayon job, reused by its groups: every buffer is overwritten before it is
         // read (zeroing fresh ones per group was 4 MB of memset per conv2 backward).
+        let group = g.group();
         let scratch = || {
             let acc = DotAcc::<E>::new(if want_w { g.o } else { 0 }, k);
             if g.packed {
-                let np = g.group() * p;
+                let np = group * p;
                 (vec![E::zero(); k * np + 8], vec![E::zero(); g.o * np], acc)
             } else {
                 (
@@ -326,14 +328,14 @@ impl<E: Real> CustomOp<E> for Conv2d {
             }
         };
         let partials: Vec<Vec<E>> = gx_images
-            .par_chunks_mut(g.group())
+            .par_chunks_mut(group)
             .enumerate()
             .map_init(scratch, |(cols, go_buf, gw_acc), (grp, gxs)| {
                 if g.packed {
                     // The group's images side by side (see `im2col_group`).
                     let t = gxs.len();
                     let np = t * p;
-                    let b0 = grp * g.group();
+                    let b0 = grp * group;
                     let cols = &mut cols[..k * np + 8];
                     g.im2col_group(&x[b0 * g.image()..(b0 + t) * g.image()], t, cols);
                     let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
@@ -364,7 +366,7 @@ impl<E: Real> CustomOp<E> for Conv2d {
                 let (dcols, go_wide) = (cols, go_buf);
                 let dcol_offs: Vec<usize> = (0..k).map(|r| r * n).collect();
                 for (t, gx) in gxs.iter_mut().enumerate() {
-                    let b = grp * g.group() + t;
+                    let b = grp * group + t;
                     let go = &grad_out[b * g.o * p..(b + 1) * g.o * p];
                     // The output gradient in wide columns, zero in the dropped ones.
                     for (oc, grow) in go.chunks_exact(p).enumerate() {

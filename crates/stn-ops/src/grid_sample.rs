@@ -624,7 +624,7 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
         for (i, (pt, (dgx, dgy))) in pts.iter().zip(acc.iter_mut()).enumerate() {
             let (q0, lanes) = (i * LANES, (p - i * LANES).min(LANES));
             let (ex, ey) = (E::vsub(one, pt.fx), E::vsub(one, pt.fy));
-            // A full chunk loads in place (a copy of `lanes` values is a `memcpy` call).
+            // A full chunk without the mask.
             let go = if lanes == LANES {
                 E::load(&go[q0..])
             } else {
@@ -662,6 +662,15 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
     }
 }
 
+/// Zero padding's forward on one image `[C, H, W]` for the points of `g` (x, y pairs), into
+/// `out [C, P]`.
+///
+/// The planes are first copied into row-paired frames with a 2-pixel zero border ([`pair_rows`]),
+/// and each coordinate's floor is clamped to [−2, W] (resp. H) ([`Real::framed8`]): then a
+/// sample's four corners are always inside the frame, an outside corner reads a zero, and no corner
+/// needs a mask or a clamp of its own — half the work of the general sampler. The arithmetic is the
+/// general path's (`((p0·w0 + p1·w1) + p2·w2) + p3·w3` with the same weights), so the result is the
+/// same, and a point with a non-finite coordinate samples zero, as there.
 pub(crate) fn zeros_fwd_image<E: Real>(
     x: &[E],
     g: &[E],

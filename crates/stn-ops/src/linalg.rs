@@ -214,8 +214,8 @@ fn pad<L: Copy, const Q: usize>((s0, s1): ([L; Q], [L; Q])) -> ([L; 4], [L; 4]) 
 }
 
 /// Dot products of long rows, `Σ_j a[i·n + j] · b[boff[p] + j]` for `i < m`, `p < k`, added to
-/// an accumulator that keeps 8 partial sums per result ([`DotAcc::sum_into`] reduces them once,
-/// after a whole batch, instead of after every image). Four rows of `b` share each load of `a`.
+/// an accumulator that keeps 8 partial sums per result ([`DotAcc::take_sums`] reduces them once
+/// per group of images, instead of after every image). Four rows of `b` share each load of `a`.
 pub(crate) struct DotAcc<E: Real> {
     lanes: Vec<E::Lanes>,
     k: usize,

@@ -262,8 +262,7 @@ pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
         let mut d = dst.chunks_exact_mut(8);
         let mut s = src.chunks_exact(8);
         for (d, s) in (&mut d).zip(&mut s) {
-            let v: [Self; 8] = Self::lanes(Self::load(s));
-            d.copy_from_slice(&v);
+            Self::store(d, Self::load(s));
         }
         for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
             *d = s;
@@ -501,7 +500,8 @@ impl Real for f32 {
         for oy in (0..paired).step_by(2) {
             // SAFETY: AVX2 is enabled; reads and writes cover columns [2·full, 2·full + 8) of
             // rows 2oy..2oy+4 of `plane` and `g` (`paired_tail`: inside both, past 2·wo only into
-            // the next row, which this call alone writes), four distinct rows of `g`;
+            // the next row, which this call alone writes; where pieces overlap, `pool2_bwd_ab`
+            // adds them in turn and the lanes past `quad` add zero);
             // go[oy·wo + full..+4] and go[(oy+1)·wo + full..+4] lie inside `go` (checked above).
             unsafe {
                 let at = |oy: usize, k: usize| (2 * oy + k) * w + 2 * full;
@@ -1118,8 +1118,6 @@ fn pool2_bwd_scalar<E: Real>(
     }
 }
 
-/// A 2×2 window's `max_pool2d` value without branches: its maximum, or NaN if it holds one.
-#[inline(always)]
 /// The pooled rows' outputs past their 8-output groups that go through one 8-lane pass for two
 /// rows: `(quad, paired)` — up to 4 outputs (`quad`) of the rows `..paired`. A pass reads 8 columns
 /// of 4 conv rows from column `2·full`: with fewer than 4 outputs left (`quad` < 4: the seed's
@@ -1139,6 +1137,8 @@ fn paired_tail(ho: usize, w: usize, wo: usize, full: usize, len: usize) -> (usiz
     }
     (quad, paired)
 }
+/// A 2×2 window's `max_pool2d` value without branches: its maximum, or NaN if it holds one.
+#[inline(always)]
 fn pool2_value<E: Real>(v: [E; 4]) -> E {
     let any_nan = v[0].is_nan() | v[1].is_nan() | v[2].is_nan() | v[3].is_nan();
     let m = v[0].max(v[1]).max(v[2].max(v[3]));
@@ -1208,7 +1208,9 @@ unsafe fn pool2_windows_ab(
 ///
 /// # Safety
 /// AVX2 must be available; each `rows` pointer valid for reading 8 floats, each `g` pointer for
-/// reading and writing 8 floats; the two `g` pieces of a place must not overlap the other place's.
+/// reading and writing 8 floats. The `g` pieces are added to in the order top a, top b, bottom a,
+/// bottom b, each read after the ones before it are written, so they may overlap: a pooled row's
+/// tail pass (`paired_tail`) runs into the next conv row, where its masked lanes add zero.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
 unsafe fn pool2_bwd_ab(
