@@ -61,7 +61,7 @@ fn fetch_one(url: &str, dir: &Path, file: &MnistFile) -> Result<(), String> {
         .read_to_end(&mut gz)
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
-    let raw = gunzip(url, &gz).map_err(|e| e.to_string())?;
+    let raw = gunzip(url, &gz, file).map_err(|e| e.to_string())?;
     verify_raw(url, &raw, file).map_err(|e| e.to_string())?;
     let dest = dir.join(format!("{}.gz", file.stem));
     write_atomic(&dest, &gz).map_err(|e| format!("{}: {e}", dest.display()))

@@ -6,6 +6,9 @@ use crate::DataError;
 /// Type code of unsigned-byte data in an IDX header.
 const IDX_U8: u8 = 0x08;
 
+/// The most dimensions an IDX header may declare here (MNIST-format sets use 1 or 3).
+pub(crate) const MAX_DIMS: usize = 4;
+
 /// A parsed IDX file of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxArray {
@@ -46,6 +49,11 @@ impl IdxReader {
         let ndim = bytes[3] as usize;
         if ndim == 0 {
             return Err(bad("zero dimensions in the header".into()));
+        }
+        if ndim > MAX_DIMS {
+            return Err(bad(format!(
+                "{ndim} dimensions in the header (at most {MAX_DIMS})"
+            )));
         }
         let header = 4 + 4 * ndim;
         if bytes.len() < header {

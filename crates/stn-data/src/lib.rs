@@ -8,18 +8,18 @@
 //! * [`epoch_order`] gives a shuffled order that depends only on `(seed, epoch)`, on every machine;
 //! * [`distort`] makes the distorted MNIST variants of the spatial-transformer paper (R, RTS, T, clutter).
 
-mod atomic;
 pub mod distort;
 mod download;
+mod files;
 mod idx;
 mod mnist;
 mod sheet;
 
-pub use atomic::write_atomic;
+pub use files::{read_regular, write_atomic, ReadError};
 pub use distort::{distort_split, Distortion};
 pub use idx::{IdxArray, IdxReader};
 pub use mnist::{
-    epoch_order, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN,
+    epoch_order, mnist_paths, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN,
     MNIST_STD,
 };
 pub use sheet::{contact_sheet_png, side_by_side_png};

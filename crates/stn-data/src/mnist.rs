@@ -128,27 +128,121 @@ fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Reads a file, decompressing it when it starts with the gzip magic (whatever its name).
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 8);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Format {
-                file: path.display().to_string(),
-                what: format!("gzip data is corrupt or truncated ({e})"),
-            })?;
-        Ok(out)
+/// Bytes of the decompressed published file: the IDX header, then the records.
+fn raw_size(spec: &MnistFile) -> u64 {
+    let (header, record) = if spec.stem.contains("images") {
+        (16, 28 * 28)
     } else {
-        Ok(raw)
+        (8, 1)
+    };
+    header + record * spec.records as u64
+}
+
+/// Reads a file of at most `limit` decompressed bytes, decompressing it when it starts with the
+/// gzip magic (whatever its name). Never holds more than the limit: the IDX header is read first
+/// and the size it claims checked against the limit, and decompression stops past the limit (a
+/// small gzip can inflate to gigabytes). Non-regular files (FIFOs, devices) are refused unread.
+fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
+    let name = path.display().to_string();
+    let bad = |what: String| DataError::Format {
+        file: name.clone(),
+        what,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
     }
+    // A gzip of incompressible bytes is a little larger than its content.
+    let max_file = limit + limit / 64 + 4096;
+    if meta.len() > max_file {
+        return Err(bad(format!(
+            "{} bytes, more than an MNIST file of {limit} bytes can take",
+            meta.len()
+        )));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut magic = [0u8; 2];
+    let got = read_full(&mut file, &mut magic).map_err(|e| DataError::io(path, e))?;
+    let head = std::io::Cursor::new(magic[..got].to_vec());
+    let gz = got == 2 && magic == [0x1f, 0x8b];
+    let mut stream: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(head.chain(file)))
+    } else {
+        Box::new(head.chain(file))
+    };
+    let corrupt = |e: std::io::Error| {
+        if gz {
+            DataError::Format {
+                file: name.clone(),
+                what: format!("gzip data is corrupt or truncated ({e})"),
+            }
+        } else {
+            DataError::io(path, e)
+        }
+    };
+    // The header: 4 bytes, then 4 per dimension.
+    let mut out = vec![0u8; 4];
+    let n = read_full(&mut stream, &mut out).map_err(corrupt)?;
+    out.truncate(n);
+    if n == 4 && out[0] == 0 && out[1] == 0 {
+        let ndim = out[3] as usize;
+        if ndim > crate::idx::MAX_DIMS {
+            return Err(bad(format!(
+                "{ndim} dimensions in the IDX header (at most {})",
+                crate::idx::MAX_DIMS
+            )));
+        }
+        let mut dims = vec![0u8; 4 * ndim];
+        let n = read_full(&mut stream, &mut dims).map_err(corrupt)?;
+        out.extend_from_slice(&dims[..n]);
+        if n == dims.len() {
+            let claimed = dims
+                .chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+                .try_fold(1u64, |a, d| a.checked_mul(d))
+                .and_then(|c| c.checked_add(out.len() as u64));
+            match claimed {
+                Some(c) if c <= limit => {}
+                _ => {
+                    return Err(bad(format!(
+                        "the IDX header claims {} bytes, more than the {limit} of the published file",
+                        claimed.map_or("over 2^64".to_string(), |c| c.to_string())
+                    )))
+                }
+            }
+        }
+    }
+    stream
+        .take(limit + 1 - out.len() as u64)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    if out.len() as u64 > limit {
+        return Err(bad(format!(
+            "holds more than the {limit} bytes of the published file{}",
+            if gz { " once decompressed" } else { "" }
+        )));
+    }
+    Ok(out)
+}
+
+/// `read` until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Reads, verifies and parses one file; returns its dimensions and data.
 fn load_file(path: &Path, spec: &MnistFile) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let name = path.display().to_string();
-    let bytes = read_maybe_gz(path)?;
+    let bytes = read_maybe_gz(path, raw_size(spec))?;
     // Parse first: a truncated file then says "truncated", which is more useful than a checksum.
     let arr = IdxReader::parse(&name, &bytes)?;
     let actual = hex::encode(Sha256::digest(&bytes));
@@ -182,14 +276,23 @@ pub(crate) fn verify_raw(name: &str, raw: &[u8], spec: &MnistFile) -> Result<(),
     Ok(())
 }
 
-pub(crate) fn gunzip(name: &str, gz: &[u8]) -> Result<Vec<u8>, DataError> {
+/// Decompresses a downloaded file, stopping past the published file's size.
+pub(crate) fn gunzip(name: &str, gz: &[u8], spec: &MnistFile) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::new();
+    let limit = raw_size(spec);
     flate2::read::MultiGzDecoder::new(gz)
+        .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|e| DataError::Format {
             file: name.into(),
             what: format!("gzip data is corrupt ({e})"),
         })?;
+    if out.len() as u64 > limit {
+        return Err(DataError::Format {
+            file: name.into(),
+            what: format!("decompresses to more than the {limit} bytes of the published file"),
+        });
+    }
     Ok(out)
 }
 
@@ -245,50 +348,80 @@ impl Mnist {
     /// Loads and verifies the four files from `dir`, downloading the missing ones first unless
     /// `offline`.
     pub fn load(data: &DataDir, offline: bool) -> Result<Mnist, DataError> {
+        let mut loaded = load_files(data, offline, &MNIST_FILES)?;
+        let (tel, tei) = (loaded.pop(), loaded.pop());
+        let (trl, tri) = (loaded.pop(), loaded.pop());
         let dir = &data.dir;
-        if dir.exists() && !dir.is_dir() {
-            return Err(DataError::io(dir, std::io::Error::other("not a directory")));
-        }
-        if dir.is_dir() {
-            std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-        }
-        let missing: Vec<&MnistFile> = MNIST_FILES
-            .iter()
-            .filter(|f| find(dir, f.stem).is_none())
-            .collect();
-        if !missing.is_empty() {
-            let names = missing
-                .iter()
-                .map(|f| f.stem)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let missing_err = |why: String| DataError::Missing {
-                missing: names.clone(),
-                dir: dir.display().to_string(),
-                origin: data.origin.to_string(),
-                why,
-            };
-            if offline {
-                return Err(missing_err(" and --offline forbids downloading".into()));
-            }
-            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-            for f in &missing {
-                if let Err(e) = download::fetch(dir, f) {
-                    return Err(missing_err(format!("; downloading failed: {e}")));
-                }
-            }
-        }
-        let mut loaded: Vec<_> = MNIST_FILES
-            .par_iter()
-            .map(|f| load_file(&find(dir, f.stem).expect("checked above"), f))
-            .collect();
-        let mut take = || loaded.remove(0);
-        let (tri, trl, tei, tel) = (take()?, take()?, take()?, take()?);
+        let take = |f: Option<_>| f.expect("four files loaded");
         Ok(Mnist {
-            train: split(tri, trl, dir, "train")?,
-            test: split(tei, tel, dir, "t10k")?,
+            train: split(take(tri), take(trl), dir, "train")?,
+            test: split(take(tei), take(tel), dir, "t10k")?,
         })
     }
+
+    /// The test split alone (the two `t10k` files), for evaluation: the training files need not
+    /// be there.
+    pub fn load_test(data: &DataDir, offline: bool) -> Result<MnistSplit, DataError> {
+        let mut loaded = load_files(data, offline, &MNIST_FILES[2..])?;
+        let (labels, images) = (loaded.pop(), loaded.pop());
+        let take = |f: Option<_>| f.expect("two files loaded");
+        split(take(images), take(labels), &data.dir, "t10k")
+    }
+}
+
+/// Finds (downloading what is missing unless `offline`), reads and verifies `files` from `data`,
+/// in their order.
+fn load_files(
+    data: &DataDir,
+    offline: bool,
+    files: &[MnistFile],
+) -> Result<Vec<(Vec<usize>, Vec<u8>)>, DataError> {
+    let dir = &data.dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(DataError::io(dir, std::io::Error::other("not a directory")));
+    }
+    if dir.is_dir() {
+        std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    let missing: Vec<&MnistFile> = files
+        .iter()
+        .filter(|f| find(dir, f.stem).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let names = missing
+            .iter()
+            .map(|f| f.stem)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let missing_err = |why: String| DataError::Missing {
+            missing: names.clone(),
+            dir: dir.display().to_string(),
+            origin: data.origin.to_string(),
+            why,
+        };
+        if offline {
+            return Err(missing_err(" and --offline forbids downloading".into()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        for f in &missing {
+            if let Err(e) = download::fetch(dir, f) {
+                return Err(missing_err(format!("; downloading failed: {e}")));
+            }
+        }
+    }
+    files
+        .par_iter()
+        .map(|f| load_file(&find(dir, f.stem).expect("checked above"), f))
+        .collect()
+}
+
+/// The paths of the MNIST files present in `dir` (gzipped or raw), e.g. to keep outputs off them.
+pub fn mnist_paths(dir: &Path) -> Vec<PathBuf> {
+    MNIST_FILES
+        .iter()
+        .flat_map(|f| [dir.join(format!("{}.gz", f.stem)), dir.join(f.stem)])
+        .filter(|p| p.exists())
+        .collect()
 }
 
 /// The seed's normalisation, computed in f32 exactly as PyTorch does: `(x / 255 - mean) / std`.

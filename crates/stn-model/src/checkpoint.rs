@@ -11,6 +11,13 @@ use safetensors::SafeTensors;
 
 use crate::{Arch, Optimizer, OptimizerKind, ParamError, Params};
 
+/// The largest checkpoint read: the biggest network (a 1024×1024 canvas) with Adam's two buffers
+/// is about 100 MB.
+const MAX_BYTES: u64 = 1 << 30;
+
+/// The most epochs a checkpoint may claim (far beyond any run; keeps `epoch + 1` from wrapping).
+pub const MAX_EPOCHS: u64 = 1_000_000;
+
 /// Format tag in the metadata, bumped on incompatible changes.
 const FORMAT: &str = "stn-checkpoint-1";
 
@@ -21,6 +28,8 @@ pub enum CheckpointError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path}: {what}")]
+    Read { path: String, what: String },
     #[error("{path}: not a valid checkpoint: {what}")]
     Format { path: String, what: String },
     #[error("{path}: {source}")]
@@ -99,9 +108,12 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io {
+        let bytes = stn_data::read_regular(path, MAX_BYTES).map_err(|e| CheckpointError::Read {
             path: path.display().to_string(),
-            source: e,
+            what: match e {
+                stn_data::ReadError::Io { source, .. } => source.to_string(),
+                other => other.to_string().trim_start_matches(&format!("{}: ", path.display())).to_string(),
+            },
         })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
@@ -129,6 +141,9 @@ impl Checkpoint {
         let epoch: u64 = get("epoch")?
             .parse()
             .map_err(|e| bad(format!("epoch: {e}")))?;
+        if epoch > MAX_EPOCHS {
+            return Err(bad(format!("epoch {epoch}: more than {MAX_EPOCHS}")));
+        }
         let opt: serde_json::Value =
             serde_json::from_str(get("optimizer")?).map_err(|e| bad(format!("optimizer: {e}")))?;
         let run: serde_json::Value =
@@ -166,12 +181,13 @@ impl Checkpoint {
             path: path.to_string(),
             source: e,
         })?;
-        let mut optimizer = Optimizer::new(
-            kind,
-            num("lr")? as f32,
-            num("loc_lr_scale")? as f32,
-            &params,
-        );
+        let (lr, loc_lr_scale) = (num("lr")? as f32, num("loc_lr_scale")? as f32);
+        if !(lr.is_finite() && lr > 0.0) || !(loc_lr_scale.is_finite() && loc_lr_scale >= 0.0) {
+            return Err(bad(format!(
+                "optimizer lr {lr} / loc_lr_scale {loc_lr_scale}: not a usable recipe"
+            )));
+        }
+        let mut optimizer = Optimizer::new(kind, lr, loc_lr_scale, &params);
         optimizer.step = num("step")? as u64;
         for (prefix, bufs) in [
             ("optim.m.", &mut optimizer.m),

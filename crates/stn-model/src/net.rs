@@ -42,6 +42,23 @@ impl Arch {
         stn: true,
     };
 
+    /// The largest input canvas: the distorted sets use 42 and 60; a 1024×1024 canvas already
+    /// needs a 2.6 million-input `fc_loc.0`.
+    pub const MAX_CANVAS: usize = 1024;
+
+    /// Checks that the layers fit the canvas (28 ≤ side ≤ [`Arch::MAX_CANVAS`]), so the shape
+    /// arithmetic below cannot wrap: a checkpoint or model claiming another canvas is refused.
+    pub fn check(&self) -> Result<(), String> {
+        if !(SAMPLED..=Self::MAX_CANVAS).contains(&self.canvas) {
+            return Err(format!(
+                "input canvas {0}×{0}: the network takes {SAMPLED}×{SAMPLED} to {1}×{1} images",
+                self.canvas,
+                Self::MAX_CANVAS
+            ));
+        }
+        Ok(())
+    }
+
     /// Side of the localisation net's last feature map (3 for 28×28).
     pub fn loc_side(&self) -> usize {
         ((self.canvas - 6) / 2 - 4) / 2

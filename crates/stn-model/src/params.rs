@@ -18,6 +18,8 @@ pub enum ParamError {
     Missing { name: String, arch: String },
     #[error("unexpected parameter {name} (not part of {arch})")]
     Unexpected { name: String, arch: String },
+    #[error("{0}")]
+    Arch(String),
 }
 
 /// All parameters of one network, in `state_dict` order, as host f32 buffers: the master copy the
@@ -70,6 +72,7 @@ impl Params {
         arch: Arch,
         mut named: Vec<(String, Vec<usize>, Vec<f32>)>,
     ) -> Result<Params, ParamError> {
+        arch.check().map_err(ParamError::Arch)?;
         let specs = arch.param_specs();
         let desc = arch.to_string();
         if let Some((name, _, _)) = named
@@ -96,7 +99,7 @@ impl Params {
                     arch: desc.clone(),
                 })?;
             let (n, shape, data) = named.swap_remove(i);
-            if shape != want || data.len() != want.iter().product::<usize>() {
+            if shape != want || Some(data.len()) != want.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
                 return Err(ParamError::Shape {
                     name: n,
                     got: shape,

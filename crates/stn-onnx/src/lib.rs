@@ -10,6 +10,7 @@
 
 mod export;
 mod read;
+mod verify;
 
 /// The generated ONNX types.
 #[allow(clippy::all, missing_docs)]

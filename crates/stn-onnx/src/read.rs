@@ -1,4 +1,5 @@
-//! ONNX models read back into the seed network's parameters.
+//! ONNX models read back into the seed network's parameters, once [`crate::verify`] has checked
+//! that the graph computes the seed network.
 
 use prost::Message;
 use stn_model::{Arch, Params};
@@ -19,6 +20,17 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// The parameters holding NaN or infinite values (a model that runs, but computes garbage).
+    pub fn non_finite_params(&self) -> Vec<&str> {
+        self.params
+            .names
+            .iter()
+            .zip(&self.params.data)
+            .filter(|(_, d)| d.iter().any(|v| !v.is_finite()))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata
             .iter()
@@ -110,8 +122,24 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
             .unwrap_or_default(),
         None => vec![],
     };
+    let input_name = input.name.clone().unwrap_or_default();
+    let elem = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.elem_type,
+        None => None,
+    };
+    if elem != Some(DataType::Float as i32) {
+        return Err(bad(format!(
+            "input '{input_name}' has element type {elem:?}; expected FLOAT (1)"
+        )));
+    }
+    if let Some(Some(n)) = dims.first() {
+        return Err(bad(format!(
+            "input '{input_name}' has a fixed batch size {n}; stn runs models with a symbolic batch \
+             dimension (torch.onnx.export(..., dynamic_axes={{'input': {{0: 'batch'}}}}))"
+        )));
+    }
     let side = match dims.as_slice() {
-        [_, Some(1), Some(h), Some(w)] if h == w && *h >= 28 => *h as usize,
+        [_, Some(1), Some(h), Some(w)] if h == w && *h >= 28 && *h <= Arch::MAX_CANVAS as i64 => *h as usize,
         _ => {
             return Err(bad(format!(
                 "input '{}' has shape {dims:?}; expected [N, 1, S, S] with S ≥ 28 (an MNIST-like image batch)",
@@ -121,6 +149,9 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
     };
     let stn = init_names.contains(&"localization.0.weight");
     let arch = Arch { canvas: side, stn };
+    let roles = crate::verify::verify(graph, &arch, &input_name, opset).map_err(|what| {
+        bad(format!("not the seed network ({arch}): {what}"))
+    })?;
     let specs = arch.param_specs();
     let mut named = Vec::new();
     for t in &graph.initializer {
@@ -137,7 +168,7 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
     Ok(LoadedModel {
         params,
         opset,
-        outputs: graph.output.iter().filter_map(|o| o.name.clone()).collect(),
+        outputs: roles.outputs,
         metadata: model
             .metadata_props
             .iter()

@@ -1,0 +1,745 @@
+//! Checks, node by node, that an ONNX graph computes the seed network — ours (opset 16's
+//! decomposed affine grid or opset 20's `AffineGrid`) or PyTorch's export of `Net` — before any
+//! runtime is given it.
+//!
+//! Why: the dfdx and fused runners compute the seed network from the file's initializers; run on a
+//! graph that computes something else (a removed node, another stride, an unknown op), they would
+//! print a confident accuracy for a model that is not in the file. Every runner goes through this
+//! check, so every runtime gives the same verdict on the same file.
+//!
+//! How: the graph is evaluated symbolically in topological order. Each value is the image input, an
+//! initializer, a small integer tensor (shapes, axes: constant-folded, with the batch dimension as a
+//! symbol), or an expression of layers over the input ([`Expr`]). Each operator checks its
+//! attributes against the seed's (a stride, a padding, a mode that differs is an error naming the
+//! node) and builds its expression; the graph's outputs must then equal the expressions that
+//! [`expected`] builds from the architecture, parameter names included.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use stn_model::{Arch, SAMPLED};
+use stn_ops::AffineGrid;
+
+use crate::proto::{attribute_proto::AttributeType, tensor_proto::DataType, NodeProto, TensorProto};
+
+/// A tensor computed from the image input, as the seed network's layers.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Expr {
+    Input,
+    /// Conv (stride 1, no padding) with `{0}.weight` and `{0}.bias`.
+    Conv(Rc<Expr>, String),
+    /// MaxPool 2×2, stride 2.
+    Pool(Rc<Expr>),
+    Relu(Rc<Expr>),
+    /// Reshape to these dimensions (-1 for the batch).
+    Reshape(Rc<Expr>, Vec<i64>),
+    /// Gemm with `{0}.weight` as `[out, in]` (transB = 1) and `{0}.bias`.
+    Gemm(Rc<Expr>, String),
+    /// Transpose with perm [0, 2, 1].
+    Transpose021(Rc<Expr>),
+    /// MatMul by the constant base grid of a SAMPLED×SAMPLED affine grid (align_corners = 0).
+    BaseGridMatMul(Rc<Expr>),
+    /// AffineGrid of theta, SAMPLED×SAMPLED, align_corners = 0.
+    AffineGrid(Rc<Expr>),
+    /// GridSample of the input on this grid: bilinear, zero padding, align_corners = 0.
+    GridSample(Rc<Expr>),
+    LogSoftmax(Rc<Expr>),
+}
+
+/// The seed network's outputs as expressions: `(log_probs, theta, warped)`; theta and warped
+/// are `None` without the STN.
+pub(crate) fn expected(arch: &Arch) -> (Expr, Option<Expr>, Option<Expr>) {
+    let r = Rc::new;
+    let block = |x: Expr, p: &str| Expr::Relu(r(Expr::Pool(r(Expr::Conv(r(x), p.into())))));
+    let (classifier_in, theta, warped) = if arch.stn {
+        let loc = block(block(Expr::Input, "localization.0"), "localization.3");
+        let flat = Expr::Reshape(r(loc), vec![-1, arch.fc_loc_in() as i64]);
+        let h = Expr::Relu(r(Expr::Gemm(r(flat), "fc_loc.0".into())));
+        let theta = Expr::Reshape(r(Expr::Gemm(r(h), "fc_loc.2".into())), vec![-1, 2, 3]);
+        let warped = Expr::GridSample(r(Expr::AffineGrid(r(theta.clone()))));
+        (warped.clone(), Some(theta), Some(warped))
+    } else {
+        (Expr::Input, None, None)
+    };
+    let c = block(block(classifier_in, "conv1"), "conv2");
+    let flat = Expr::Reshape(r(c), vec![-1, arch.fc1_in() as i64]);
+    let h = Expr::Relu(r(Expr::Gemm(r(flat), "fc1".into())));
+    let lp = Expr::LogSoftmax(r(Expr::Gemm(r(h), "fc2".into())));
+    (lp, theta, warped)
+}
+
+/// A dimension of a constant-folded shape: the symbolic batch, or a number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dim {
+    Batch,
+    Known(i64),
+}
+
+/// What a value of the graph is.
+#[derive(Debug, Clone)]
+enum Val {
+    Expr(Rc<Expr>),
+    /// A float constant (initializer or Constant node), by the name of its tensor.
+    Floats(String),
+    /// A small int64 tensor: a scalar (`scalar`) or 1-D.
+    Ints { v: Vec<Dim>, scalar: bool },
+}
+
+/// Which graph output is which.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Roles {
+    /// Output names in the graph's order.
+    pub outputs: Vec<String>,
+}
+
+/// The check's verdict: `Err` names the node (or input, output) that differs.
+pub(crate) fn verify(
+    graph: &crate::proto::GraphProto,
+    arch: &Arch,
+    input_name: &str,
+    opset: i64,
+) -> Result<Roles, String> {
+    let mut floats: HashMap<String, &TensorProto> = HashMap::new();
+    let mut vals: HashMap<String, Val> = HashMap::new();
+    for t in &graph.initializer {
+        let name = t.name.clone().unwrap_or_default();
+        if floats.contains_key(&name) || vals.contains_key(&name) {
+            return Err(format!("initializer {name:?} is defined twice"));
+        }
+        match t.data_type {
+            Some(d) if d == DataType::Float as i32 => {
+                floats.insert(name.clone(), t);
+                vals.insert(name.clone(), Val::Floats(name));
+            }
+            Some(d) if d == DataType::Int64 as i32 => {
+                vals.insert(name.clone(), ints_of(t).map_err(|e| format!("initializer {name}: {e}"))?);
+            }
+            d => return Err(format!("initializer {name}: data type {d:?} (the seed network has FLOAT and INT64 tensors)")),
+        }
+    }
+    if vals.contains_key(input_name) {
+        return Err(format!("input {input_name} is also an initializer"));
+    }
+    vals.insert(input_name.into(), Val::Expr(Rc::new(Expr::Input)));
+    let side = arch.canvas as i64;
+
+    // Topological order (Kahn): a node runs once all its inputs exist. Nodes left over are in a
+    // cycle or read a value nothing produces.
+    let mut done = vec![false; graph.node.len()];
+    let mut produced: HashSet<String> = vals.keys().cloned().collect();
+    let mut constants: Vec<TensorProto> = Vec::new();
+    loop {
+        let mut progressed = false;
+        for (i, node) in graph.node.iter().enumerate() {
+            if done[i]
+                || !node
+                    .input
+                    .iter()
+                    .all(|x| x.is_empty() || produced.contains(x))
+            {
+                continue;
+            }
+            done[i] = true;
+            progressed = true;
+            let label = node_label(node, i);
+            let outs = eval(node, &vals, &floats, &mut constants, side, opset)
+                .map_err(|e| format!("{label}: {e}"))?;
+            if outs.len() > node.output.len() {
+                return Err(format!("{label}: has {} outputs, expected {}", node.output.len(), outs.len()));
+            }
+            for (k, name) in node.output.iter().enumerate() {
+                if name.is_empty() {
+                    continue;
+                }
+                if !produced.insert(name.clone()) {
+                    return Err(format!("{label}: output {name:?} is already defined (an ONNX value is assigned once)"));
+                }
+                // Outputs past the ones the seed uses (MaxPool's Indices, Dropout's mask) are
+                // values nothing may read.
+                if let Some(v) = outs.get(k) {
+                    vals.insert(name.clone(), v.clone());
+                }
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    if let Some(i) = done.iter().position(|d| !d) {
+        let node = &graph.node[i];
+        let missing: Vec<&String> = node
+            .input
+            .iter()
+            .filter(|x| !x.is_empty() && !produced.contains(*x))
+            .collect();
+        return Err(format!(
+            "{}: input {:?} is never computed (no node or initializer makes it, or the graph has a cycle)",
+            node_label(node, i),
+            missing.first().map(|s| s.as_str()).unwrap_or("")
+        ));
+    }
+
+    let (lp, theta, warped) = expected(arch);
+    let mut roles = Roles::default();
+    for (k, o) in graph.output.iter().enumerate() {
+        let name = o.name.clone().unwrap_or_default();
+        let v = match vals.get(&name) {
+            Some(Val::Expr(e)) => e.as_ref().clone(),
+            Some(_) => return Err(format!("output {name}: a constant, not a result of the network")),
+            None => return Err(format!("output {name}: no node computes it")),
+        };
+        let want = if k == 0 {
+            Some(("log-probs", &lp))
+        } else {
+            match name.as_str() {
+                "theta" => theta.as_ref().map(|t| ("theta", t)),
+                "warped" => warped.as_ref().map(|w| ("warped", w)),
+                _ => None,
+            }
+        };
+        match want {
+            Some((_, e)) if *e == v => {}
+            Some((what, e)) => {
+                return Err(format!(
+                    "output {name} (the {what}) is not computed as the seed network ({arch}) computes it: {}",
+                    describe_difference(e, &v)
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "output {name}: the seed network's outputs are log-probs first, then `theta` and `warped`{}",
+                    if arch.stn { "" } else { " (which a model without STN has not)" }
+                ))
+            }
+        }
+        roles.outputs.push(name);
+    }
+    if roles.outputs.is_empty() {
+        return Err("the graph has no output".into());
+    }
+    Ok(roles)
+}
+
+fn node_label(node: &NodeProto, i: usize) -> String {
+    format!(
+        "node {} ({})",
+        node.name.as_deref().filter(|n| !n.is_empty()).map(str::to_string).unwrap_or_else(|| format!("#{i}")),
+        node.op_type.as_deref().unwrap_or("?")
+    )
+}
+
+/// The first place where two expressions part, in words.
+fn describe_difference(want: &Expr, got: &Expr) -> String {
+    fn head(e: &Expr) -> String {
+        match e {
+            Expr::Input => "the input".into(),
+            Expr::Conv(_, p) => format!("Conv with {p}.weight"),
+            Expr::Pool(_) => "MaxPool 2×2".into(),
+            Expr::Relu(_) => "Relu".into(),
+            Expr::Reshape(_, s) => format!("Reshape to {s:?}"),
+            Expr::Gemm(_, p) => format!("Gemm with {p}.weight"),
+            Expr::Transpose021(_) => "Transpose [0, 2, 1]".into(),
+            Expr::BaseGridMatMul(_) => "MatMul by the base grid".into(),
+            Expr::AffineGrid(_) => "AffineGrid".into(),
+            Expr::GridSample(_) => "GridSample".into(),
+            Expr::LogSoftmax(_) => "LogSoftmax".into(),
+        }
+    }
+    fn inner(e: &Expr) -> Option<&Expr> {
+        match e {
+            Expr::Input => None,
+            Expr::Conv(x, _)
+            | Expr::Pool(x)
+            | Expr::Relu(x)
+            | Expr::Reshape(x, _)
+            | Expr::Gemm(x, _)
+            | Expr::Transpose021(x)
+            | Expr::BaseGridMatMul(x)
+            | Expr::AffineGrid(x)
+            | Expr::GridSample(x)
+            | Expr::LogSoftmax(x) => Some(x),
+        }
+    }
+    // Walk from the input side: the chains are listed outermost first.
+    let chain = |mut e: &Expr| {
+        let mut v = vec![e.clone()];
+        while let Some(x) = inner(e) {
+            v.push(x.clone());
+            e = x;
+        }
+        v.reverse();
+        v
+    };
+    let (w, g) = (chain(want), chain(got));
+    for (k, (a, b)) in w.iter().zip(&g).enumerate() {
+        if head(a) != head(b) {
+            return format!("layer {} is {}, expected {}", k, head(b), head(a));
+        }
+    }
+    if w.len() != g.len() {
+        return format!("{} layers, expected {}", g.len(), w.len());
+    }
+    "the layers differ".into()
+}
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a crate::proto::AttributeProto> {
+    node.attribute.iter().find(|a| a.name.as_deref() == Some(name))
+}
+
+fn attr_i(node: &NodeProto, name: &str, default: i64) -> Result<i64, String> {
+    match attr(node, name) {
+        None => Ok(default),
+        Some(a) if a.r#type == Some(AttributeType::Int as i32) => Ok(a.i.unwrap_or(0)),
+        Some(a) => Err(format!("attribute {name} has type {:?}, expected INT", a.r#type)),
+    }
+}
+
+fn attr_f(node: &NodeProto, name: &str, default: f32) -> Result<f32, String> {
+    match attr(node, name) {
+        None => Ok(default),
+        Some(a) if a.r#type == Some(AttributeType::Float as i32) => Ok(a.f.unwrap_or(0.0)),
+        Some(a) => Err(format!("attribute {name} has type {:?}, expected FLOAT", a.r#type)),
+    }
+}
+
+fn attr_ints(node: &NodeProto, name: &str) -> Result<Option<Vec<i64>>, String> {
+    match attr(node, name) {
+        None => Ok(None),
+        Some(a) if a.r#type == Some(AttributeType::Ints as i32) => Ok(Some(a.ints.clone())),
+        Some(a) => Err(format!("attribute {name} has type {:?}, expected INTS", a.r#type)),
+    }
+}
+
+fn attr_s(node: &NodeProto, name: &str) -> Result<Option<String>, String> {
+    match attr(node, name) {
+        None => Ok(None),
+        Some(a) if a.r#type == Some(AttributeType::String as i32) => {
+            Ok(Some(String::from_utf8_lossy(a.s.as_deref().unwrap_or(&[])).into_owned()))
+        }
+        Some(a) => Err(format!("attribute {name} has type {:?}, expected STRING", a.r#type)),
+    }
+}
+
+/// Attribute `name` is absent or one of `allowed`.
+fn want_ints(node: &NodeProto, name: &str, allowed: &[&[i64]]) -> Result<(), String> {
+    match attr_ints(node, name)? {
+        Some(v) if !allowed.iter().any(|a| *a == v.as_slice()) => Err(format!(
+            "{name} = {v:?}; the seed network has {:?}",
+            allowed[0]
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn want_int(node: &NodeProto, name: &str, default: i64, allowed: &[i64]) -> Result<(), String> {
+    let v = attr_i(node, name, default)?;
+    if allowed.contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{name} = {v}; the seed network has {}", allowed[0]))
+    }
+}
+
+/// Only these attributes may be present (another would change what the node computes, or is
+/// not ONNX).
+fn only_attrs(node: &NodeProto, known: &[&str]) -> Result<(), String> {
+    for a in &node.attribute {
+        let n = a.name.as_deref().unwrap_or("");
+        if !known.contains(&n) {
+            return Err(format!("attribute {n:?} is not one the seed network's {} has", node.op_type.as_deref().unwrap_or("")));
+        }
+    }
+    Ok(())
+}
+
+fn ints_of(t: &TensorProto) -> Result<Val, String> {
+    if t.data_type != Some(DataType::Int64 as i32) {
+        return Err(format!("data type {:?}, expected INT64", t.data_type));
+    }
+    let v: Vec<i64> = match &t.raw_data {
+        Some(raw) if !raw.is_empty() => {
+            if raw.len() % 8 != 0 {
+                return Err(format!("{} raw bytes for int64 values", raw.len()));
+            }
+            raw.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        }
+        _ => t.int64_data.clone(),
+    };
+    let scalar = t.dims.is_empty();
+    let want = if scalar { Some(1) } else if t.dims.len() == 1 { usize::try_from(t.dims[0]).ok() } else { None };
+    if want != Some(v.len()) || v.len() > 16 {
+        return Err(format!("an int64 tensor of dimensions {:?} with {} values (the seed network's are short vectors)", t.dims, v.len()));
+    }
+    Ok(Val::Ints {
+        v: v.into_iter().map(Dim::Known).collect(),
+        scalar,
+    })
+}
+
+fn floats_of(t: &TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != Some(DataType::Float as i32) {
+        return None;
+    }
+    match &t.raw_data {
+        Some(raw) if !raw.is_empty() => (raw.len() % 4 == 0).then(|| {
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        }),
+        _ => Some(t.float_data.clone()),
+    }
+}
+
+/// One node's output values.
+fn eval(
+    node: &NodeProto,
+    vals: &HashMap<String, Val>,
+    floats: &HashMap<String, &TensorProto>,
+    constants: &mut Vec<TensorProto>,
+    side: i64,
+    opset: i64,
+) -> Result<Vec<Val>, String> {
+    let op = node.op_type.as_deref().unwrap_or("");
+    if !matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx")) {
+        return Err(format!("domain {:?}: not the standard ONNX domain", node.domain.as_deref().unwrap_or("")));
+    }
+    let get = |k: usize| -> Result<&Val, String> {
+        let name = node
+            .input
+            .get(k)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("input {k} is missing"))?;
+        vals.get(name)
+            .ok_or_else(|| format!("input {name:?} is an output that the seed network does not read (an Indices or mask output)"))
+    };
+    let n_inputs = |lo: usize, hi: usize| -> Result<(), String> {
+        let n = node.input.len();
+        if n < lo || n > hi {
+            Err(format!("{n} inputs, expected {}", if lo == hi { lo.to_string() } else { format!("{lo} to {hi}") }))
+        } else {
+            Ok(())
+        }
+    };
+    let expr = |k: usize| -> Result<Rc<Expr>, String> {
+        match get(k)? {
+            Val::Expr(e) => Ok(e.clone()),
+            _ => Err(format!("input {k} ({}) is a constant where the seed network has a computed tensor", node.input[k])),
+        }
+    };
+    let ints = |k: usize| -> Result<(Vec<Dim>, bool), String> {
+        match get(k)? {
+            Val::Ints { v, scalar } => Ok((v.clone(), *scalar)),
+            _ => Err(format!("input {k} ({}) is not a constant int64 tensor", node.input[k])),
+        }
+    };
+    // `{prefix}.weight` and `{prefix}.bias` initializers as inputs 1 and 2.
+    let weight_bias = || -> Result<String, String> {
+        n_inputs(3, 3)?;
+        let (w, b) = (&node.input[1], &node.input[2]);
+        let prefix = w
+            .strip_suffix(".weight")
+            .filter(|p| floats.contains_key(w) && *b == format!("{p}.bias") && floats.contains_key(b))
+            .ok_or_else(|| format!("weights {w:?} and {b:?} are not a parameter pair of the seed network"))?;
+        Ok(prefix.to_string())
+    };
+    let one = |e: Expr| Ok(vec![Val::Expr(Rc::new(e))]);
+    match op {
+        "Conv" => {
+            only_attrs(node, &["kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"])?;
+            let x = expr(0)?;
+            let p = weight_bias()?;
+            let k = floats[&node.input[1]].dims.get(2..).map(|d| d.to_vec()).unwrap_or_default();
+            if let Some(ks) = attr_ints(node, "kernel_shape")? {
+                if ks != k {
+                    return Err(format!("kernel_shape {ks:?} but the weight is {k:?}"));
+                }
+            }
+            want_ints(node, "strides", &[&[1, 1]])?;
+            want_ints(node, "pads", &[&[0, 0, 0, 0]])?;
+            want_ints(node, "dilations", &[&[1, 1]])?;
+            want_int(node, "group", 1, &[1])?;
+            if let Some(a) = attr_s(node, "auto_pad")? {
+                if a != "NOTSET" && a != "VALID" {
+                    return Err(format!("auto_pad {a}; the seed network's convolutions are unpadded"));
+                }
+            }
+            one(Expr::Conv(x, p))
+        }
+        "MaxPool" => {
+            only_attrs(node, &["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "storage_order"])?;
+            n_inputs(1, 1)?;
+            let x = expr(0)?;
+            match attr_ints(node, "kernel_shape")? {
+                Some(k) if k == [2, 2] => {}
+                k => return Err(format!("kernel_shape {k:?}; the seed network pools 2×2")),
+            }
+            match attr_ints(node, "strides")? {
+                Some(s) if s == [2, 2] => {}
+                s => return Err(format!("strides {s:?}; the seed network pools with stride 2")),
+            }
+            want_ints(node, "pads", &[&[0, 0, 0, 0]])?;
+            want_ints(node, "dilations", &[&[1, 1]])?;
+            want_int(node, "ceil_mode", 0, &[0])?;
+            want_int(node, "storage_order", 0, &[0, 1])?;
+            if let Some(a) = attr_s(node, "auto_pad")? {
+                if a != "NOTSET" && a != "VALID" {
+                    return Err(format!("auto_pad {a}; the seed network's pools are unpadded"));
+                }
+            }
+            one(Expr::Pool(x))
+        }
+        "Relu" => {
+            only_attrs(node, &[])?;
+            n_inputs(1, 1)?;
+            one(Expr::Relu(expr(0)?))
+        }
+        "Identity" => {
+            only_attrs(node, &[])?;
+            n_inputs(1, 1)?;
+            Ok(vec![get(0)?.clone()])
+        }
+        "Dropout" => {
+            // Inference: the identity, unless training_mode is given (and true).
+            only_attrs(node, &["seed"])?;
+            n_inputs(1, 3)?;
+            if node.input.get(2).is_some_and(|t| !t.is_empty()) {
+                return Err("training_mode input: the seed network is exported for inference".into());
+            }
+            Ok(vec![Val::Expr(expr(0)?)])
+        }
+        "Reshape" => {
+            only_attrs(node, &["allowzero"])?;
+            n_inputs(2, 2)?;
+            let x = expr(0)?;
+            let (shape, scalar) = ints(1)?;
+            if scalar {
+                return Err("shape is a scalar".into());
+            }
+            let shape: Vec<i64> = shape
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    Dim::Batch if i == 0 => Ok(-1),
+                    Dim::Known(v) if *v == -1 && i == 0 => Ok(-1),
+                    Dim::Known(v) if *v > 0 => Ok(*v),
+                    d => Err(format!("shape {shape:?}: dimension {i} is {d:?}; the seed network reshapes to [-1, …] with positive sizes")),
+                })
+                .collect::<Result<_, _>>()?;
+            // opset 16's affine grid: Reshape(MatMul(base, Transpose(theta)), [-1, S, S, 2]).
+            if let Expr::BaseGridMatMul(inner) = x.as_ref() {
+                if let Expr::Transpose021(theta) = inner.as_ref() {
+                    let s = SAMPLED as i64;
+                    if shape == [-1, s, s, 2] {
+                        return one(Expr::AffineGrid(theta.clone()));
+                    }
+                }
+            }
+            one(Expr::Reshape(x, shape))
+        }
+        "Flatten" => Err(
+            "the seed network flattens with Reshape [-1, n] (as stn-export and torch.onnx write it)".into(),
+        ),
+        "Gemm" => {
+            only_attrs(node, &["alpha", "beta", "transA", "transB"])?;
+            let x = expr(0)?;
+            let p = weight_bias()?;
+            want_int(node, "transA", 0, &[0])?;
+            want_int(node, "transB", 0, &[1])?;
+            for a in ["alpha", "beta"] {
+                let v = attr_f(node, a, 1.0)?;
+                if v != 1.0 {
+                    return Err(format!("{a} = {v}; the seed network has 1"));
+                }
+            }
+            one(Expr::Gemm(x, p))
+        }
+        "LogSoftmax" => {
+            only_attrs(node, &["axis"])?;
+            n_inputs(1, 1)?;
+            want_int(node, "axis", if opset >= 13 { -1 } else { 1 }, &[1, -1])?;
+            one(Expr::LogSoftmax(expr(0)?))
+        }
+        "Transpose" => {
+            only_attrs(node, &["perm"])?;
+            n_inputs(1, 1)?;
+            match attr_ints(node, "perm")? {
+                Some(p) if p == [0, 2, 1] => one(Expr::Transpose021(expr(0)?)),
+                p => Err(format!("perm {p:?}; the seed network transposes theta with [0, 2, 1]")),
+            }
+        }
+        "MatMul" => {
+            only_attrs(node, &[])?;
+            n_inputs(2, 2)?;
+            let Val::Floats(base) = get(0)? else {
+                return Err("input 0 is not the constant base grid".into());
+            };
+            let t = floats
+                .get(base)
+                .copied()
+                .or_else(|| constants.iter().find(|c| c.name.as_deref() == Some(base)))
+                .ok_or_else(|| format!("{base}: no such tensor"))?;
+            let s = SAMPLED;
+            let xs = AffineGrid::base::<f32>(s, false);
+            let want: Vec<f32> = xs.iter().flat_map(|&y| xs.iter().flat_map(move |&x| [x, y, 1.0])).collect();
+            let ok = t.dims == [(s * s) as i64, 3]
+                && floats_of(t).is_some_and(|v| v.len() == want.len() && v.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+            if !ok {
+                return Err(format!("{base} is not the {s}×{s} base grid of an affine grid (align_corners = 0)"));
+            }
+            one(Expr::BaseGridMatMul(expr(1)?))
+        }
+        "AffineGrid" => {
+            only_attrs(node, &["align_corners"])?;
+            n_inputs(2, 2)?;
+            want_int(node, "align_corners", 0, &[0])?;
+            let theta = expr(0)?;
+            let (size, _) = ints(1)?;
+            let s = SAMPLED as i64;
+            if size != [Dim::Batch, Dim::Known(1), Dim::Known(s), Dim::Known(s)] {
+                return Err(format!("size {size:?}; the seed network samples [N, 1, {s}, {s}]"));
+            }
+            one(Expr::AffineGrid(theta))
+        }
+        "GridSample" => {
+            only_attrs(node, &["mode", "padding_mode", "align_corners"])?;
+            n_inputs(2, 2)?;
+            if !matches!(expr(0)?.as_ref(), Expr::Input) {
+                return Err("input 0 is not the model's input image".into());
+            }
+            let mode = attr_s(node, "mode")?;
+            let bilinear = if opset >= 20 { "linear" } else { "bilinear" };
+            if mode.as_deref().is_some_and(|m| m != bilinear) {
+                return Err(format!(
+                    "mode {:?}; the seed network samples with {bilinear:?} (the spelling of opset {opset})",
+                    mode.unwrap_or_default()
+                ));
+            }
+            if let Some(p) = attr_s(node, "padding_mode")? {
+                if p != "zeros" {
+                    return Err(format!("padding_mode {p:?}; the seed network pads with zeros"));
+                }
+            }
+            want_int(node, "align_corners", 0, &[0])?;
+            one(Expr::GridSample(expr(1)?))
+        }
+        "Constant" => {
+            n_inputs(0, 0)?;
+            let [a] = node.attribute.as_slice() else {
+                return Err("a Constant has one attribute".into());
+            };
+            match (a.name.as_deref(), &a.t) {
+                (Some("value"), Some(t)) if a.r#type == Some(AttributeType::Tensor as i32) => {
+                    if t.data_type == Some(DataType::Int64 as i32) {
+                        Ok(vec![ints_of(t)?])
+                    } else if t.data_type == Some(DataType::Float as i32) {
+                        let name = node.output.first().cloned().unwrap_or_default();
+                        let mut t = t.clone();
+                        t.name = Some(name.clone());
+                        constants.push(t);
+                        Ok(vec![Val::Floats(name)])
+                    } else {
+                        Err(format!("a constant of data type {:?}", t.data_type))
+                    }
+                }
+                (n, _) => Err(format!("attribute {n:?}: the seed network's constants are `value` tensors")),
+            }
+        }
+        "Shape" => {
+            only_attrs(node, &["start", "end"])?;
+            n_inputs(1, 1)?;
+            if !matches!(expr(0)?.as_ref(), Expr::Input) {
+                return Err("the seed network takes the shape of its input only".into());
+            }
+            let dims = [Dim::Batch, Dim::Known(1), Dim::Known(side), Dim::Known(side)];
+            let (start, end) = (attr_i(node, "start", 0)?, attr_i(node, "end", 4)?);
+            let clamp = |v: i64| if v < 0 { (v + 4).max(0) } else { v.min(4) } as usize;
+            let (a, b) = (clamp(start), clamp(end));
+            Ok(vec![Val::Ints {
+                v: if a < b { dims[a..b].to_vec() } else { vec![] },
+                scalar: false,
+            }])
+        }
+        "Gather" => {
+            only_attrs(node, &["axis"])?;
+            n_inputs(2, 2)?;
+            want_int(node, "axis", 0, &[0])?;
+            let (data, s) = ints(0)?;
+            let (idx, scalar) = ints(1)?;
+            if s {
+                return Err("gathers from a scalar".into());
+            }
+            let mut out = Vec::new();
+            for i in idx {
+                let Dim::Known(i) = i else { return Err("index is not a number".into()) };
+                let n = data.len() as i64;
+                let j = if i < 0 { i + n } else { i };
+                if !(0..n).contains(&j) {
+                    return Err(format!("index {i} out of range for {n} values"));
+                }
+                out.push(data[j as usize]);
+            }
+            Ok(vec![Val::Ints { v: out, scalar }])
+        }
+        "Unsqueeze" => {
+            only_attrs(node, &["axes"])?;
+            let axes = if opset >= 13 {
+                n_inputs(2, 2)?;
+                ints(1)?.0
+            } else {
+                n_inputs(1, 1)?;
+                attr_ints(node, "axes")?.unwrap_or_default().into_iter().map(Dim::Known).collect()
+            };
+            let (v, scalar) = ints(0)?;
+            if !scalar || !(axes == [Dim::Known(0)] || axes == [Dim::Known(-1)]) {
+                return Err(format!("axes {axes:?}; the seed network unsqueezes scalars on axis 0"));
+            }
+            Ok(vec![Val::Ints { v, scalar: false }])
+        }
+        "Concat" => {
+            only_attrs(node, &["axis"])?;
+            if node.input.is_empty() {
+                return Err("no inputs".into());
+            }
+            want_int(node, "axis", 0, &[0, -1])?;
+            let mut v = Vec::new();
+            for k in 0..node.input.len() {
+                let (x, scalar) = ints(k)?;
+                if scalar {
+                    return Err("concatenates a scalar".into());
+                }
+                v.extend(x);
+            }
+            Ok(vec![Val::Ints { v, scalar: false }])
+        }
+        "Slice" => {
+            only_attrs(node, &[])?;
+            n_inputs(3, 5)?;
+            let (data, s) = ints(0)?;
+            let one_num = |k: usize, default: i64| -> Result<i64, String> {
+                if node.input.get(k).is_none_or(|n| n.is_empty()) {
+                    return Ok(default);
+                }
+                match ints(k)?.0.as_slice() {
+                    [Dim::Known(v)] => Ok(*v),
+                    v => Err(format!("input {k} is {v:?}; the seed network slices one axis")),
+                }
+            };
+            let (start, end, axis, step) = (one_num(1, 0)?, one_num(2, 0)?, one_num(3, 0)?, one_num(4, 1)?);
+            if s || axis != 0 || step != 1 {
+                return Err("the seed network slices a 1-D shape with step 1".into());
+            }
+            let n = data.len() as i64;
+            let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) } as usize;
+            let (a, b) = (clamp(start), clamp(end));
+            Ok(vec![Val::Ints {
+                v: if a < b { data[a..b].to_vec() } else { vec![] },
+                scalar: false,
+            }])
+        }
+        other => Err(format!(
+            "operator {other:?} is not part of the seed network (stn runs the seed network: Conv, MaxPool, Relu, Reshape, Gemm, LogSoftmax, GridSample, AffineGrid or its opset-16 form)"
+        )),
+    }
+}
