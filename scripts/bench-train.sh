@@ -15,7 +15,7 @@ cargo build --release --locked -q
 lines=()
 for _ in $(seq "$rounds"); do
   ours=$(./target/release/stn-train --data "$data" --offline --epochs 1 --limit "$limit" --threads "$threads" \
-    --out target/bench-train.safetensors --json 2>/dev/null | tail -n1)
+    --out target/bench-train.safetensors --force --json 2>/dev/null | tail -n1)
   peer=$( /usr/bin/time -f '{"peer_peak_rss_mb": %M}' target/venv/bin/python ../shared/reference/pytorch_stn.py \
     --data "$data" --epochs 1 --limit "$limit" --threads "$threads" 2>&1 | grep '^{')
   line=$(python3 - "$ours" "$peer" <<'PY'

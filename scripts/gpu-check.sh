@@ -57,7 +57,7 @@ step "3. Training: stn-train --device cuda beside PyTorch CUDA"
 if [[ -x target/release/stn-train ]]; then
   for b in 64 256; do
     run ./target/release/stn-train --data "$data" --offline --device cuda --epochs 1 --batch "$b" \
-      --out "$out/cuda-b$b.safetensors" --json
+      --out "$out/cuda-b$b.safetensors" --force --json
     run "$py" scripts/peer_cuda.py "$data" "$ref" "$b"
   done
 else

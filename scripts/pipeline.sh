@@ -12,7 +12,7 @@ mkdir -p "$out"
 ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh | tail -n1); export ORT_DYLIB_PATH
 cargo build --release --locked
 echo "== train: 1 epoch of the seed recipe" >&2
-./target/release/stn-train --epochs 1 --out "$out/stn.safetensors" --visualize "$out/warped.png" \
+./target/release/stn-train --epochs 1 --force --out "$out/stn.safetensors" --visualize "$out/warped.png" \
   --metrics "$out/metrics.jsonl" --json | tail -n 3
 echo "== export: $out/stn.onnx (opset 16)" >&2
 ./target/release/stn-export "$out/stn.onnx" --checkpoint "$out/stn.safetensors"

@@ -11,7 +11,7 @@ run() { # name, args...
   local name=$1; shift
   rm -f "target/runs/$name.metrics.jsonl"
   echo "== $name: stn-train $*" >&2
-  ./target/release/stn-train --data "$data" --offline --threads 2 --json \
+  ./target/release/stn-train --data "$data" --offline --threads 2 --json --force \
     --metrics "target/runs/$name.metrics.jsonl" "$@" > "target/runs/$name.log" 2>&1 || echo "   ($name exited $?)" >&2
   tail -n1 "target/runs/$name.log" >&2
 }

@@ -3,6 +3,7 @@
 
 pub mod preprocess;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Runs a CLI body and turns its error into a clear message (with its causes) and exit code 1.
@@ -11,8 +12,100 @@ pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     match body() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once: errors that print their source in their
+/// own message (`{path}: {source}`) are not followed by that source again.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Whether two paths name the same file: the same device and inode when both exist, else the
+/// same absolute path (`a/../b` and `./b` alike).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    let abs = |p: &Path| -> Option<PathBuf> {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+    };
+    match (abs(a), abs(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Refuses outputs that are the same file as an input or as another output, before anything
+/// runs: a forgotten argument must not turn a model into a log file. Each entry is the option's
+/// name and its path.
+pub fn check_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+    for (i, (what, out)) in outputs.iter().enumerate() {
+        if let Some((iw, ip)) = inputs.iter().find(|(_, p)| same_file(out, p)) {
+            anyhow::bail!(
+                "{what} {} is the same file as {iw} {}: refusing to write over an input (choose another output path)",
+                out.display(),
+                ip.display()
+            );
+        }
+        if let Some((ow, _)) = outputs[..i].iter().find(|(_, p)| same_file(out, p)) {
+            anyhow::bail!("{what} {} is also {ow}: give each output its own file", out.display());
+        }
+        if out.is_dir() {
+            anyhow::bail!("{what} {}: is a directory", out.display());
+        }
+    }
+    Ok(())
+}
+
+/// `--threads N` bounded by this machine's CPUs (0: all of them): more threads than CPUs only
+/// make the kernels' loops wait on each other (1000 threads made inference 80× slower), so a
+/// larger N is lowered, with a note on stderr.
+pub fn clamp_threads(n: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n > cpus {
+        eprintln!("note: --threads {n}: this machine has {cpus} CPUs; using {cpus}");
+        cpus
+    } else {
+        n
+    }
+}
+
+/// A clap parser for a finite `f32` in `[lo, hi]` (`lo_open`: `lo` itself excluded); NaN and
+/// infinities are refused with the range in the message.
+pub fn f32_in(lo: f32, lo_open: bool, hi: f32) -> impl Fn(&str) -> Result<f32, String> + Clone {
+    move |s: &str| {
+        let v: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+        let above = if lo_open { v > lo } else { v >= lo };
+        if v.is_finite() && above && v <= hi {
+            Ok(v)
+        } else {
+            Err(format!(
+                "{s} is out of range: expected a number in {}{lo}, {hi}]",
+                if lo_open { "(" } else { "[" }
+            ))
         }
     }
 }

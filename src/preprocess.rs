@@ -2,7 +2,71 @@
 //! it was trained on: grey; inverted when the digit is dark on light; cropped to the ink; scaled to
 //! fit 20×20 keeping the aspect ratio; placed in 28×28 with its centre of mass at the centre.
 
-use image::{imageops, GrayImage, Luma};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use image::{imageops, GrayImage, ImageFormat, Luma};
+
+/// The largest image file read, and the largest side decoded (a 16384×16384 grey image is 256 MB).
+const MAX_FILE_BYTES: u64 = 256 << 20;
+const MAX_SIDE: u32 = 16384;
+
+/// Reads an image file as grey, its format told by its content (a PNG named `.jpg` is a PNG),
+/// within bounded sizes. Transparent pixels are composited onto the background the digit needs:
+/// black for `raw` (MNIST-like, light on black) images; for others, white under dark ink and
+/// black under light ink (so a black digit on a transparent background reads as a digit on paper,
+/// not as black on black). A JPEG without its end-of-image marker is refused as truncated.
+pub fn read_grey(path: &Path, raw: bool) -> anyhow::Result<GrayImage> {
+    let bytes = stn_data::read_regular(path, MAX_FILE_BYTES)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .context("cannot read")?;
+    let format = match reader.format() {
+        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Pnm)) => f,
+        Some(f) => bail!("a {f:?} image; stn reads PNG, JPEG and PGM/PPM"),
+        None => bail!("not an image (neither PNG, JPEG nor PGM/PPM by its content)"),
+    };
+    if format == ImageFormat::Jpeg {
+        let tail = &bytes[bytes.len().saturating_sub(64)..];
+        if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
+            bail!("truncated JPEG (no end-of-image marker)");
+        }
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let img = reader.decode().context("cannot decode")?;
+    if img.width() == 0 || img.height() == 0 {
+        bail!("an empty ({}×{}) image", img.width(), img.height());
+    }
+    if !img.color().has_alpha() {
+        return Ok(img.to_luma8());
+    }
+    let la = img.to_luma_alpha8();
+    let background = if raw {
+        0.0
+    } else {
+        // The visible pixels' mean grey, weighted by their opacity: dark ink goes on white.
+        let (mut sum, mut weight) = (0f64, 0f64);
+        for p in la.pixels() {
+            let a = p[1] as f64 / 255.0;
+            sum += a * p[0] as f64;
+            weight += a;
+        }
+        if weight > 0.0 && sum / weight < 128.0 {
+            255.0
+        } else {
+            0.0
+        }
+    };
+    Ok(GrayImage::from_fn(la.width(), la.height(), |x, y| {
+        let p = la.get_pixel(x, y);
+        let a = p[1] as f64 / 255.0;
+        Luma([(a * p[0] as f64 + (1.0 - a) * background).round() as u8])
+    }))
+}
 
 /// The 28×28 grey image (0–255, light digit on black) an arbitrary picture of a digit becomes.
 pub fn mnist_like(img: &GrayImage) -> GrayImage {
@@ -12,7 +76,8 @@ pub fn mnist_like(img: &GrayImage) -> GrayImage {
         .flat_map(|x| [img.get_pixel(x, 0)[0], img.get_pixel(x, h - 1)[0]])
         .chain((0..h).flat_map(|y| [img.get_pixel(0, y)[0], img.get_pixel(w - 1, y)[0]]))
         .collect();
-    let bg = border.iter().map(|&v| v as u32).sum::<u32>() / border.len().max(1) as u32;
+    // Wide sums: a 1×9,000,000 strip's border overflows a u32.
+    let bg = (border.iter().map(|&v| v as u64).sum::<u64>() / border.len().max(1) as u64) as u32;
     let mut g = img.clone();
     if bg > 127 {
         imageops::invert(&mut g);

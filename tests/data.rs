@@ -50,9 +50,14 @@ fn broken_copy(name: &str, mutate: impl FnOnce(Vec<u8>) -> Vec<u8>) -> tempfile:
 }
 
 fn train_offline(dir: &std::path::Path) -> (bool, String) {
+    // The checkpoint goes beside the data (never the repository's models/).
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("out.safetensors");
     let o = common::run(
         "stn-train",
         &[
+            "--out",
+            out.to_str().unwrap(),
             "--data",
             dir.to_str().unwrap(),
             "--offline",

@@ -277,6 +277,7 @@ fn init_from_an_exported_model_fine_tunes_it() {
             "1",
             "--limit",
             "64",
+            "--force",
             "--out",
             out.to_str().unwrap(),
         ],

@@ -16,7 +16,7 @@ use stn_onnx::{export, to_bytes, ExportOptions, Output};
 /// GridSample uses mode "bilinear"; at opset 20 it is AffineGrid with GridSample mode "linear"
 /// (tract has no AffineGrid).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     /// The ONNX file to write (atomically: no partial file on failure)
     #[arg(value_name = "OUT.onnx")]
@@ -43,7 +43,26 @@ fn main() -> ExitCode {
         if args.opset != 16 && args.opset != 20 {
             bail!("--opset {}: expected 16 or 20", args.opset);
         }
+        stn::check_outputs(
+            &[("--checkpoint", &args.checkpoint)],
+            &[("the output", &args.out)],
+        )?;
         let ck = Checkpoint::load(&args.checkpoint).context("--checkpoint")?;
+        let bad: Vec<&str> = ck
+            .params
+            .names
+            .iter()
+            .zip(&ck.params.data)
+            .filter(|(_, d)| d.iter().any(|v| !v.is_finite()))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !bad.is_empty() {
+            eprintln!(
+                "warning: {}: parameters {} hold NaN or infinite values; the exported model computes garbage",
+                args.checkpoint.display(),
+                bad.join(", ")
+            );
+        }
         let last = ck.run["history"]
             .as_array()
             .and_then(|h| h.last())

@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Runtime or our own model (dfdx, fused): accuracy and speed on the MNIST test set (--data), the digit in
 /// image files (--images), or the agreement between runtimes (--compare).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     /// The runtime: tract, ort (ONNX Runtime), dfdx (our model, from the file's initializers) or
     /// fused (the same model's forward fused per image on our CPU kernels: the fastest on a CPU)
@@ -34,11 +34,11 @@ struct Args {
     #[arg(long, default_value = "models/stn.onnx", value_name = "PATH")]
     model: PathBuf,
     /// Threads of ONNX Runtime and of our kernels (dfdx, fused, tract's Conv and GridSample);
-    /// 0: all cores
+    /// 0: all cores; more than the cores is lowered to them
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
-    /// Images per run
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    /// Images per run [1 to 100000]
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = batch_size)]
     batch: usize,
     /// Evaluate on the MNIST test set in DIR [default: $STN_DATA, else data/mnist]
     #[arg(long, value_name = "DIR", conflicts_with = "images")]
@@ -85,6 +85,16 @@ enum RuntimeArg {
 enum DeviceArg {
     Cpu,
     Cuda,
+}
+
+/// The largest ONNX file read (protobuf's own limit is 2 GiB; the seed network is 0.1 MB).
+const MAX_MODEL_BYTES: u64 = 1 << 30;
+
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(b) if (1..=100_000).contains(&b) => Ok(b),
+        _ => Err(format!("{s}: expected a batch size from 1 to 100000")),
+    }
 }
 
 fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn Runner>> {
@@ -207,20 +217,45 @@ fn compare(a: &[f32], b: &[f32]) -> serde_json::Value {
 
 fn main() -> ExitCode {
     stn::run_main(|| {
-        let args = Args::parse();
+        let mut args = Args::parse();
+        if args.compare.len() == 1 {
+            bail!("--compare {}: name two or more runtimes to compare, e.g. --compare tract,ort,fused (or run one with --runtime)", format!("{:?}", args.compare[0]).to_lowercase());
+        }
+        // Outputs never over an input: the model, the images, the data, the ORT library.
+        let data_dir = DataDir::resolve(args.data.as_deref());
+        let mut inputs: Vec<(&str, PathBuf)> = vec![("--model", args.model.clone())];
+        inputs.extend(args.images.iter().map(|p| ("--images", p.clone())));
+        if args.images.is_empty() {
+            inputs.extend(stn_data::mnist_paths(&data_dir.dir).into_iter().map(|p| ("the MNIST file", p)));
+        }
+        if let Some(p) = &args.ort_lib {
+            inputs.push(("--ort-lib", p.clone()));
+        }
+        let outputs: Vec<(&str, PathBuf)> = [("--save-logprobs", &args.save_logprobs), ("--visualize", &args.visualize)]
+            .into_iter()
+            .filter_map(|(w, p)| p.clone().map(|p| (w, p)))
+            .collect();
+        stn::check_outputs(
+            &inputs.iter().map(|(w, p)| (*w, p.as_path())).collect::<Vec<_>>(),
+            &outputs.iter().map(|(w, p)| (*w, p.as_path())).collect::<Vec<_>>(),
+        )?;
+        for (what, p) in &outputs {
+            if p.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+                bail!("{what} {}: its directory does not exist", p.display());
+            }
+        }
+        args.threads = stn::clamp_threads(args.threads);
         let threads = args.threads;
         stn::in_pool(threads, move || {
-            let bytes = std::fs::read(&args.model)
-                .with_context(|| format!("--model {}", args.model.display()))?;
-            if let Some(p) = &args.save_logprobs {
-                if p.parent()
-                    .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
-                {
-                    bail!(
-                        "--save-logprobs {}: its directory does not exist",
-                        p.display()
-                    );
-                }
+            let bytes = stn_data::read_regular(&args.model, MAX_MODEL_BYTES).context("--model")?;
+            let meta = stn_onnx::read_model(&bytes, &args.model.display().to_string())?;
+            let bad = meta.non_finite_params();
+            if !bad.is_empty() {
+                eprintln!(
+                    "warning: {}: parameters {} hold NaN or infinite values; its outputs are garbage",
+                    args.model.display(),
+                    bad.join(", ")
+                );
             }
             let main = if args.compare.is_empty() {
                 args.runtime
@@ -228,8 +263,13 @@ fn main() -> ExitCode {
                 args.compare[0]
             };
             let mut first = load(&args, main, &bytes)?;
+            // Every runtime of --compare is loaded before any runs: one that cannot load fails
+            // the command at once, not after the others' work.
+            let mut others = Vec::new();
+            for &which in args.compare.iter().skip(1) {
+                others.push(load(&args, which, &bytes)?);
+            }
             let side = first.input_side();
-            let meta = stn_onnx::read_model(&bytes, &args.model.display().to_string())?;
             let mean: f32 = meta
                 .meta("stn.normalize.mean")
                 .and_then(|v| v.parse().ok())
@@ -249,9 +289,7 @@ fn main() -> ExitCode {
                 }
                 let mut px = Vec::new();
                 for f in &args.images {
-                    let img = image::open(f)
-                        .with_context(|| format!("--images {}: cannot decode", f.display()))?
-                        .to_luma8();
+                    let img = stn::preprocess::read_grey(f, args.raw).with_context(|| format!("--images {}", f.display()))?;
                     let d = if args.raw {
                         if img.dimensions() != (28, 28) {
                             bail!(
@@ -265,6 +303,9 @@ fn main() -> ExitCode {
                     } else {
                         stn::preprocess::mnist_like(&img)
                     };
+                    if d.pixels().all(|p| p[0] == 0) {
+                        eprintln!("warning: --images {}: no digit found (the image is blank); it is classified as an empty image", f.display());
+                    }
                     px.extend(d.pixels().map(|p| (p[0] as f32 / 255.0 - mean) / std));
                 }
                 (
@@ -276,20 +317,15 @@ fn main() -> ExitCode {
                         .collect(),
                 )
             } else {
-                let data = DataDir::resolve(args.data.as_deref());
-                let m = Mnist::load(&data, args.offline)?;
-                if m.test.rows != side {
+                let test = Mnist::load_test(&data_dir, args.offline)?;
+                if test.rows != side {
                     bail!(
                         "the model takes {side}×{side} inputs, MNIST is {}×{}",
-                        m.test.rows,
-                        m.test.cols
+                        test.rows,
+                        test.cols
                     );
                 }
-                (
-                    normalize(&m.test.images),
-                    Some(m.test.labels.clone()),
-                    vec![],
-                )
+                (normalize(&test.images), Some(test.labels), vec![])
             };
             let n = images.len() / (side * side);
             if args.visualize.is_some() && !meta.outputs.iter().any(|o| o == "warped") {
@@ -300,8 +336,7 @@ fn main() -> ExitCode {
                 let mut results: Vec<(String, Vec<f32>, f64)> = Vec::new();
                 let (lp, secs, _) = run_all(first.as_mut(), &images, n, args.batch)?;
                 results.push((first.name(), lp, secs));
-                for &which in &args.compare[1..] {
-                    let mut r = load(&args, which, &bytes)?;
+                for mut r in others {
                     let (lp, secs, _) = run_all(r.as_mut(), &images, n, args.batch)?;
                     results.push((r.name(), lp, secs));
                 }

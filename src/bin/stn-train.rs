@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use stn_data::{
     contact_sheet_png, distort_split, normalize, side_by_side_png, DataDir, Distortion, Mnist,
@@ -29,7 +29,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A checkpoint (safetensors, PyTorch parameter names) is written atomically after every epoch;
 /// --resume continues from it bit for bit.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     /// Directory with the four MNIST IDX files (gzipped or raw) [default: $STN_DATA, else data/mnist]
     #[arg(long, value_name = "DIR")]
@@ -37,14 +37,14 @@ struct Args {
     /// Never download: fail if the files are not there
     #[arg(long)]
     offline: bool,
-    /// Number of passes over the training set (the total, also with --resume)
-    #[arg(long, default_value_t = 20)]
+    /// Number of passes over the training set (the total, also with --resume) [0 to 1000000]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=MAX_EPOCHS))]
     epochs: u64,
-    /// Images per optimiser step
-    #[arg(long, default_value_t = 64)]
+    /// Images per optimiser step [1 to 60000]
+    #[arg(long, default_value_t = 64, value_parser = batch_size)]
     batch: usize,
-    /// Learning rate
-    #[arg(long, default_value_t = 0.01)]
+    /// Learning rate (0, 10000]
+    #[arg(long, default_value_t = 0.01, value_parser = stn::f32_in(0.0, true, 1e4))]
     lr: f32,
     /// Optimiser: sgd (the seed's), momentum (SGD with momentum 0.9) or adam
     #[arg(long, default_value = "sgd", value_name = "NAME")]
@@ -53,11 +53,12 @@ struct Args {
     /// at the last epoch, per epoch)
     #[arg(long, default_value = "constant", value_name = "NAME")]
     schedule: Schedule,
-    /// Learning-rate factor for the localisation head (localization.*, fc_loc.*); < 1 steadies STN training
-    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    /// Learning-rate factor for the localisation head (localization.*, fc_loc.*); < 1 steadies STN
+    /// training, 0 freezes it [0, 100]
+    #[arg(long, default_value_t = 1.0, value_name = "F", value_parser = stn::f32_in(0.0, false, 100.0))]
     loc_lr_scale: f32,
-    /// Clip the gradient's global L2 norm to this value (0: off, the seed's recipe)
-    #[arg(long, default_value_t = 0.0, value_name = "NORM")]
+    /// Clip the gradient's global L2 norm to this value (0: off, the seed's recipe) [0, 1e6]
+    #[arg(long, default_value_t = 0.0, value_name = "NORM", value_parser = stn::f32_in(0.0, false, 1e6))]
     clip: f32,
     /// Seed of every random choice (initialisation, shuffling, dropout, distortions)
     #[arg(long, default_value_t = 1)]
@@ -65,7 +66,7 @@ struct Args {
     /// Train on the first N training images only (0: all)
     #[arg(long, value_name = "N", default_value_t = 0)]
     limit: usize,
-    /// Worker threads for the CPU kernels (0: all cores)
+    /// Worker threads for the CPU kernels (0: all cores; more than the cores is lowered to them)
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
     /// Distortion of train and test digits: none, r (rotated), rts (rotated, translated, scaled on
@@ -77,18 +78,27 @@ struct Args {
     /// test set stays fixed
     #[arg(long)]
     fresh_distortions: bool,
-    /// Random 6×6 clutter pieces per distorted digit
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    clutter: usize,
+    /// Random 6×6 clutter pieces per distorted digit [0 to 32]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=32))]
+    clutter: u64,
     /// The classifier alone on the input canvas, without the spatial transformer (the baseline)
     #[arg(long)]
     no_stn: bool,
     /// Checkpoint to write (safetensors), after every epoch
     #[arg(long, value_name = "PATH", default_value = "models/stn.safetensors")]
     out: PathBuf,
-    /// Continue from the checkpoint at --out up to --epochs
+    /// Continue from the checkpoint at --out up to --epochs, with the recipe stored in it (an option
+    /// that contradicts the checkpoint's recipe is an error, unless --override-recipe)
     #[arg(long)]
     resume: bool,
+    /// With --resume: use the recipe options given here instead of the checkpoint's (the run is
+    /// then no longer bit-identical to an uninterrupted one)
+    #[arg(long, requires = "resume")]
+    override_recipe: bool,
+    /// Replace an existing checkpoint at --out with a new run (without it, stn-train refuses to
+    /// start over an existing --out)
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
     /// Start from the parameters of an ONNX model (stn-export's, or PyTorch's export of the seed
     /// network) instead of a fresh initialisation: fine-tuning
     #[arg(long, value_name = "MODEL.onnx", conflicts_with = "resume")]
@@ -141,6 +151,109 @@ enum DeviceArg {
 const COLLAPSED: f64 = 0.15;
 const LEARNED: f64 = 0.5;
 
+/// The most epochs a run may have (as a checkpoint may hold).
+const MAX_EPOCHS: u64 = stn_model::MAX_EPOCHS;
+
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(b) if (1..=60_000).contains(&b) => Ok(b),
+        _ => Err(format!("{s}: expected a batch size from 1 to 60000")),
+    }
+}
+
+/// The recipe options that a checkpoint stores and `--resume` takes from it.
+const RECIPE: [&str; 12] = [
+    "batch", "lr", "optimizer", "schedule", "loc_lr_scale", "clip", "seed", "limit", "distort",
+    "clutter", "fresh_distortions", "no_stn",
+];
+
+/// With `--resume`: the checkpoint's recipe replaces the options' defaults; an option given on the
+/// command line that contradicts it is an error, unless `--override-recipe` (then a warning: the
+/// run is no longer bit-identical). Options that set the network (--distort, --no-stn) cannot be
+/// overridden.
+fn take_recipe(args: &mut Args, m: &clap::ArgMatches, ck: &Checkpoint) -> anyhow::Result<()> {
+    let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let run = &ck.run;
+    let stored: Vec<(&str, String)> = vec![
+        ("batch", run["batch"].to_string()),
+        ("lr", ck.optimizer.lr.to_string()),
+        ("optimizer", format!("{:?}", ck.optimizer.kind).to_lowercase()),
+        ("schedule", run["schedule"].as_str().unwrap_or("constant").to_string()),
+        ("loc_lr_scale", ck.optimizer.loc_lr_scale.to_string()),
+        ("clip", run["clip"].as_f64().map_or("0".into(), |c| (c as f32).to_string())),
+        ("seed", run["seed"].to_string()),
+        ("limit", run["limit"].to_string()),
+        ("distort", run["distort"].as_str().unwrap_or("none").to_string()),
+        ("clutter", run["clutter"].to_string()),
+        ("fresh_distortions", run["fresh_distortions"].as_bool().unwrap_or(false).to_string()),
+        ("no_stn", (!ck.params.arch.stn).to_string()),
+    ];
+    let current = |args: &Args, id: &str| -> String {
+        match id {
+            "batch" => args.batch.to_string(),
+            "lr" => args.lr.to_string(),
+            "optimizer" => format!("{:?}", args.optimizer).to_lowercase(),
+            "schedule" => format!("{:?}", args.schedule).to_lowercase(),
+            "loc_lr_scale" => args.loc_lr_scale.to_string(),
+            "clip" => args.clip.to_string(),
+            "seed" => args.seed.to_string(),
+            "limit" => args.limit.to_string(),
+            "distort" => format!("{:?}", args.distort).to_lowercase(),
+            "clutter" => args.clutter.to_string(),
+            "fresh_distortions" => args.fresh_distortions.to_string(),
+            _ => args.no_stn.to_string(),
+        }
+    };
+    let mut overridden = Vec::new();
+    for (id, want) in stored {
+        debug_assert!(RECIPE.contains(&id));
+        let have = current(args, id);
+        if have == want {
+            continue;
+        }
+        let flag = format!("--{}", id.replace('_', "-"));
+        if given(id) {
+            if matches!(id, "distort" | "no_stn") {
+                bail!(
+                    "--resume: {} was trained with {flag} {want}, these options say {have}: that is another network (drop {flag}, or train it with its own --out)",
+                    args.out.display()
+                );
+            }
+            if !args.override_recipe {
+                bail!(
+                    "--resume: {} was trained with {flag} {want}, these options say {have}; drop {flag} to resume bit for bit, or add --override-recipe to continue with {have}",
+                    args.out.display()
+                );
+            }
+            overridden.push(format!("{flag} {have} (was {want})"));
+            continue;
+        }
+        // Not given: take the checkpoint's value.
+        let bad = || anyhow::anyhow!("--resume: {}: the stored {flag} {want:?} is not valid", args.out.display());
+        match id {
+            "batch" => args.batch = want.parse().map_err(|_| bad())?,
+            "lr" => args.lr = want.parse().map_err(|_| bad())?,
+            "optimizer" => args.optimizer = want.parse::<OptimizerKind>().map_err(|_| bad())?,
+            "schedule" => args.schedule = <Schedule as ValueEnum>::from_str(&want, true).map_err(|_| bad())?,
+            "loc_lr_scale" => args.loc_lr_scale = want.parse().map_err(|_| bad())?,
+            "clip" => args.clip = want.parse().map_err(|_| bad())?,
+            "seed" => args.seed = want.parse().map_err(|_| bad())?,
+            "limit" => args.limit = want.parse().map_err(|_| bad())?,
+            "distort" => args.distort = want.parse().map_err(|_: String| bad())?,
+            "clutter" => args.clutter = want.parse().map_err(|_| bad())?,
+            "fresh_distortions" => args.fresh_distortions = want == "true",
+            _ => args.no_stn = want == "true",
+        }
+    }
+    if !overridden.is_empty() {
+        eprintln!(
+            "warning: --override-recipe: continuing with {}; the run is no longer bit-identical to an uninterrupted one",
+            overridden.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Fails early, before any work, if `path` cannot be written: its directory is created and a temp
 /// file is made and removed there.
 fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
@@ -175,20 +288,60 @@ fn denormalize(v: &[f32]) -> Vec<u8> {
 
 fn main() -> ExitCode {
     stn::run_main(|| {
-        let args = Args::parse();
+        let matches = Args::command().get_matches();
+        let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         if args.device == DeviceArg::Cuda && !cfg!(feature = "cuda") {
             bail!(
                 "--device cuda: this stn-train is built without CUDA support; build it with `--features cuda` \
                  on a machine with the CUDA toolkit (see scripts/gpu-check.sh), or use --device cpu"
             );
         }
-        if args.batch == 0 {
-            bail!("--batch must be at least 1");
+        // Before anything is read or written: which files are inputs, which outputs, and whether
+        // an existing --out may be replaced.
+        let data = DataDir::resolve(args.data.as_deref());
+        let mut inputs: Vec<(&str, PathBuf)> = stn_data::mnist_paths(&data.dir)
+            .into_iter()
+            .map(|p| ("the MNIST file", p))
+            .collect();
+        if let Some(p) = &args.init_from {
+            inputs.push(("--init-from", p.clone()));
         }
-        if !(args.lr > 0.0 && args.lr.is_finite()) {
-            bail!("--lr {} must be a positive number", args.lr);
+        let mut outputs: Vec<(&str, PathBuf)> = Vec::new();
+        if args.resume {
+            inputs.push(("--out (resumed)", args.out.clone()));
+        } else {
+            outputs.push(("--out", args.out.clone()));
         }
-        let threads = args.threads;
+        for (p, what) in [
+            (&args.metrics, "--metrics"),
+            (&args.visualize, "--visualize"),
+            (&args.contact_sheet, "--contact-sheet"),
+        ] {
+            if let Some(p) = p {
+                outputs.push((what, p.clone()));
+            }
+        }
+        fn as_refs<'a>(v: &'a [(&'static str, PathBuf)]) -> Vec<(&'static str, &'a Path)> {
+            v.iter().map(|(w, p)| (*w, p.as_path())).collect()
+        }
+        stn::check_outputs(&as_refs(&inputs), &as_refs(&outputs))?;
+        if !args.resume && !args.force && args.epochs > 0 && args.out.exists() {
+            bail!(
+                "--out {} already exists: add --resume to continue that run, or --force to replace it with a new one (or choose another --out)",
+                args.out.display()
+            );
+        }
+        let resumed = if args.resume {
+            if !args.out.exists() {
+                bail!("--resume: no checkpoint at {} (train without --resume first, or point --out at it)", args.out.display());
+            }
+            let ck = Checkpoint::load(&args.out).context("--resume")?;
+            take_recipe(&mut args, &matches, &ck)?;
+            Some(ck)
+        } else {
+            None
+        };
+        let threads = stn::clamp_threads(args.threads);
         stn::in_pool(threads, move || {
             check_writable(&args.out, "--out")?;
             for (p, what) in [
@@ -204,26 +357,18 @@ fn main() -> ExitCode {
                 canvas: args.distort.canvas(),
                 stn: !args.no_stn,
             };
-            let resumed = if args.resume {
-                if !args.out.exists() {
-                    bail!("--resume: no checkpoint at {} (train without --resume first, or point --out at it)", args.out.display());
-                }
-                let ck = Checkpoint::load(&args.out).context("--resume")?;
+            if let Some(ck) = &resumed {
                 if ck.params.arch != arch {
                     bail!(
-                    "--resume: {} holds {}, but these options ask for {arch} (use the same --distort and --no-stn)",
-                    args.out.display(),
-                    ck.params.arch
-                );
+                        "--resume: {} holds {}, but its recipe asks for {arch}",
+                        args.out.display(),
+                        ck.params.arch
+                    );
                 }
-                Some(ck)
-            } else {
-                None
-            };
+            }
 
             // Data: loaded and verified before any training.
             let t0 = Instant::now();
-            let data = DataDir::resolve(args.data.as_deref());
             let mut mnist = Mnist::load(&data, args.offline)?;
             mnist.train.truncate(args.limit);
             if args.fresh_distortions && args.distort == Distortion::None {
@@ -232,9 +377,9 @@ fn main() -> ExitCode {
             // The undistorted training set, for drawing new distortions every epoch.
             let plain_train = args.fresh_distortions.then(|| mnist.train.clone());
             if args.distort != Distortion::None {
-                mnist.train = distort_split(&mnist.train, args.distort, args.clutter, args.seed);
+                mnist.train = distort_split(&mnist.train, args.distort, args.clutter as usize, args.seed);
                 mnist.test =
-                    distort_split(&mnist.test, args.distort, args.clutter, args.seed ^ 0x7e57);
+                    distort_split(&mnist.test, args.distort, args.clutter as usize, args.seed ^ 0x7e57);
             }
             let side = mnist.train.rows;
             eprintln!(
@@ -283,8 +428,14 @@ fn main() -> ExitCode {
                         args.out.display(),
                         ck.epoch
                     );
+                    let mut optimizer = ck.optimizer;
+                    if optimizer.kind != args.optimizer {
+                        // --override-recipe with another optimiser: its state starts afresh.
+                        optimizer = Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &ck.params);
+                    }
+                    (optimizer.lr, optimizer.loc_lr_scale) = (args.lr, args.loc_lr_scale);
                     (
-                        Trainer::new(ck.params, ck.optimizer, opts),
+                        Trainer::new(ck.params, optimizer, opts),
                         ck.epoch + 1,
                         history,
                     )
@@ -350,7 +501,7 @@ fn main() -> ExitCode {
                     // were 0.4 GB of the peak memory on 42×42 canvases.
                     drop(std::mem::take(&mut train_x));
                     train_x =
-                        normalize(&distort_split(plain, args.distort, args.clutter, seed).images);
+                        normalize(&distort_split(plain, args.distort, args.clutter as usize, seed).images);
                 }
                 let train = Batch {
                     images: &train_x,
@@ -389,10 +540,22 @@ fn main() -> ExitCode {
                     .iter()
                     .filter_map(|h| h["test_accuracy"].as_f64())
                     .fold(0.0, f64::max);
+                let advice = if args.resume {
+                    "resume from an earlier checkpoint with --override-recipe and a smaller --lr or --loc-lr-scale, or --clip"
+                } else {
+                    "try a smaller --lr or --loc-lr-scale, --clip, or --optimizer adam"
+                };
+                if let Some(name) = trainer.params.names.iter().zip(&trainer.params.data).find(|(_, d)| d.iter().any(|v| !v.is_finite())).map(|(n, _)| n) {
+                    bail!(
+                        "training diverged at epoch {epoch}: parameter {name} is NaN or infinite although the loss is finite; \
+                         {} is kept as it was. {advice}",
+                        args.out.display()
+                    );
+                }
                 if !ev.loss.is_finite() || (ev.accuracy() <= COLLAPSED && best >= LEARNED) {
                     bail!(
                     "training collapsed at epoch {epoch}: test accuracy {:.2}% after {:.2}% (chance is 10%); \
-                     {} is kept as it was. Try a smaller --lr or --loc-lr-scale, --clip, or --optimizer adam",
+                     {} is kept as it was. {advice}",
                     100.0 * ev.accuracy(),
                     100.0 * best,
                     args.out.display()
@@ -441,7 +604,9 @@ fn main() -> ExitCode {
                     evaluate(&trainer.params, &test, 1000)?
                 }
             };
-            eprintln!("wrote {}", args.out.display());
+            if trained_images > 0 {
+                eprintln!("wrote {}", args.out.display());
+            }
 
             if let Some(path) = &args.visualize {
                 if !arch.stn {

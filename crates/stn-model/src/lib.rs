@@ -16,7 +16,7 @@ mod optim;
 mod params;
 mod train;
 
-pub use checkpoint::{Checkpoint, CheckpointError};
+pub use checkpoint::{Checkpoint, CheckpointError, MAX_EPOCHS};
 pub use fused::{FusedNet, FusedOutputs};
 pub use net::{forward, Arch, Outputs, SAMPLED};
 pub use optim::{Optimizer, OptimizerKind};
