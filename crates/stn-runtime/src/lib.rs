@@ -10,6 +10,7 @@ mod ort_runner;
 mod tract_affine_grid;
 mod tract_conv;
 mod tract_grid_sample;
+mod tract_log_softmax;
 mod tract_runner;
 
 pub use dfdx_runner::DfdxRunner;

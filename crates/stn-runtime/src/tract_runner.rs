@@ -40,13 +40,15 @@ impl TractRunner {
     }
 
     /// tract's ONNX reader with our ops in its table: `AffineGrid` (which tract lacks), and
-    /// `GridSample` and plain `Conv` computed by our kernels (see their files for why).
+    /// `GridSample`, plain `Conv` and `LogSoftmax` computed by our kernels (see their files for why).
     pub fn onnx() -> tract_onnx::model::Onnx {
         let mut onnx = tract_onnx::onnx();
         onnx.op_register
             .insert("AffineGrid", crate::tract_affine_grid::affine_grid);
         onnx.op_register
             .insert("GridSample", crate::tract_grid_sample::grid_sample);
+        onnx.op_register
+            .insert("LogSoftmax", crate::tract_log_softmax::log_softmax);
         crate::tract_conv::register(&mut onnx);
         onnx
     }
