@@ -71,7 +71,10 @@ pub fn check_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> any
             );
         }
         if let Some((ow, _)) = outputs[..i].iter().find(|(_, p)| same_file(out, p)) {
-            anyhow::bail!("{what} {} is also {ow}: give each output its own file", out.display());
+            anyhow::bail!(
+                "{what} {} is also {ow}: give each output its own file",
+                out.display()
+            );
         }
         if out.is_dir() {
             anyhow::bail!("{what} {}: is a directory", out.display());

@@ -12,7 +12,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use stn_runtime::{find_ort_library, Device, DfdxRunner, FusedRunner, OrtRunner, Runner, TractRunner};
+use stn_runtime::{
+    find_ort_library, Device, DfdxRunner, FusedRunner, OrtRunner, Runner, TractRunner,
+};
 
 /// What one runtime made of a file.
 #[derive(Debug)]
@@ -78,7 +80,10 @@ fn worst(a: &[f32], b: &[f32]) -> String {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .enumerate()
-        .fold((0, 0f32), |m, (i, d)| if d > m.1 || d.is_nan() { (i, d) } else { m });
+        .fold(
+            (0, 0f32),
+            |m, (i, d)| if d > m.1 || d.is_nan() { (i, d) } else { m },
+        );
     format!("value {i}: {} vs {} (|Δ| {d})", a[i], b[i])
 }
 
@@ -100,16 +105,39 @@ fn mutate(base: &[u8], rng: &mut impl Rng) -> (String, Vec<u8>) {
 
 #[test]
 fn every_runtime_gives_the_same_verdict_on_every_mutant() {
-    let lib = find_ort_library(None, Device::Cpu).expect("ONNX Runtime (scripts/test.sh sets ORT_DYLIB_PATH)");
-    let n: usize = std::env::var("STN_FUZZ_MUTANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
-    let seed: u64 = std::env::var("STN_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let test = stn_data::Mnist::load_test(&stn_data::DataDir::resolve(Some(&common::mnist_dir())), true).unwrap();
+    let lib = find_ort_library(None, Device::Cpu)
+        .expect("ONNX Runtime (scripts/test.sh sets ORT_DYLIB_PATH)");
+    let n: usize = std::env::var("STN_FUZZ_MUTANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    let seed: u64 = std::env::var("STN_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let test = stn_data::Mnist::load_test(
+        &stn_data::DataDir::resolve(Some(&common::mnist_dir())),
+        true,
+    )
+    .unwrap();
     let images = stn_data::normalize(&test.images[..IMAGES * 784]);
-    let ck = stn_model::Checkpoint::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/stn.safetensors")).unwrap();
+    let ck = stn_model::Checkpoint::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/stn.safetensors"),
+    )
+    .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let (mut refused, mut ran, mut failures, mut garbage) = (0usize, 0usize, Vec::new(), Vec::new());
+    let (mut refused, mut ran, mut failures, mut garbage) =
+        (0usize, 0usize, Vec::new(), Vec::new());
     for opset in [16, 20] {
-        let model = stn_onnx::export(&ck.params, &stn_onnx::ExportOptions { opset, outputs: vec![stn_onnx::Output::LogProbs], metadata: vec![] }).unwrap();
+        let model = stn_onnx::export(
+            &ck.params,
+            &stn_onnx::ExportOptions {
+                opset,
+                outputs: vec![stn_onnx::Output::LogProbs],
+                metadata: vec![],
+            },
+        )
+        .unwrap();
         let base = stn_onnx::to_bytes(&model);
         for _ in 0..n {
             let (what, bytes) = mutate(&base, &mut rng);
@@ -117,20 +145,48 @@ fn every_runtime_gives_the_same_verdict_on_every_mutant() {
             let (tx, rx) = mpsc::channel();
             let (b, imgs, l) = (bytes.clone(), images.clone(), lib.clone());
             std::thread::spawn(move || {
-                let v: Vec<(&str, Verdict)> = runtimes().iter().map(|r| (*r, verdict(r, &b, &imgs, &l))).collect();
+                let v: Vec<(&str, Verdict)> = runtimes()
+                    .iter()
+                    .map(|r| (*r, verdict(r, &b, &imgs, &l)))
+                    .collect();
                 let _ = tx.send(v);
             });
             let Ok(v) = rx.recv_timeout(Duration::from_secs(60)) else {
-                failures.push(format!("opset {opset}, {what}: no verdict within 60 s (a hang)"));
+                failures.push(format!(
+                    "opset {opset}, {what}: no verdict within 60 s (a hang)"
+                ));
                 break;
             };
-            let runs: Vec<&Vec<f32>> = v.iter().filter_map(|(_, x)| if let Verdict::Ran(lp) = x { Some(lp) } else { None }).collect();
-            let panics: Vec<String> = v.iter().filter_map(|(r, x)| if let Verdict::Panicked(m) = x { Some(format!("{r} panicked: {m}")) } else { None }).collect();
-            let summary = || v.iter().map(|(r, x)| match x {
-                Verdict::Ran(_) => format!("{r}: ran"),
-                Verdict::Refused(e) => format!("{r}: refused ({e})"),
-                Verdict::Panicked(m) => format!("{r}: PANIC ({m})"),
-            }).collect::<Vec<_>>().join("; ");
+            let runs: Vec<&Vec<f32>> = v
+                .iter()
+                .filter_map(|(_, x)| {
+                    if let Verdict::Ran(lp) = x {
+                        Some(lp)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let panics: Vec<String> = v
+                .iter()
+                .filter_map(|(r, x)| {
+                    if let Verdict::Panicked(m) = x {
+                        Some(format!("{r} panicked: {m}"))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let summary = || {
+                v.iter()
+                    .map(|(r, x)| match x {
+                        Verdict::Ran(_) => format!("{r}: ran"),
+                        Verdict::Refused(e) => format!("{r}: refused ({e})"),
+                        Verdict::Panicked(m) => format!("{r}: PANIC ({m})"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
             if !panics.is_empty() || (!runs.is_empty() && runs.len() != v.len()) {
                 failures.push(format!("opset {opset}, {what}: {}", summary()));
             } else if runs.len() == v.len() {
@@ -141,11 +197,21 @@ fn every_runtime_gives_the_same_verdict_on_every_mutant() {
                 // still gives the same verdict (it runs); the numbers of such garbage models
                 // are reported, not required to agree.
                 let absurd = stn_onnx::read_model(&bytes, "mutant.onnx")
-                    .map(|m| m.params.data.iter().flatten().any(|w| !w.is_finite() || w.abs() > 1e6))
+                    .map(|m| {
+                        m.params
+                            .data
+                            .iter()
+                            .flatten()
+                            .any(|w| !w.is_finite() || w.abs() > 1e6)
+                    })
                     .unwrap_or(false);
                 for (k, lp) in runs.iter().enumerate().skip(1) {
                     if !close(lp, runs[0]) && absurd {
-                        garbage.push(format!("opset {opset}, {what}: {} vs tract: {}", runtimes()[k], worst(lp, runs[0])));
+                        garbage.push(format!(
+                            "opset {opset}, {what}: {} vs tract: {}",
+                            runtimes()[k],
+                            worst(lp, runs[0])
+                        ));
                     } else if !close(lp, runs[0]) {
                         failures.push(format!(
                             "opset {opset}, {what}: the runtimes ran it and {} disagrees with tract: {}",
@@ -168,5 +234,37 @@ fn every_runtime_gives_the_same_verdict_on_every_mutant() {
     for g in &garbage {
         eprintln!("  garbage weights: {g}");
     }
-    assert!(failures.is_empty(), "{} of {} mutants:\n{}", failures.len(), 2 * n, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} mutants:\n{}",
+        failures.len(),
+        2 * n,
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_readers_never_panic_on_mutated_or_random_bytes() {
+    // The checkpoint and ONNX readers on one-byte mutants and truncations of the real files, and
+    // on random bytes: errors, never a panic.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ck = std::fs::read(root.join("models/stn.safetensors")).unwrap();
+    let onnx = std::fs::read(root.join("models/stn.onnx")).unwrap();
+    let (mut ck_ok, mut onnx_ok) = (0, 0);
+    for _ in 0..400 {
+        let (_, m) = mutate(&ck, &mut rng);
+        ck_ok += stn_model::Checkpoint::from_bytes(&m, "mutant.safetensors").is_ok() as usize;
+        let (_, m) = mutate(&onnx, &mut rng);
+        onnx_ok += stn_onnx::read_model(&m, "mutant.onnx").is_ok() as usize;
+        let len = rng.gen_range(0..4096);
+        let random: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        assert!(stn_model::Checkpoint::from_bytes(&random, "random").is_err());
+        assert!(stn_onnx::read_model(&random, "random").is_err());
+    }
+    // Most one-byte mutants land in the weights and still read: the readers are not refusing all.
+    assert!(
+        ck_ok > 100 && onnx_ok > 100,
+        "{ck_ok} checkpoints, {onnx_ok} models read"
+    );
 }

@@ -40,8 +40,14 @@ fn two_epochs_equal_one_then_resume() {
         dir.path().join("b.safetensors"),
     );
     for opt in ["sgd", "adam"] {
-        ok(&train(&a, &["--epochs", "2", "--optimizer", opt, "--force"]));
-        ok(&train(&b, &["--epochs", "1", "--optimizer", opt, "--force"]));
+        ok(&train(
+            &a,
+            &["--epochs", "2", "--optimizer", opt, "--force"],
+        ));
+        ok(&train(
+            &b,
+            &["--epochs", "1", "--optimizer", opt, "--force"],
+        ));
         ok(&train(&b, &["--epochs", "2", "--resume"]));
         let (ca, cb) = (Checkpoint::load(&a).unwrap(), Checkpoint::load(&b).unwrap());
         assert_eq!(ca.epoch, 2);

@@ -226,21 +226,36 @@ fn main() -> ExitCode {
         let mut inputs: Vec<(&str, PathBuf)> = vec![("--model", args.model.clone())];
         inputs.extend(args.images.iter().map(|p| ("--images", p.clone())));
         if args.images.is_empty() {
-            inputs.extend(stn_data::mnist_paths(&data_dir.dir).into_iter().map(|p| ("the MNIST file", p)));
+            inputs.extend(
+                stn_data::mnist_paths(&data_dir.dir)
+                    .into_iter()
+                    .map(|p| ("the MNIST file", p)),
+            );
         }
         if let Some(p) = &args.ort_lib {
             inputs.push(("--ort-lib", p.clone()));
         }
-        let outputs: Vec<(&str, PathBuf)> = [("--save-logprobs", &args.save_logprobs), ("--visualize", &args.visualize)]
-            .into_iter()
-            .filter_map(|(w, p)| p.clone().map(|p| (w, p)))
-            .collect();
+        let outputs: Vec<(&str, PathBuf)> = [
+            ("--save-logprobs", &args.save_logprobs),
+            ("--visualize", &args.visualize),
+        ]
+        .into_iter()
+        .filter_map(|(w, p)| p.clone().map(|p| (w, p)))
+        .collect();
         stn::check_outputs(
-            &inputs.iter().map(|(w, p)| (*w, p.as_path())).collect::<Vec<_>>(),
-            &outputs.iter().map(|(w, p)| (*w, p.as_path())).collect::<Vec<_>>(),
+            &inputs
+                .iter()
+                .map(|(w, p)| (*w, p.as_path()))
+                .collect::<Vec<_>>(),
+            &outputs
+                .iter()
+                .map(|(w, p)| (*w, p.as_path()))
+                .collect::<Vec<_>>(),
         )?;
         for (what, p) in &outputs {
-            if p.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            if p.parent()
+                .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
                 bail!("{what} {}: its directory does not exist", p.display());
             }
         }
@@ -289,7 +304,8 @@ fn main() -> ExitCode {
                 }
                 let mut px = Vec::new();
                 for f in &args.images {
-                    let img = stn::preprocess::read_grey(f, args.raw).with_context(|| format!("--images {}", f.display()))?;
+                    let img = stn::preprocess::read_grey(f, args.raw)
+                        .with_context(|| format!("--images {}", f.display()))?;
                     let d = if args.raw {
                         if img.dimensions() != (28, 28) {
                             bail!(

@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 64, value_parser = batch_size)]
     batch: usize,
     /// Learning rate (0, 10000]
-    #[arg(long, default_value_t = 0.01, value_parser = stn::f32_in(0.0, true, 1e4))]
+    #[arg(long, default_value_t = 0.01, value_parser = stn::f32_in(0.0, true, 1e4), allow_negative_numbers = true)]
     lr: f32,
     /// Optimiser: sgd (the seed's), momentum (SGD with momentum 0.9) or adam
     #[arg(long, default_value = "sgd", value_name = "NAME")]
@@ -55,10 +55,10 @@ struct Args {
     schedule: Schedule,
     /// Learning-rate factor for the localisation head (localization.*, fc_loc.*); < 1 steadies STN
     /// training, 0 freezes it [0, 100]
-    #[arg(long, default_value_t = 1.0, value_name = "F", value_parser = stn::f32_in(0.0, false, 100.0))]
+    #[arg(long, default_value_t = 1.0, value_name = "F", value_parser = stn::f32_in(0.0, false, 100.0), allow_negative_numbers = true)]
     loc_lr_scale: f32,
     /// Clip the gradient's global L2 norm to this value (0: off, the seed's recipe) [0, 1e6]
-    #[arg(long, default_value_t = 0.0, value_name = "NORM", value_parser = stn::f32_in(0.0, false, 1e6))]
+    #[arg(long, default_value_t = 0.0, value_name = "NORM", value_parser = stn::f32_in(0.0, false, 1e6), allow_negative_numbers = true)]
     clip: f32,
     /// Seed of every random choice (initialisation, shuffling, dropout, distortions)
     #[arg(long, default_value_t = 1)]
@@ -163,8 +163,18 @@ fn batch_size(s: &str) -> Result<usize, String> {
 
 /// The recipe options that a checkpoint stores and `--resume` takes from it.
 const RECIPE: [&str; 12] = [
-    "batch", "lr", "optimizer", "schedule", "loc_lr_scale", "clip", "seed", "limit", "distort",
-    "clutter", "fresh_distortions", "no_stn",
+    "batch",
+    "lr",
+    "optimizer",
+    "schedule",
+    "loc_lr_scale",
+    "clip",
+    "seed",
+    "limit",
+    "distort",
+    "clutter",
+    "fresh_distortions",
+    "no_stn",
 ];
 
 /// With `--resume`: the checkpoint's recipe replaces the options' defaults; an option given on the
@@ -177,15 +187,35 @@ fn take_recipe(args: &mut Args, m: &clap::ArgMatches, ck: &Checkpoint) -> anyhow
     let stored: Vec<(&str, String)> = vec![
         ("batch", run["batch"].to_string()),
         ("lr", ck.optimizer.lr.to_string()),
-        ("optimizer", format!("{:?}", ck.optimizer.kind).to_lowercase()),
-        ("schedule", run["schedule"].as_str().unwrap_or("constant").to_string()),
+        (
+            "optimizer",
+            format!("{:?}", ck.optimizer.kind).to_lowercase(),
+        ),
+        (
+            "schedule",
+            run["schedule"].as_str().unwrap_or("constant").to_string(),
+        ),
         ("loc_lr_scale", ck.optimizer.loc_lr_scale.to_string()),
-        ("clip", run["clip"].as_f64().map_or("0".into(), |c| (c as f32).to_string())),
+        (
+            "clip",
+            run["clip"]
+                .as_f64()
+                .map_or("0".into(), |c| (c as f32).to_string()),
+        ),
         ("seed", run["seed"].to_string()),
         ("limit", run["limit"].to_string()),
-        ("distort", run["distort"].as_str().unwrap_or("none").to_string()),
+        (
+            "distort",
+            run["distort"].as_str().unwrap_or("none").to_string(),
+        ),
         ("clutter", run["clutter"].to_string()),
-        ("fresh_distortions", run["fresh_distortions"].as_bool().unwrap_or(false).to_string()),
+        (
+            "fresh_distortions",
+            run["fresh_distortions"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
+        ),
         ("no_stn", (!ck.params.arch.stn).to_string()),
     ];
     let current = |args: &Args, id: &str| -> String {
@@ -229,12 +259,19 @@ fn take_recipe(args: &mut Args, m: &clap::ArgMatches, ck: &Checkpoint) -> anyhow
             continue;
         }
         // Not given: take the checkpoint's value.
-        let bad = || anyhow::anyhow!("--resume: {}: the stored {flag} {want:?} is not valid", args.out.display());
+        let bad = || {
+            anyhow::anyhow!(
+                "--resume: {}: the stored {flag} {want:?} is not valid",
+                args.out.display()
+            )
+        };
         match id {
             "batch" => args.batch = want.parse().map_err(|_| bad())?,
             "lr" => args.lr = want.parse().map_err(|_| bad())?,
             "optimizer" => args.optimizer = want.parse::<OptimizerKind>().map_err(|_| bad())?,
-            "schedule" => args.schedule = <Schedule as ValueEnum>::from_str(&want, true).map_err(|_| bad())?,
+            "schedule" => {
+                args.schedule = <Schedule as ValueEnum>::from_str(&want, true).map_err(|_| bad())?
+            }
             "loc_lr_scale" => args.loc_lr_scale = want.parse().map_err(|_| bad())?,
             "clip" => args.clip = want.parse().map_err(|_| bad())?,
             "seed" => args.seed = want.parse().map_err(|_| bad())?,
@@ -377,9 +414,14 @@ fn main() -> ExitCode {
             // The undistorted training set, for drawing new distortions every epoch.
             let plain_train = args.fresh_distortions.then(|| mnist.train.clone());
             if args.distort != Distortion::None {
-                mnist.train = distort_split(&mnist.train, args.distort, args.clutter as usize, args.seed);
-                mnist.test =
-                    distort_split(&mnist.test, args.distort, args.clutter as usize, args.seed ^ 0x7e57);
+                mnist.train =
+                    distort_split(&mnist.train, args.distort, args.clutter as usize, args.seed);
+                mnist.test = distort_split(
+                    &mnist.test,
+                    args.distort,
+                    args.clutter as usize,
+                    args.seed ^ 0x7e57,
+                );
             }
             let side = mnist.train.rows;
             eprintln!(
@@ -431,7 +473,8 @@ fn main() -> ExitCode {
                     let mut optimizer = ck.optimizer;
                     if optimizer.kind != args.optimizer {
                         // --override-recipe with another optimiser: its state starts afresh.
-                        optimizer = Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &ck.params);
+                        optimizer =
+                            Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &ck.params);
                     }
                     (optimizer.lr, optimizer.loc_lr_scale) = (args.lr, args.loc_lr_scale);
                     (
@@ -500,8 +543,9 @@ fn main() -> ExitCode {
                     // The last epoch's images go first: two float copies of the set at once
                     // were 0.4 GB of the peak memory on 42×42 canvases.
                     drop(std::mem::take(&mut train_x));
-                    train_x =
-                        normalize(&distort_split(plain, args.distort, args.clutter as usize, seed).images);
+                    train_x = normalize(
+                        &distort_split(plain, args.distort, args.clutter as usize, seed).images,
+                    );
                 }
                 let train = Batch {
                     images: &train_x,
@@ -545,7 +589,14 @@ fn main() -> ExitCode {
                 } else {
                     "try a smaller --lr or --loc-lr-scale, --clip, or --optimizer adam"
                 };
-                if let Some(name) = trainer.params.names.iter().zip(&trainer.params.data).find(|(_, d)| d.iter().any(|v| !v.is_finite())).map(|(n, _)| n) {
+                if let Some(name) = trainer
+                    .params
+                    .names
+                    .iter()
+                    .zip(&trainer.params.data)
+                    .find(|(_, d)| d.iter().any(|v| !v.is_finite()))
+                    .map(|(n, _)| n)
+                {
                     bail!(
                         "training diverged at epoch {epoch}: parameter {name} is NaN or infinite although the loss is finite; \
                          {} is kept as it was. {advice}",

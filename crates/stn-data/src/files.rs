@@ -95,7 +95,9 @@ fn remove_stale_temps(path: &Path) {
         }
         let stale = if have_proc {
             match rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) {
-                Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+                Some(pid) => {
+                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+                }
                 None => old(&e.path()),
             }
         } else {

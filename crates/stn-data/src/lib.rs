@@ -15,12 +15,12 @@ mod idx;
 mod mnist;
 mod sheet;
 
-pub use files::{read_regular, write_atomic, ReadError};
 pub use distort::{distort_split, Distortion};
+pub use files::{read_regular, write_atomic, ReadError};
 pub use idx::{IdxArray, IdxReader};
 pub use mnist::{
-    epoch_order, mnist_paths, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN,
-    MNIST_STD,
+    epoch_order, mnist_paths, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES,
+    MNIST_MEAN, MNIST_STD,
 };
 pub use sheet::{contact_sheet_png, side_by_side_png};
 

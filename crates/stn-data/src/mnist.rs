@@ -205,9 +205,9 @@ fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
                 Some(c) if c <= limit => {}
                 _ => {
                     return Err(bad(format!(
-                        "the IDX header claims {} bytes, more than the {limit} of the published file",
-                        claimed.map_or("over 2^64".to_string(), |c| c.to_string())
-                    )))
+                    "the IDX header claims {} bytes, more than the {limit} of the published file",
+                    claimed.map_or("over 2^64".to_string(), |c| c.to_string())
+                )))
                 }
             }
         }
@@ -369,13 +369,16 @@ impl Mnist {
     }
 }
 
+/// One file's dimensions and bytes.
+type IdxData = (Vec<usize>, Vec<u8>);
+
 /// Finds (downloading what is missing unless `offline`), reads and verifies `files` from `data`,
 /// in their order.
 fn load_files(
     data: &DataDir,
     offline: bool,
     files: &[MnistFile],
-) -> Result<Vec<(Vec<usize>, Vec<u8>)>, DataError> {
+) -> Result<Vec<IdxData>, DataError> {
     let dir = &data.dir;
     if dir.exists() && !dir.is_dir() {
         return Err(DataError::io(dir, std::io::Error::other("not a directory")));

@@ -112,7 +112,10 @@ impl Checkpoint {
             path: path.display().to_string(),
             what: match e {
                 stn_data::ReadError::Io { source, .. } => source.to_string(),
-                other => other.to_string().trim_start_matches(&format!("{}: ", path.display())).to_string(),
+                other => other
+                    .to_string()
+                    .trim_start_matches(&format!("{}: ", path.display()))
+                    .to_string(),
             },
         })?;
         Self::from_bytes(&bytes, &path.display().to_string())
@@ -182,7 +185,7 @@ impl Checkpoint {
             source: e,
         })?;
         let (lr, loc_lr_scale) = (num("lr")? as f32, num("loc_lr_scale")? as f32);
-        if !(lr.is_finite() && lr > 0.0) || !(loc_lr_scale.is_finite() && loc_lr_scale >= 0.0) {
+        if !(lr.is_finite() && lr > 0.0 && loc_lr_scale.is_finite() && loc_lr_scale >= 0.0) {
             return Err(bad(format!(
                 "optimizer lr {lr} / loc_lr_scale {loc_lr_scale}: not a usable recipe"
             )));

@@ -99,7 +99,9 @@ impl Params {
                     arch: desc.clone(),
                 })?;
             let (n, shape, data) = named.swap_remove(i);
-            if shape != want || Some(data.len()) != want.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+            if shape != want
+                || Some(data.len()) != want.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+            {
                 return Err(ParamError::Shape {
                     name: n,
                     got: shape,

@@ -149,9 +149,8 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
     };
     let stn = init_names.contains(&"localization.0.weight");
     let arch = Arch { canvas: side, stn };
-    let roles = crate::verify::verify(graph, &arch, &input_name, opset).map_err(|what| {
-        bad(format!("not the seed network ({arch}): {what}"))
-    })?;
+    let roles = crate::verify::verify(graph, &arch, &input_name, opset)
+        .map_err(|what| bad(format!("not the seed network ({arch}): {what}")))?;
     let specs = arch.param_specs();
     let mut named = Vec::new();
     for t in &graph.initializer {

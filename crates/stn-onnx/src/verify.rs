@@ -20,7 +20,9 @@ use std::rc::Rc;
 use stn_model::{Arch, SAMPLED};
 use stn_ops::AffineGrid;
 
-use crate::proto::{attribute_proto::AttributeType, tensor_proto::DataType, NodeProto, TensorProto};
+use crate::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, NodeProto, TensorProto,
+};
 
 /// A tensor computed from the image input, as the seed network's layers.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +84,10 @@ enum Val {
     /// A float constant (initializer or Constant node), by the name of its tensor.
     Floats(String),
     /// A small int64 tensor: a scalar (`scalar`) or 1-D.
-    Ints { v: Vec<Dim>, scalar: bool },
+    Ints {
+        v: Vec<Dim>,
+        scalar: bool,
+    },
 }
 
 /// Which graph output is which.
@@ -145,7 +150,11 @@ pub(crate) fn verify(
             let outs = eval(node, &vals, &floats, &mut constants, side, opset)
                 .map_err(|e| format!("{label}: {e}"))?;
             if outs.len() > node.output.len() {
-                return Err(format!("{label}: has {} outputs, expected {}", node.output.len(), outs.len()));
+                return Err(format!(
+                    "{label}: has {} outputs, expected {}",
+                    node.output.len(),
+                    outs.len()
+                ));
             }
             for (k, name) in node.output.iter().enumerate() {
                 if name.is_empty() {
@@ -185,7 +194,11 @@ pub(crate) fn verify(
         let name = o.name.clone().unwrap_or_default();
         let v = match vals.get(&name) {
             Some(Val::Expr(e)) => e.as_ref().clone(),
-            Some(_) => return Err(format!("output {name}: a constant, not a result of the network")),
+            Some(_) => {
+                return Err(format!(
+                    "output {name}: a constant, not a result of the network"
+                ))
+            }
             None => return Err(format!("output {name}: no node computes it")),
         };
         let want = if k == 0 {
@@ -223,7 +236,11 @@ pub(crate) fn verify(
 fn node_label(node: &NodeProto, i: usize) -> String {
     format!(
         "node {} ({})",
-        node.name.as_deref().filter(|n| !n.is_empty()).map(str::to_string).unwrap_or_else(|| format!("#{i}")),
+        node.name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("#{i}")),
         node.op_type.as_deref().unwrap_or("?")
     )
 }
@@ -283,14 +300,19 @@ fn describe_difference(want: &Expr, got: &Expr) -> String {
 }
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a crate::proto::AttributeProto> {
-    node.attribute.iter().find(|a| a.name.as_deref() == Some(name))
+    node.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
 }
 
 fn attr_i(node: &NodeProto, name: &str, default: i64) -> Result<i64, String> {
     match attr(node, name) {
         None => Ok(default),
         Some(a) if a.r#type == Some(AttributeType::Int as i32) => Ok(a.i.unwrap_or(0)),
-        Some(a) => Err(format!("attribute {name} has type {:?}, expected INT", a.r#type)),
+        Some(a) => Err(format!(
+            "attribute {name} has type {:?}, expected INT",
+            a.r#type
+        )),
     }
 }
 
@@ -298,7 +320,10 @@ fn attr_f(node: &NodeProto, name: &str, default: f32) -> Result<f32, String> {
     match attr(node, name) {
         None => Ok(default),
         Some(a) if a.r#type == Some(AttributeType::Float as i32) => Ok(a.f.unwrap_or(0.0)),
-        Some(a) => Err(format!("attribute {name} has type {:?}, expected FLOAT", a.r#type)),
+        Some(a) => Err(format!(
+            "attribute {name} has type {:?}, expected FLOAT",
+            a.r#type
+        )),
     }
 }
 
@@ -306,24 +331,30 @@ fn attr_ints(node: &NodeProto, name: &str) -> Result<Option<Vec<i64>>, String> {
     match attr(node, name) {
         None => Ok(None),
         Some(a) if a.r#type == Some(AttributeType::Ints as i32) => Ok(Some(a.ints.clone())),
-        Some(a) => Err(format!("attribute {name} has type {:?}, expected INTS", a.r#type)),
+        Some(a) => Err(format!(
+            "attribute {name} has type {:?}, expected INTS",
+            a.r#type
+        )),
     }
 }
 
 fn attr_s(node: &NodeProto, name: &str) -> Result<Option<String>, String> {
     match attr(node, name) {
         None => Ok(None),
-        Some(a) if a.r#type == Some(AttributeType::String as i32) => {
-            Ok(Some(String::from_utf8_lossy(a.s.as_deref().unwrap_or(&[])).into_owned()))
-        }
-        Some(a) => Err(format!("attribute {name} has type {:?}, expected STRING", a.r#type)),
+        Some(a) if a.r#type == Some(AttributeType::String as i32) => Ok(Some(
+            String::from_utf8_lossy(a.s.as_deref().unwrap_or(&[])).into_owned(),
+        )),
+        Some(a) => Err(format!(
+            "attribute {name} has type {:?}, expected STRING",
+            a.r#type
+        )),
     }
 }
 
 /// Attribute `name` is absent or one of `allowed`.
 fn want_ints(node: &NodeProto, name: &str, allowed: &[&[i64]]) -> Result<(), String> {
     match attr_ints(node, name)? {
-        Some(v) if !allowed.iter().any(|a| *a == v.as_slice()) => Err(format!(
+        Some(v) if !allowed.contains(&v.as_slice()) => Err(format!(
             "{name} = {v:?}; the seed network has {:?}",
             allowed[0]
         )),
@@ -346,7 +377,10 @@ fn only_attrs(node: &NodeProto, known: &[&str]) -> Result<(), String> {
     for a in &node.attribute {
         let n = a.name.as_deref().unwrap_or("");
         if !known.contains(&n) {
-            return Err(format!("attribute {n:?} is not one the seed network's {} has", node.op_type.as_deref().unwrap_or("")));
+            return Err(format!(
+                "attribute {n:?} is not one the seed network's {} has",
+                node.op_type.as_deref().unwrap_or("")
+            ));
         }
     }
     Ok(())
@@ -368,7 +402,13 @@ fn ints_of(t: &TensorProto) -> Result<Val, String> {
         _ => t.int64_data.clone(),
     };
     let scalar = t.dims.is_empty();
-    let want = if scalar { Some(1) } else if t.dims.len() == 1 { usize::try_from(t.dims[0]).ok() } else { None };
+    let want = if scalar {
+        Some(1)
+    } else if t.dims.len() == 1 {
+        usize::try_from(t.dims[0]).ok()
+    } else {
+        None
+    };
     if want != Some(v.len()) || v.len() > 16 {
         return Err(format!("an int64 tensor of dimensions {:?} with {} values (the seed network's are short vectors)", t.dims, v.len()));
     }
@@ -403,7 +443,10 @@ fn eval(
 ) -> Result<Vec<Val>, String> {
     let op = node.op_type.as_deref().unwrap_or("");
     if !matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx")) {
-        return Err(format!("domain {:?}: not the standard ONNX domain", node.domain.as_deref().unwrap_or("")));
+        return Err(format!(
+            "domain {:?}: not the standard ONNX domain",
+            node.domain.as_deref().unwrap_or("")
+        ));
     }
     let get = |k: usize| -> Result<&Val, String> {
         let name = node
@@ -417,7 +460,14 @@ fn eval(
     let n_inputs = |lo: usize, hi: usize| -> Result<(), String> {
         let n = node.input.len();
         if n < lo || n > hi {
-            Err(format!("{n} inputs, expected {}", if lo == hi { lo.to_string() } else { format!("{lo} to {hi}") }))
+            Err(format!(
+                "{n} inputs, expected {}",
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo} to {hi}")
+                }
+            ))
         } else {
             Ok(())
         }
@@ -425,13 +475,19 @@ fn eval(
     let expr = |k: usize| -> Result<Rc<Expr>, String> {
         match get(k)? {
             Val::Expr(e) => Ok(e.clone()),
-            _ => Err(format!("input {k} ({}) is a constant where the seed network has a computed tensor", node.input[k])),
+            _ => Err(format!(
+                "input {k} ({}) is a constant where the seed network has a computed tensor",
+                node.input[k]
+            )),
         }
     };
     let ints = |k: usize| -> Result<(Vec<Dim>, bool), String> {
         match get(k)? {
             Val::Ints { v, scalar } => Ok((v.clone(), *scalar)),
-            _ => Err(format!("input {k} ({}) is not a constant int64 tensor", node.input[k])),
+            _ => Err(format!(
+                "input {k} ({}) is not a constant int64 tensor",
+                node.input[k]
+            )),
         }
     };
     // `{prefix}.weight` and `{prefix}.bias` initializers as inputs 1 and 2.
@@ -440,8 +496,12 @@ fn eval(
         let (w, b) = (&node.input[1], &node.input[2]);
         let prefix = w
             .strip_suffix(".weight")
-            .filter(|p| floats.contains_key(w) && *b == format!("{p}.bias") && floats.contains_key(b))
-            .ok_or_else(|| format!("weights {w:?} and {b:?} are not a parameter pair of the seed network"))?;
+            .filter(|p| {
+                floats.contains_key(w) && *b == format!("{p}.bias") && floats.contains_key(b)
+            })
+            .ok_or_else(|| {
+                format!("weights {w:?} and {b:?} are not a parameter pair of the seed network")
+            })?;
         Ok(prefix.to_string())
     };
     let one = |e: Expr| Ok(vec![Val::Expr(Rc::new(e))]);

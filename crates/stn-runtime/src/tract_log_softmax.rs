@@ -49,7 +49,10 @@ impl Expansion for LogSoftmaxExpansion {
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
         let x = model.outlet_fact(inputs[0])?;
-        if x.rank() != 2 || x.datum_type != f32::datum_type() || !(self.axis == 1 || self.axis == -1) {
+        if x.rank() != 2
+            || x.datum_type != f32::datum_type()
+            || !(self.axis == 1 || self.axis == -1)
+        {
             bail!(
                 "LogSoftmax: this runner computes float32 [N, K] along axis 1 (got rank {}, {:?}, axis {})",
                 x.rank(),
