@@ -133,7 +133,7 @@ fn bad_input_is_an_error_and_leaves_no_file() {
     let corrupt = dir.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not a checkpoint at all").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--opset".into(), "17".into()], "--opset 17"),
+        (vec!["--opset".into(), "17".into()], "expected 16 or 20"),
         (
             vec!["--outputs".into(), "log_probs,attention".into()],
             "unknown output 'attention'",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use stn_model::Checkpoint;
 use stn_onnx::{export, to_bytes, ExportOptions, Output};
@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = "models/stn.safetensors")]
     checkpoint: PathBuf,
     /// ONNX opset: 16 or 20
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = opset)]
     opset: i64,
     /// Graph outputs, comma-separated: log_probs (always), theta [N,2,3], warped [N,1,28,28]
     #[arg(
@@ -37,12 +37,17 @@ struct Args {
     outputs: Vec<Output>,
 }
 
+fn opset(s: &str) -> Result<i64, String> {
+    match s {
+        "16" => Ok(16),
+        "20" => Ok(20),
+        _ => Err(format!("{s}: expected 16 or 20")),
+    }
+}
+
 fn main() -> ExitCode {
     stn::run_main(|| {
         let args = Args::parse();
-        if args.opset != 16 && args.opset != 20 {
-            bail!("--opset {}: expected 16 or 20", args.opset);
-        }
         stn::check_outputs(
             &[("--checkpoint", &args.checkpoint)],
             &[("the output", &args.out)],
