@@ -277,6 +277,30 @@ fn edited(edit: impl FnOnce(&mut ModelProto)) -> Vec<u8> {
     m.encode_to_vec()
 }
 
+/// The first node of `op` in the model's graph.
+fn first<'a>(m: &'a mut ModelProto, op: &str) -> &'a mut stn_onnx::proto::NodeProto {
+    m.graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type.as_deref() == Some(op))
+        .unwrap()
+}
+
+/// Links the real MNIST files `files` into `dir`, as they are (gzipped or raw).
+fn link_mnist(dir: &Path, files: &[stn_data::MnistFile]) {
+    let src = common::mnist_dir();
+    for f in files {
+        let from = [format!("{}.gz", f.stem), f.stem.to_string()]
+            .into_iter()
+            .map(|n| src.join(n))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(&from, dir.join(from.file_name().unwrap())).unwrap();
+    }
+}
+
 #[test]
 fn every_runtime_refuses_a_graph_that_is_not_the_seed_network() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -304,12 +328,7 @@ fn every_runtime_refuses_a_graph_that_is_not_the_seed_network() {
         (
             "another stride",
             edited(|m| {
-                let g = m.graph.as_mut().unwrap();
-                let pool = g
-                    .node
-                    .iter_mut()
-                    .find(|n| n.op_type.as_deref() == Some("MaxPool"))
-                    .unwrap();
+                let pool = first(m, "MaxPool");
                 for a in &mut pool.attribute {
                     if a.name.as_deref() == Some("strides") {
                         a.ints = vec![1, 1];
@@ -321,12 +340,7 @@ fn every_runtime_refuses_a_graph_that_is_not_the_seed_network() {
         (
             "an unknown op",
             edited(|m| {
-                let g = m.graph.as_mut().unwrap();
-                let n = g
-                    .node
-                    .iter_mut()
-                    .find(|n| n.op_type.as_deref() == Some("Relu"))
-                    .unwrap();
+                let n = first(m, "Relu");
                 n.op_type = Some("Elu".into());
             }),
             "\"Elu\"",
@@ -343,12 +357,7 @@ fn every_runtime_refuses_a_graph_that_is_not_the_seed_network() {
         (
             "bicubic sampling",
             edited(|m| {
-                let g = m.graph.as_mut().unwrap();
-                let n = g
-                    .node
-                    .iter_mut()
-                    .find(|n| n.op_type.as_deref() == Some("GridSample"))
-                    .unwrap();
+                let n = first(m, "GridSample");
                 n.attribute.retain(|a| a.name.as_deref() != Some("mode"));
                 n.attribute.push(AttributeProto {
                     name: Some("mode".into()),
@@ -523,16 +532,7 @@ fn inputs_are_bounded_and_regular() {
     use std::io::Write;
     let bomb = dir.path().join("mnist");
     std::fs::create_dir(&bomb).unwrap();
-    for f in stn_data::MNIST_FILES {
-        let src = common::mnist_dir();
-        let from = [format!("{}.gz", f.stem), f.stem.to_string()]
-            .into_iter()
-            .map(|n| src.join(n))
-            .find(|p| p.exists())
-            .unwrap();
-        let to = bomb.join(from.file_name().unwrap());
-        std::os::unix::fs::symlink(&from, &to).unwrap();
-    }
+    link_mnist(&bomb, &stn_data::MNIST_FILES);
     let target = bomb.join("t10k-images-idx3-ubyte.gz");
     std::fs::remove_file(&target).ok();
     std::fs::remove_file(bomb.join("t10k-images-idx3-ubyte")).ok();
@@ -579,15 +579,7 @@ fn inputs_are_bounded_and_regular() {
 #[test]
 fn stn_infer_needs_only_the_test_files() {
     let dir = tempfile::tempdir().unwrap();
-    for f in &stn_data::MNIST_FILES[2..] {
-        let src = common::mnist_dir();
-        let from = [format!("{}.gz", f.stem), f.stem.to_string()]
-            .into_iter()
-            .map(|n| src.join(n))
-            .find(|p| p.exists())
-            .unwrap();
-        std::os::unix::fs::symlink(&from, dir.path().join(from.file_name().unwrap())).unwrap();
-    }
+    link_mnist(dir.path(), &stn_data::MNIST_FILES[2..]);
     let o = common::run(
         "stn-infer",
         &[
