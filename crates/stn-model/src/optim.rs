@@ -159,4 +159,37 @@ mod tests {
             .unwrap_err()
             .contains("rmsprop"));
     }
+
+    #[test]
+    fn adam_and_momentum_match_pytorch_past_step_one() {
+        // torch.optim.Adam(lr=0.01) and SGD(lr=0.1, momentum=0.9) on one parameter over four
+        // steps of changing gradients (scripts/golden_adam.py): from step 2 on, the betas, the
+        // bias corrections and the momentum decide the values, which a first step alone cannot
+        // tell apart.
+        let grads = [-5.0f32, 3.0, 0.5, -2.0];
+        for (kind, lr, torch) in [
+            (
+                OptimizerKind::Adam,
+                0.01,
+                [1.00999999f32, 1.01191497, 1.01284361, 1.01544487],
+            ),
+            (
+                OptimizerKind::Momentum,
+                0.1,
+                [1.5, 1.64999998, 1.73500001, 2.01150012],
+            ),
+        ] {
+            let mut p = one_param(1.0);
+            let mut o = Optimizer::new(kind, lr, 1.0, &p);
+            for (step, (&g, &want)) in grads.iter().zip(&torch).enumerate() {
+                o.update(&mut p, &[vec![g]]);
+                let got = p.data[0][0];
+                assert!(
+                    (got - want).abs() <= 2.0 * f32::EPSILON * want.abs(),
+                    "{kind:?} step {}: {got} vs PyTorch's {want}",
+                    step + 1
+                );
+            }
+        }
+    }
 }
