@@ -526,6 +526,21 @@ fn inputs_are_bounded_and_regular() {
         .success());
     let o = common::run("stn-infer", &["--model", fifo.to_str().unwrap()]);
     fails_with(&o, &["fifo.onnx", "not a regular file"]);
+    let out = dir.path().join("o.safetensors");
+    let d = data();
+    let o = common::run(
+        "stn-train",
+        &[
+            "--data",
+            &d,
+            "--offline",
+            "--init-from",
+            fifo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    fails_with(&o, &["--init-from", "fifo.onnx", "not a regular file"]);
     assert!(t0.elapsed() < Duration::from_secs(20));
 
     // A gzip that inflates far past its header: stopped at the published size.

@@ -486,8 +486,8 @@ fn main() -> ExitCode {
                 None => {
                     let params = match &args.init_from {
                         Some(path) => {
-                            let bytes = std::fs::read(path)
-                                .with_context(|| format!("--init-from {}", path.display()))?;
+                            let bytes =
+                                stn_data::read_regular(path, 1 << 30).context("--init-from")?;
                             let m = stn_onnx::read_model(&bytes, &path.display().to_string())
                                 .context("--init-from")?;
                             if m.params.arch != arch {
