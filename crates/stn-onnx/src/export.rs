@@ -16,8 +16,11 @@ use crate::OnnxError;
 /// An output of the exported graph besides `log_probs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
+    /// `[N, 10]` log-probabilities (always the first output).
     LogProbs,
+    /// `[N, 2, 3]` the affine transforms of the STN.
     Theta,
+    /// `[N, 1, 28, 28]` the images the STN samples for the classifier.
     Warped,
 }
 
@@ -45,6 +48,7 @@ impl Output {
     }
 }
 
+/// How to export: the opset, the outputs and extra metadata.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// 16 (affine grid decomposed) or 20 (AffineGrid).

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! ONNX for stn: the seed network written as an ONNX graph with prost (schema: `proto/onnx.proto`,
 //! wire-compatible with the official one), and ONNX models read back into the dfdx model.
 //!
@@ -24,15 +25,31 @@ pub use read::{read_model, LoadedModel};
 /// Errors of export and import; each names what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
+    /// The bytes are not an ONNX protobuf.
     #[error("{path}: not an ONNX model ({what})")]
-    Decode { path: String, what: String },
+    Decode {
+        /// The file.
+        path: String,
+        /// The decoder's error.
+        what: String,
+    },
+    /// An ONNX model, but not one of the seed network (the node or input that differs named).
     #[error("{path}: {what}")]
-    Model { path: String, what: String },
+    Model {
+        /// The file.
+        path: String,
+        /// What differs.
+        what: String,
+    },
+    /// Export options that do not fit the model.
     #[error("{0}")]
     Options(String),
+    /// The initializers are not the network's parameters (a missing name, a wrong shape).
     #[error("{path}: {source}")]
     Params {
+        /// The file.
         path: String,
+        /// What is wrong with them.
         source: stn_model::ParamError,
     },
 }

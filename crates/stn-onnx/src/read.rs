@@ -13,9 +13,13 @@ use crate::OnnxError;
 /// A model's parameters and what else the runtimes and the CLI want to know about it.
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
+    /// The network's parameters, by PyTorch's names, with the architecture the input implies.
     pub params: Params,
+    /// The default-domain opset the model imports.
     pub opset: i64,
+    /// The graph's output names, in order (the log-probs first).
     pub outputs: Vec<String>,
+    /// The model's `metadata_props`.
     pub metadata: Vec<(String, String)>,
 }
 
@@ -31,6 +35,7 @@ impl LoadedModel {
             .collect()
     }
 
+    /// The metadata value of `key`, if the model has one.
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata
             .iter()

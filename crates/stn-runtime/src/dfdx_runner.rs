@@ -21,6 +21,8 @@ pub struct DfdxRunner {
 }
 
 impl DfdxRunner {
+    /// The model (`bytes`, from `path`) as our dfdx network on the CPU, in float64 when `f64`
+    /// (the reference), once its graph is checked to be the seed network.
     pub fn load(bytes: &[u8], path: &str, f64: bool) -> Result<Self, RuntimeError> {
         let m = stn_onnx::read_model(bytes, path)?;
         let warped = m.outputs.iter().any(|o| o == "warped");

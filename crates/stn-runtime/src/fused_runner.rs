@@ -10,6 +10,8 @@ pub struct FusedRunner {
 }
 
 impl FusedRunner {
+    /// The model (`bytes`, from `path`) as the fused CPU forward, once its graph is checked to be
+    /// the seed network.
     pub fn load(bytes: &[u8], path: &str) -> Result<Self, RuntimeError> {
         let m = stn_onnx::read_model(bytes, path)?;
         let net = FusedNet::new(&m.params).map_err(|e| RuntimeError::Load {

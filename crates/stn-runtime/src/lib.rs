@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! One [`Runner`] trait over the runtimes of the same ONNX model: [`TractRunner`] (tract, with our
 //! Conv and GridSample kernels in its op table), [`OrtRunner`] (ONNX Runtime through `ort`, loaded
 //! at run time), [`DfdxRunner`] (our dfdx model, read from the ONNX file's initializers; in f32,
@@ -27,16 +28,28 @@ pub struct RunOutput {
     pub warped: Option<Vec<f32>>,
 }
 
+/// What can go wrong loading or running a model; each names the runtime and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The runtime could not load the model (or its library).
     #[error("{runtime}: {path}: {what}")]
     Load {
+        /// `tract`, `ort`, `dfdx` or `fused`.
         runtime: &'static str,
+        /// The model file (or library) concerned.
         path: String,
+        /// What is wrong.
         what: String,
     },
+    /// A run failed (a batch of the wrong size, the runtime's own error).
     #[error("{runtime}: {what}")]
-    Run { runtime: &'static str, what: String },
+    Run {
+        /// The runtime.
+        runtime: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+    /// The file is not an ONNX model of the seed network.
     #[error(transparent)]
     Onnx(#[from] stn_onnx::OnnxError),
 }

@@ -9,6 +9,7 @@ use crate::{check_batch, RunOutput, Runner, RuntimeError};
 /// Where ONNX Runtime runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
     Cpu,
     /// The CUDA execution provider, TF32 off (results stay at the float32 noise floor).
     Cuda,
@@ -86,6 +87,9 @@ pub struct OrtRunner {
 }
 
 impl OrtRunner {
+    /// The model (`bytes`, from `path`) on ONNX Runtime loaded from `lib`, on `device`, with
+    /// `threads` intra-op threads (0: ONNX Runtime's default); the graph is checked to be the seed
+    /// network first ([`stn_onnx::read_model`]).
     pub fn load(
         bytes: &[u8],
         path: &str,

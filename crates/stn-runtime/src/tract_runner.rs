@@ -24,6 +24,8 @@ fn load_err(path: &str, e: impl std::fmt::Display) -> RuntimeError {
 }
 
 impl TractRunner {
+    /// The model (`bytes`, from `path`) on tract with our ops registered, once its graph is
+    /// checked to be the seed network.
     pub fn load(bytes: &[u8], path: &str) -> Result<Self, RuntimeError> {
         // Our reader checks the input shape and the parameters first, with clear messages.
         let m = stn_onnx::read_model(bytes, path)?;
