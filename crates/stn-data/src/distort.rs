@@ -20,9 +20,13 @@ use crate::MnistSplit;
 /// Which distortion to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Distortion {
+    /// The plain 28×28 digits.
     None,
+    /// Rotated by up to ±90° (28×28).
     R,
+    /// Rotated ±45°, scaled 0.7–1.2 and placed at random on 42×42.
     Rts,
+    /// Placed at random on 60×60.
     T,
 }
 

@@ -120,17 +120,28 @@ fn old(p: &Path) -> bool {
 /// Why [`read_regular`] refused a file.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The operating system's error.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
+    /// A directory, device, FIFO or socket.
     #[error("{}: not a regular file (a directory, device, FIFO or socket)", path.display())]
-    NotRegular { path: PathBuf },
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Larger than the limit.
     #[error("{}: {size} bytes, more than the {limit} bytes such a file can have", path.display())]
     TooLarge {
+        /// The file.
         path: PathBuf,
+        /// Its size (or what was read of it).
         size: u64,
+        /// The limit.
         limit: u64,
     },
 }

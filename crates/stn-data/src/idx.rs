@@ -12,7 +12,9 @@ pub(crate) const MAX_DIMS: usize = 4;
 /// A parsed IDX file of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxArray {
+    /// The dimensions of the header, outermost first.
     pub dims: Vec<usize>,
+    /// The bytes, in C order.
     pub data: Vec<u8>,
 }
 
@@ -23,6 +25,7 @@ pub struct IdxArray {
 pub struct IdxReader;
 
 impl IdxReader {
+    /// Parses the bytes of an IDX file named `name` (for errors).
     pub fn parse(name: &str, bytes: &[u8]) -> Result<IdxArray, DataError> {
         let bad = |what: String| DataError::Format {
             file: name.to_string(),

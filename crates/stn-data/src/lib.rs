@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! MNIST for the stn project, the way a torchvision user expects it, done stricter:
 //!
 //! * [`IdxReader`] parses the IDX files (gzipped or raw) and checks magic, dimensions and counts;
@@ -29,11 +30,20 @@ use std::path::PathBuf;
 /// Everything that can go wrong with the data. Every variant names the file or directory concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A file that is not what it should be (truncated, corrupt, wrong header).
     #[error("{file}: {what}")]
-    Format { file: String, what: String },
+    Format {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The operating system's error on a file or directory.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
     #[error(
@@ -41,9 +51,13 @@ pub enum DataError {
          MNIST file): the file is corrupt or not MNIST; delete it (it is downloaded again unless \
          --offline) or replace it"
     )]
+    /// The decompressed bytes are not the published file's.
     Checksum {
+        /// The file.
         file: String,
+        /// The published SHA-256.
         expected: String,
+        /// This file's SHA-256.
         actual: String,
     },
     #[error(
@@ -52,10 +66,15 @@ pub enum DataError {
          that has them: train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, \
          t10k-labels-idx1-ubyte (each optionally with .gz)."
     )]
+    /// Files not found (and not downloaded).
     Missing {
+        /// Their names.
         missing: String,
+        /// Where they were looked for.
         dir: String,
+        /// How that directory was chosen.
         origin: String,
+        /// Why they were not downloaded, if they were not.
         why: String,
     },
 }

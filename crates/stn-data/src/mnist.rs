@@ -7,8 +7,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{download, DataError, IdxReader};
 
-/// The seed's normalisation constants (torchvision's MNIST mean and std).
+/// The seed's normalisation mean (torchvision's MNIST mean).
 pub const MNIST_MEAN: f32 = 0.1307;
+/// The seed's normalisation standard deviation (torchvision's MNIST std).
 pub const MNIST_STD: f32 = 0.3081;
 
 /// One of the four published MNIST files.
@@ -49,7 +50,9 @@ pub const MNIST_FILES: [MnistFile; 4] = [
 /// Where the data lives and how that was decided (for error messages).
 #[derive(Debug, Clone)]
 pub struct DataDir {
+    /// The directory.
     pub dir: PathBuf,
+    /// How it was chosen (`from --data`, `from STN_DATA`, the default).
     pub origin: &'static str,
 }
 
@@ -79,19 +82,26 @@ impl DataDir {
 /// One split: `len()` images of `rows × cols` bytes, and their labels (0–9).
 #[derive(Debug, Clone)]
 pub struct MnistSplit {
+    /// `len() · rows · cols` pixels, 0–255, image after image.
     pub images: Vec<u8>,
+    /// One label 0–9 per image.
     pub labels: Vec<u8>,
+    /// Image height.
     pub rows: usize,
+    /// Image width.
     pub cols: usize,
 }
 
 impl MnistSplit {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    /// The pixels of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.rows * self.cols;
         &self.images[i * n..(i + 1) * n]
@@ -116,7 +126,9 @@ impl MnistSplit {
 /// The verified MNIST database.
 #[derive(Debug, Clone)]
 pub struct Mnist {
+    /// The 60,000 training images.
     pub train: MnistSplit,
+    /// The 10,000 test images.
     pub test: MnistSplit,
 }
 
