@@ -21,25 +21,49 @@ pub const MAX_EPOCHS: u64 = 1_000_000;
 /// Format tag in the metadata, bumped on incompatible changes.
 const FORMAT: &str = "stn-checkpoint-1";
 
+/// Why a checkpoint could not be written or read; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The operating system's error while writing.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The error.
         source: std::io::Error,
     },
+    /// The file could not be read (missing, not a regular file, too large).
     #[error("{path}: {what}")]
-    Read { path: String, what: String },
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        what: String,
+    },
+    /// Not a checkpoint of this format (or a corrupt one).
     #[error("{path}: not a valid checkpoint: {what}")]
-    Format { path: String, what: String },
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// Its tensors are not the network's parameters.
     #[error("{path}: {source}")]
-    Params { path: String, source: ParamError },
+    Params {
+        /// The file.
+        path: String,
+        /// What is wrong with them.
+        source: ParamError,
+    },
 }
 
 /// Everything needed to resume training exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
+    /// The network's parameters.
     pub params: Params,
+    /// The optimiser and its state.
     pub optimizer: Optimizer,
     /// Completed epochs.
     pub epoch: u64,
@@ -52,6 +76,7 @@ fn bytes_of(v: &[f32]) -> Vec<u8> {
 }
 
 impl Checkpoint {
+    /// The safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, safetensors::SafeTensorError> {
         let p = &self.params;
         let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -107,6 +132,7 @@ impl Checkpoint {
         })
     }
 
+    /// Reads a checkpoint file (a regular file of at most 1 GiB).
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         let bytes = stn_data::read_regular(path, MAX_BYTES).map_err(|e| CheckpointError::Read {
             path: path.display().to_string(),
@@ -121,6 +147,7 @@ impl Checkpoint {
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
+    /// Parses checkpoint bytes; `path` names them in errors.
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Checkpoint, CheckpointError> {
         let bad = |what: String| CheckpointError::Format {
             path: path.to_string(),

@@ -51,8 +51,11 @@ pub struct FusedNet<E> {
 /// What [`FusedNet::forward`] returns: `log_probs [N, 10]`, and with an STN `theta [N, 2, 3]` and
 /// `warped [N, 1, 28, 28]` (empty without).
 pub struct FusedOutputs<E> {
+    /// `[N, 10]`.
     pub log_probs: Vec<E>,
+    /// `[N, 2, 3]` (empty without an STN).
     pub theta: Vec<E>,
+    /// `[N, 1, 28, 28]` (empty without an STN).
     pub warped: Vec<E>,
 }
 
@@ -72,6 +75,7 @@ struct Scratch<E> {
 }
 
 impl<E: Real> FusedNet<E> {
+    /// The fused forward of `params`' network (weights converted to `E` and laid out once).
     pub fn new(params: &Params) -> Result<FusedNet<E>, ParamError> {
         let arch = params.arch;
         let get = |name: &str| -> Result<Vec<E>, ParamError> {
@@ -128,6 +132,7 @@ impl<E: Real> FusedNet<E> {
         })
     }
 
+    /// The architecture it computes.
     pub fn arch(&self) -> Arch {
         self.arch
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The seed spatial-transformer network (`Net` of PyTorch's tutorial,
 //! `../shared/reference/pytorch_stn.py`) on dfdx with the ops of `stn-ops`:
 //!

@@ -16,7 +16,9 @@ use stn_ops::{
 /// it (`--no-stn`, the baseline) the classifier sees the canvas and `fc1` grows with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arch {
+    /// Side of the square input images.
     pub canvas: usize,
+    /// Whether the spatial transformer precedes the classifier.
     pub stn: bool,
 }
 
@@ -75,9 +77,11 @@ impl Arch {
     pub fn cls_side(&self) -> usize {
         ((self.classifier_input() - 4) / 2 - 4) / 2
     }
+    /// Inputs of `fc1` (the classifier's flattened feature map).
     pub fn fc1_in(&self) -> usize {
         20 * self.cls_side() * self.cls_side()
     }
+    /// Inputs of `fc_loc.0` (the localisation net's flattened feature map).
     pub fn fc_loc_in(&self) -> usize {
         10 * self.loc_side() * self.loc_side()
     }

@@ -10,8 +10,11 @@ use crate::Params;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
+    /// Plain SGD.
     Sgd,
+    /// SGD with momentum 0.9.
     Momentum,
+    /// Adam (β = 0.9, 0.999; ε = 1e-8).
     Adam,
 }
 
@@ -37,13 +40,16 @@ const EPS: f32 = 1e-8;
 /// An optimiser and its state: one or two buffers per parameter and a step count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Optimizer {
+    /// Which update.
     pub kind: OptimizerKind,
+    /// The base learning rate.
     pub lr: f32,
     /// Learning-rate factor of the localisation head (`localization.*`, `fc_loc.*`).
     pub loc_lr_scale: f32,
     /// Factor of the learning-rate schedule for the current epoch (1 with a constant rate); set by
     /// the trainer from the epoch, so it is not part of a checkpoint.
     pub schedule: f32,
+    /// Updates done.
     pub step: u64,
     /// Momentum buffers (momentum) or first moments (adam).
     pub m: Vec<Vec<f32>>,
@@ -52,6 +58,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// A fresh optimiser (zero state) for `params`.
     pub fn new(kind: OptimizerKind, lr: f32, loc_lr_scale: f32, params: &Params) -> Self {
         let zeros = |on: bool| {
             if on {

@@ -5,19 +5,38 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::Arch;
 
+/// Named tensors that are not a network's parameters.
 #[derive(Debug, thiserror::Error)]
 pub enum ParamError {
+    /// A parameter of the wrong shape.
     #[error("parameter {name}: shape {got:?}, expected {want:?} for {arch}")]
     Shape {
+        /// Its name.
         name: String,
+        /// Its shape.
         got: Vec<usize>,
+        /// The architecture's.
         want: Vec<usize>,
+        /// The architecture, in words.
         arch: String,
     },
+    /// A parameter the architecture has and the tensors lack.
     #[error("parameter {name} is missing (expected for {arch})")]
-    Missing { name: String, arch: String },
+    Missing {
+        /// Its name.
+        name: String,
+        /// The architecture, in words.
+        arch: String,
+    },
+    /// A tensor the architecture has no parameter for.
     #[error("unexpected parameter {name} (not part of {arch})")]
-    Unexpected { name: String, arch: String },
+    Unexpected {
+        /// Its name.
+        name: String,
+        /// The architecture, in words.
+        arch: String,
+    },
+    /// An architecture the layers do not fit ([`crate::Arch::check`]).
     #[error("{0}")]
     Arch(String),
 }
@@ -26,9 +45,13 @@ pub enum ParamError {
 /// optimiser updates and checkpoints store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
+    /// The network they belong to.
     pub arch: Arch,
+    /// PyTorch's names, in `state_dict` order.
     pub names: Vec<String>,
+    /// PyTorch's shapes (conv OIHW, linear `[out, in]`).
     pub shapes: Vec<Vec<usize>>,
+    /// The values, C order.
     pub data: Vec<Vec<f32>>,
 }
 
@@ -116,6 +139,7 @@ impl Params {
         Ok(p)
     }
 
+    /// The values of parameter `name`.
     pub fn get(&self, name: &str) -> Option<&[f32]> {
         self.names
             .iter()

@@ -11,10 +11,20 @@ use stn_ops::{OpDevice, OpError};
 use crate::net::DropoutMasks;
 use crate::{forward, Optimizer, Params};
 
+/// Why training stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The loss became NaN or infinite.
     #[error("the loss became {loss} at epoch {epoch}, batch {batch}: training diverged (try a smaller --lr, --clip, or another --optimizer); the last good checkpoint is kept")]
-    NonFinite { epoch: u64, batch: usize, loss: f32 },
+    NonFinite {
+        /// The epoch (1-based).
+        epoch: u64,
+        /// The batch within it.
+        batch: usize,
+        /// The loss.
+        loss: f32,
+    },
+    /// An op failed (a device error).
     #[error(transparent)]
     Op(#[from] OpError),
 }
@@ -22,15 +32,20 @@ pub enum TrainError {
 /// A split as the trainer reads it: normalised images `[N, side, side]` and labels.
 #[derive(Clone, Copy)]
 pub struct Batch<'a> {
+    /// `[N, side, side]` normalised images.
     pub images: &'a [f32],
+    /// N labels 0–9.
     pub labels: &'a [u8],
+    /// Side of the square images.
     pub side: usize,
 }
 
 impl<'a> Batch<'a> {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -40,30 +55,41 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// How the trainer batches and shuffles.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainOptions {
+    /// Images per optimiser step.
     pub batch: usize,
+    /// Seed of the shuffling and dropout.
     pub seed: u64,
     /// Clip the gradient's global L2 norm to this (None: no clipping, the seed's recipe).
     pub clip: Option<f32>,
 }
 
+/// What an epoch of training did.
 #[derive(Debug, Clone, Copy)]
 pub struct EpochStats {
+    /// Images trained on.
     pub images: usize,
+    /// Mean training loss.
     pub mean_loss: f64,
+    /// Wall-clock seconds.
     pub seconds: f64,
 }
 
+/// An evaluation's figures.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalStats {
+    /// Images evaluated.
     pub images: usize,
     /// Mean NLL over the images (the seed's "Average loss").
     pub loss: f64,
+    /// Images classified correctly.
     pub correct: usize,
 }
 
 impl EvalStats {
+    /// The fraction classified correctly.
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.images.max(1) as f64
     }
@@ -106,6 +132,7 @@ fn tensors<D: OpDevice<f32>>(dev: &D, params: &Params) -> Vec<Tensor<(usize,), f
 /// Where the training step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainDevice {
+    /// The CPU (our kernels).
     Cpu,
     /// The CUDA GPU of this ordinal (feature `cuda`).
     Cuda(usize),
@@ -125,13 +152,17 @@ const MIN_HALF: usize = 8;
 /// optimiser live on the host (27,360 floats); each step uploads them, runs the forward and
 /// backward pass on the device, and downloads the gradients.
 pub struct Trainer {
+    /// The parameters being trained (the host master copy).
     pub params: Params,
+    /// Their optimiser.
     pub optimizer: Optimizer,
+    /// Batching and shuffling.
     pub opts: TrainOptions,
     dev: Dev,
 }
 
 impl Trainer {
+    /// A trainer on the CPU.
     pub fn new(params: Params, optimizer: Optimizer, opts: TrainOptions) -> Self {
         Trainer {
             params,
