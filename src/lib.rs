@@ -61,16 +61,23 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// Refuses outputs that are the same file as an input or as another output, before anything
 /// runs: a forgotten argument must not turn a model into a log file. Each entry is the option's
 /// name and its path.
-pub fn check_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+pub fn check_outputs<P: AsRef<Path>>(
+    inputs: &[(&str, P)],
+    outputs: &[(&str, P)],
+) -> anyhow::Result<()> {
     for (i, (what, out)) in outputs.iter().enumerate() {
-        if let Some((iw, ip)) = inputs.iter().find(|(_, p)| same_file(out, p)) {
+        let out = out.as_ref();
+        if let Some((iw, ip)) = inputs.iter().find(|(_, p)| same_file(out, p.as_ref())) {
             anyhow::bail!(
                 "{what} {} is the same file as {iw} {}: refusing to write over an input (choose another output path)",
                 out.display(),
-                ip.display()
+                ip.as_ref().display()
             );
         }
-        if let Some((ow, _)) = outputs[..i].iter().find(|(_, p)| same_file(out, p)) {
+        if let Some((ow, _)) = outputs[..i]
+            .iter()
+            .find(|(_, p)| same_file(out, p.as_ref()))
+        {
             anyhow::bail!(
                 "{what} {} is also {ow}: give each output its own file",
                 out.display()
@@ -93,6 +100,14 @@ pub fn clamp_threads(n: usize) -> usize {
         cpus
     } else {
         n
+    }
+}
+
+/// A clap parser for a whole number in `[lo, hi]`.
+pub fn usize_in(lo: usize, hi: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s: &str| match s.parse::<usize>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!("{s}: expected a whole number from {lo} to {hi}")),
     }
 }
 

@@ -53,14 +53,7 @@ fn main() -> ExitCode {
             &[("the output", &args.out)],
         )?;
         let ck = Checkpoint::load(&args.checkpoint).context("--checkpoint")?;
-        let bad: Vec<&str> = ck
-            .params
-            .names
-            .iter()
-            .zip(&ck.params.data)
-            .filter(|(_, d)| d.iter().any(|v| !v.is_finite()))
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let bad = ck.params.non_finite();
         if !bad.is_empty() {
             eprintln!(
                 "warning: {}: parameters {} hold NaN or infinite values; the exported model computes garbage",

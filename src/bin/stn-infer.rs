@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
     /// Images per run [1 to 100000]
-    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = batch_size)]
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = stn::usize_in(1, 100_000))]
     batch: usize,
     /// Evaluate on the MNIST test set in DIR [default: $STN_DATA, else data/mnist]
     #[arg(long, value_name = "DIR", conflicts_with = "images")]
@@ -85,16 +85,6 @@ enum RuntimeArg {
 enum DeviceArg {
     Cpu,
     Cuda,
-}
-
-/// The largest ONNX file read (protobuf's own limit is 2 GiB; the seed network is 0.1 MB).
-const MAX_MODEL_BYTES: u64 = 1 << 30;
-
-fn batch_size(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(b) if (1..=100_000).contains(&b) => Ok(b),
-        _ => Err(format!("{s}: expected a batch size from 1 to 100000")),
-    }
 }
 
 fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn Runner>> {
@@ -242,16 +232,7 @@ fn main() -> ExitCode {
         .into_iter()
         .filter_map(|(w, p)| p.clone().map(|p| (w, p)))
         .collect();
-        stn::check_outputs(
-            &inputs
-                .iter()
-                .map(|(w, p)| (*w, p.as_path()))
-                .collect::<Vec<_>>(),
-            &outputs
-                .iter()
-                .map(|(w, p)| (*w, p.as_path()))
-                .collect::<Vec<_>>(),
-        )?;
+        stn::check_outputs(&inputs, &outputs)?;
         for (what, p) in &outputs {
             if p.parent()
                 .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
@@ -262,9 +243,10 @@ fn main() -> ExitCode {
         args.threads = stn::clamp_threads(args.threads);
         let threads = args.threads;
         stn::in_pool(threads, move || {
-            let bytes = stn_data::read_regular(&args.model, MAX_MODEL_BYTES).context("--model")?;
+            let bytes = stn_data::read_regular(&args.model, stn_onnx::MAX_MODEL_BYTES)
+                .context("--model")?;
             let meta = stn_onnx::read_model(&bytes, &args.model.display().to_string())?;
-            let bad = meta.non_finite_params();
+            let bad = meta.params.non_finite();
             if !bad.is_empty() {
                 eprintln!(
                     "warning: {}: parameters {} hold NaN or infinite values; its outputs are garbage",

@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=MAX_EPOCHS))]
     epochs: u64,
     /// Images per optimiser step [1 to 60000]
-    #[arg(long, default_value_t = 64, value_parser = batch_size)]
+    #[arg(long, default_value_t = 64, value_parser = stn::usize_in(1, 60_000))]
     batch: usize,
     /// Learning rate (0, 10000]
     #[arg(long, default_value_t = 0.01, value_parser = stn::f32_in(0.0, true, 1e4), allow_negative_numbers = true)]
@@ -154,29 +154,6 @@ const LEARNED: f64 = 0.5;
 /// The most epochs a run may have (as a checkpoint may hold).
 const MAX_EPOCHS: u64 = stn_model::MAX_EPOCHS;
 
-fn batch_size(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(b) if (1..=60_000).contains(&b) => Ok(b),
-        _ => Err(format!("{s}: expected a batch size from 1 to 60000")),
-    }
-}
-
-/// The recipe options that a checkpoint stores and `--resume` takes from it.
-const RECIPE: [&str; 12] = [
-    "batch",
-    "lr",
-    "optimizer",
-    "schedule",
-    "loc_lr_scale",
-    "clip",
-    "seed",
-    "limit",
-    "distort",
-    "clutter",
-    "fresh_distortions",
-    "no_stn",
-];
-
 /// With `--resume`: the checkpoint's recipe replaces the options' defaults; an option given on the
 /// command line that contradicts it is an error, unless `--override-recipe` (then a warning: the
 /// run is no longer bit-identical). Options that set the network (--distort, --no-stn) cannot be
@@ -236,7 +213,6 @@ fn take_recipe(args: &mut Args, m: &clap::ArgMatches, ck: &Checkpoint) -> anyhow
     };
     let mut overridden = Vec::new();
     for (id, want) in stored {
-        debug_assert!(RECIPE.contains(&id));
         let have = current(args, id);
         if have == want {
             continue;
@@ -358,10 +334,7 @@ fn main() -> ExitCode {
                 outputs.push((what, p.clone()));
             }
         }
-        fn as_refs<'a>(v: &'a [(&'static str, PathBuf)]) -> Vec<(&'static str, &'a Path)> {
-            v.iter().map(|(w, p)| (*w, p.as_path())).collect()
-        }
-        stn::check_outputs(&as_refs(&inputs), &as_refs(&outputs))?;
+        stn::check_outputs(&inputs, &outputs)?;
         if !args.resume && !args.force && args.epochs > 0 && args.out.exists() {
             bail!(
                 "--out {} already exists: add --resume to continue that run, or --force to replace it with a new one (or choose another --out)",
@@ -486,8 +459,8 @@ fn main() -> ExitCode {
                 None => {
                     let params = match &args.init_from {
                         Some(path) => {
-                            let bytes =
-                                stn_data::read_regular(path, 1 << 30).context("--init-from")?;
+                            let bytes = stn_data::read_regular(path, stn_onnx::MAX_MODEL_BYTES)
+                                .context("--init-from")?;
                             let m = stn_onnx::read_model(&bytes, &path.display().to_string())
                                 .context("--init-from")?;
                             if m.params.arch != arch {
@@ -589,14 +562,7 @@ fn main() -> ExitCode {
                 } else {
                     "try a smaller --lr or --loc-lr-scale, --clip, or --optimizer adam"
                 };
-                if let Some(name) = trainer
-                    .params
-                    .names
-                    .iter()
-                    .zip(&trainer.params.data)
-                    .find(|(_, d)| d.iter().any(|v| !v.is_finite()))
-                    .map(|(n, _)| n)
-                {
+                if let Some(name) = trainer.params.non_finite().first() {
                     bail!(
                         "training diverged at epoch {epoch}: parameter {name} is NaN or infinite although the loss is finite; \
                          {} is kept as it was. {advice}",

@@ -32,14 +32,9 @@ pub enum CheckpointError {
         /// The error.
         source: std::io::Error,
     },
-    /// The file could not be read (missing, not a regular file, too large).
-    #[error("{path}: {what}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        what: String,
-    },
+    /// The file could not be read (missing, not a regular file, too large); names the file.
+    #[error(transparent)]
+    Read(#[from] stn_data::ReadError),
     /// Not a checkpoint of this format (or a corrupt one).
     #[error("{path}: not a valid checkpoint: {what}")]
     Format {
@@ -134,16 +129,7 @@ impl Checkpoint {
 
     /// Reads a checkpoint file (a regular file of at most 1 GiB).
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let bytes = stn_data::read_regular(path, MAX_BYTES).map_err(|e| CheckpointError::Read {
-            path: path.display().to_string(),
-            what: match e {
-                stn_data::ReadError::Io { source, .. } => source.to_string(),
-                other => other
-                    .to_string()
-                    .trim_start_matches(&format!("{}: ", path.display()))
-                    .to_string(),
-            },
-        })?;
+        let bytes = stn_data::read_regular(path, MAX_BYTES)?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 

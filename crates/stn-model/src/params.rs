@@ -139,6 +139,17 @@ impl Params {
         Ok(p)
     }
 
+    /// The names of the parameters holding NaN or infinite values (a network that runs, but
+    /// computes garbage).
+    pub fn non_finite(&self) -> Vec<&str> {
+        self.names
+            .iter()
+            .zip(&self.data)
+            .filter(|(_, d)| d.iter().any(|v| !v.is_finite()))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
     /// The values of parameter `name`.
     pub fn get(&self, name: &str) -> Option<&[f32]> {
         self.names

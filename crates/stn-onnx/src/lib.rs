@@ -22,6 +22,10 @@ pub mod proto {
 pub use export::{export, to_bytes, ExportOptions, Output};
 pub use read::{read_model, LoadedModel};
 
+/// The largest ONNX file the binaries read (protobuf's own limit is 2 GiB; the seed network is
+/// 0.1 MB).
+pub const MAX_MODEL_BYTES: u64 = 1 << 30;
+
 /// Errors of export and import; each names what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {

@@ -24,17 +24,6 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// The parameters holding NaN or infinite values (a model that runs, but computes garbage).
-    pub fn non_finite_params(&self) -> Vec<&str> {
-        self.params
-            .names
-            .iter()
-            .zip(&self.params.data)
-            .filter(|(_, d)| d.iter().any(|v| !v.is_finite()))
-            .map(|(n, _)| n.as_str())
-            .collect()
-    }
-
     /// The metadata value of `key`, if the model has one.
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata
@@ -154,7 +143,7 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
     };
     let stn = init_names.contains(&"localization.0.weight");
     let arch = Arch { canvas: side, stn };
-    let roles = crate::verify::verify(graph, &arch, &input_name, opset)
+    let outputs = crate::verify::verify(graph, &arch, &input_name, opset)
         .map_err(|what| bad(format!("not the seed network ({arch}): {what}")))?;
     let specs = arch.param_specs();
     let mut named = Vec::new();
@@ -172,7 +161,7 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
     Ok(LoadedModel {
         params,
         opset,
-        outputs: roles.outputs,
+        outputs,
         metadata: model
             .metadata_props
             .iter()

@@ -90,20 +90,14 @@ enum Val {
     },
 }
 
-/// Which graph output is which.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Roles {
-    /// Output names in the graph's order.
-    pub outputs: Vec<String>,
-}
-
-/// The check's verdict: `Err` names the node (or input, output) that differs.
+/// The check's verdict: the graph's output names (log-probs first), or an error naming the node
+/// (or input, output) that differs.
 pub(crate) fn verify(
     graph: &crate::proto::GraphProto,
     arch: &Arch,
     input_name: &str,
     opset: i64,
-) -> Result<Roles, String> {
+) -> Result<Vec<String>, String> {
     let mut floats: HashMap<String, &TensorProto> = HashMap::new();
     let mut vals: HashMap<String, Val> = HashMap::new();
     for t in &graph.initializer {
@@ -189,7 +183,7 @@ pub(crate) fn verify(
     }
 
     let (lp, theta, warped) = expected(arch);
-    let mut roles = Roles::default();
+    let mut outputs = Vec::new();
     for (k, o) in graph.output.iter().enumerate() {
         let name = o.name.clone().unwrap_or_default();
         let v = match vals.get(&name) {
@@ -225,12 +219,12 @@ pub(crate) fn verify(
                 ))
             }
         }
-        roles.outputs.push(name);
+        outputs.push(name);
     }
-    if roles.outputs.is_empty() {
+    if outputs.is_empty() {
         return Err("the graph has no output".into());
     }
-    Ok(roles)
+    Ok(outputs)
 }
 
 fn node_label(node: &NodeProto, i: usize) -> String {
