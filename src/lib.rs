@@ -198,3 +198,56 @@ pub fn write_npy(
     bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
     stn_data::write_atomic(path, &bytes)
 }
+
+/// The largest model-spec file read.
+const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// The network of `--spec`: a preset's name ([`stn_model::PRESETS`]) or a JSON or TOML file.
+pub fn load_spec(arg: &str) -> anyhow::Result<stn_model::Network> {
+    use anyhow::Context;
+    if let Some(spec) = stn_model::ModelSpec::preset(arg) {
+        return Ok(stn_model::Network::new(spec)?);
+    }
+    let path = Path::new(arg);
+    if !path.exists() {
+        let names: Vec<&str> = stn_model::PRESETS.iter().map(|(n, _)| *n).collect();
+        anyhow::bail!(
+            "--spec {arg}: neither a preset ({}) nor a file",
+            names.join(", ")
+        );
+    }
+    let bytes = stn_data::read_regular(path, MAX_SPEC_BYTES).context("--spec")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("--spec {arg}: not UTF-8 text (a JSON or TOML model spec)"))?;
+    let spec = stn_model::ModelSpec::parse(&text).with_context(|| format!("--spec {arg}"))?;
+    stn_model::Network::new(spec).with_context(|| format!("--spec {arg}"))
+}
+
+/// A preset as a file to start from: TOML with a header that lists the layer vocabulary.
+pub fn spec_file_text(name: &str) -> anyhow::Result<String> {
+    let Some(spec) = stn_model::ModelSpec::preset(name) else {
+        let list: Vec<String> = stn_model::PRESETS
+            .iter()
+            .map(|(n, what)| format!("  {n}: {what}"))
+            .collect();
+        anyhow::bail!(
+            "--print-spec {name}: no such preset; the presets are\n{}",
+            list.join("\n")
+        );
+    };
+    let what = stn_model::PRESETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, w)| w);
+    Ok(format!(
+        "# stn model spec: preset '{name}', {what}.\n\
+         # Train it with `stn-train --spec FILE`. Layers (PyTorch's semantics):\n\
+         #   conv2d (out, kernel, stride = 1, padding = 0), max_pool2d / avg_pool2d (kernel, stride = kernel),\n\
+         #   relu, dropout (p = 0.5), dropout2d (p = 0.5), flatten, linear (out).\n\
+         # transform.kind: affine (output = [H, W], padding = zeros|border|reflection, align_corners)\n\
+         # or none (no localization). names = \"tutorial\" names parameters as the tutorial's Net;\n\
+         # leave it out for nn.Sequential names (localization.<i>, classifier.<i>).\n\
+         # input.mean / input.std: per channel; leave both out to compute them from the training images.\n\n{}",
+        spec.to_toml()
+    ))
+}

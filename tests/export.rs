@@ -92,7 +92,7 @@ fn every_variant_passes_the_checker_and_matches_onnxruntime() {
         &Batch {
             images: &images,
             labels: &labels,
-            side: 28,
+            dims: [1, 28, 28],
         },
         0,
         n,

@@ -38,7 +38,7 @@ fn verdict(which: &str, bytes: &[u8], images: &[f32], lib: &std::path::Path) -> 
             "dfdx" => Box::new(DfdxRunner::load(bytes, "mutant.onnx", false)?),
             _ => Box::new(FusedRunner::load(bytes, "mutant.onnx")?),
         };
-        if r.input_side() != 28 {
+        if r.input_dims() != [1, 28, 28] {
             return Ok::<_, stn_runtime::RuntimeError>(None);
         }
         Ok(Some(r.run(images, IMAGES)?.log_probs))

@@ -608,14 +608,63 @@ fn stn_infer_needs_only_the_test_files() {
     assert!(o.status.success(), "{}", common::stderr(&o));
 }
 
+/// Safetensors bytes with their JSON header edited.
+fn with_header(bytes: &[u8], edit: impl FnOnce(&str) -> String) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = edit(std::str::from_utf8(&bytes[8..8 + n]).unwrap());
+    assert_ne!(
+        header.as_bytes(),
+        &bytes[8..8 + n],
+        "the edit changed nothing"
+    );
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
 #[test]
 fn checkpoints_with_wrapping_sizes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ck = Checkpoint::load(&repo().join("models/stn.safetensors")).unwrap();
-    let mut small = ck.clone();
-    small.params.arch.canvas = 5;
     let p = dir.path().join("small.safetensors");
-    std::fs::write(&p, small.to_bytes().unwrap()).unwrap();
+    // A spec with a 5×5 input (the localisation net's 7×7 kernel does not fit), and a checkpoint
+    // from before specs whose arch claims a 5×5 canvas.
+    let bytes = ck.to_bytes().unwrap();
+    std::fs::write(
+        &p,
+        with_header(&bytes, |h| {
+            h.replace(
+                r#"\"height\":28,\"width\":28"#,
+                r#"\"height\":5,\"width\":5"#,
+            )
+        }),
+    )
+    .unwrap();
+    let e = Checkpoint::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("small.safetensors") && e.contains("kernel 7×7") && e.contains("1×5×5 input"),
+        "{e}"
+    );
+    std::fs::write(
+        &p,
+        with_header(&bytes, |h| {
+            let h = h.replace(r#"\"canvas\":28"#, r#"\"canvas\":5"#);
+            // Drop the "spec" entry: its string value ends at the first unescaped quote.
+            let at = h.find(r#""spec":""#).expect("a spec");
+            let body = at + r#""spec":""#.len();
+            let mut end = body;
+            while h.as_bytes()[end] != b'"' {
+                end += if h.as_bytes()[end] == b'\\' { 2 } else { 1 };
+            }
+            let (before, after) = (&h[..at], &h[end + 1..]);
+            match after.strip_prefix(',') {
+                Some(rest) => format!("{before}{rest}"),
+                None => format!("{}{after}", before.trim_end_matches(',')),
+            }
+        }),
+    )
+    .unwrap();
     let e = Checkpoint::load(&p).unwrap_err().to_string();
     assert!(e.contains("canvas 5×5"), "{e}");
     let o = common::run(

@@ -209,3 +209,169 @@ fn divergence_stops_and_keeps_the_last_good_checkpoint() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 }
+
+/// A model spec of the user's own: a wider localisation net and classifier than the seed's, named
+/// as `nn.Sequential`s, and no normalisation (computed from the training images).
+const OWN_SPEC: &str = r#"
+classes = 10
+
+[input]
+channels = 1
+height = 28
+width = 28
+
+[[localization]]
+op = "conv2d"
+out = 12
+kernel = 5
+[[localization]]
+op = "max_pool2d"
+kernel = 2
+[[localization]]
+op = "relu"
+[[localization]]
+op = "flatten"
+[[localization]]
+op = "linear"
+out = 16
+[[localization]]
+op = "relu"
+
+[transform]
+kind = "affine"
+output = [24, 24]
+padding = "border"
+
+[[classifier]]
+op = "conv2d"
+out = 16
+kernel = 5
+[[classifier]]
+op = "max_pool2d"
+kernel = 2
+[[classifier]]
+op = "relu"
+[[classifier]]
+op = "flatten"
+[[classifier]]
+op = "linear"
+out = 10
+"#;
+
+#[test]
+fn a_spec_file_trains_and_travels_with_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("own.toml");
+    std::fs::write(&spec, OWN_SPEC).unwrap();
+    let out = dir.path().join("own.safetensors");
+    let o = train(
+        &out,
+        &[
+            "--epochs",
+            "1",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.002",
+        ],
+    );
+    ok(&o);
+    let err = common::stderr(&o);
+    assert!(
+        err.contains("normalisation from the training images"),
+        "{err}"
+    );
+    let ck = Checkpoint::load(&out).unwrap();
+    let s = ck.params.net.spec();
+    assert_eq!(s.transform.output(), Some([24, 24]));
+    let (mean, std) = s.normalization().expect("stored with the spec");
+    assert!(
+        (mean[0] - 0.13).abs() < 0.01 && (std[0] - 0.31).abs() < 0.01,
+        "{mean:?} {std:?}"
+    );
+    assert!(ck.params.get("localization.4.weight").is_some());
+    assert!(ck.params.get("classifier.4.weight").is_some());
+    // It learnt something in one epoch of 320 images (chance is 10%).
+    let acc = ck.run["history"][0]["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.3, "test accuracy {acc}");
+    // Resuming takes the spec from the checkpoint; another spec is refused.
+    ok(&train(&out, &["--epochs", "2", "--resume"]));
+    assert_eq!(Checkpoint::load(&out).unwrap().epoch, 2);
+    let o = train(&out, &["--epochs", "3", "--resume", "--spec", "seed"]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(
+        e.contains("another network") && e.contains("--spec seed"),
+        "{e}"
+    );
+    // The exporter says what it cannot write yet and writes nothing.
+    let onnx = dir.path().join("own.onnx");
+    let o = common::run(
+        "stn-export",
+        &[
+            onnx.to_str().unwrap(),
+            "--checkpoint",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success() && !onnx.exists());
+    assert!(
+        common::stderr(&o).contains("tutorial's family"),
+        "{}",
+        common::stderr(&o)
+    );
+}
+
+#[test]
+fn bad_specs_are_clear_errors_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.safetensors");
+    let spec = dir.path().join("bad.toml");
+    // A 29×29 kernel on the classifier's 24×24 sample.
+    std::fs::write(
+        &spec,
+        OWN_SPEC.replace("out = 16\nkernel = 5", "out = 16\nkernel = 29"),
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec!["--spec".into(), spec.display().to_string()],
+            vec![
+                "bad.toml",
+                "classifier layer 0 (conv2d out 16 kernel 29",
+                "larger than its 1×24×24 input",
+            ],
+        ),
+        (
+            vec!["--spec".into(), "lenet".into()],
+            vec!["--spec lenet", "neither a preset", "seed-no-stn"],
+        ),
+        (
+            vec!["--spec".into(), "rts".into()],
+            vec!["takes 1×42×42 images", "the data is 1×28×28"],
+        ),
+        (
+            vec!["--spec".into(), "seed".into(), "--no-stn".into()],
+            vec!["--no-stn", "cannot be used with"],
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args: Vec<&str> = vec!["--epochs", "1"];
+        args.extend(extra.iter().map(|s| s.as_str()));
+        let o = train(&out, &args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let e = common::stderr(&o);
+        for w in want {
+            assert!(e.contains(w), "{args:?}: {e}\n does not say {w:?}");
+        }
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    // --print-spec gives a file that trains as the preset.
+    let o = common::run("stn-train", &["--print-spec", "seed"]);
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    let printed = stn_model::ModelSpec::parse(&text).unwrap();
+    assert_eq!(printed, stn_model::ModelSpec::preset("seed").unwrap());
+}

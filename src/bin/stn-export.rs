@@ -95,7 +95,7 @@ fn main() -> ExitCode {
             bytes.len(),
             args.opset,
             args.outputs,
-            ck.params.arch
+            ck.params.net
         );
         Ok(())
     })

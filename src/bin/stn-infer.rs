@@ -162,7 +162,7 @@ fn run_all(
     n: usize,
     batch: usize,
 ) -> anyhow::Result<(Vec<f32>, f64, usize)> {
-    let px = r.input_side() * r.input_side();
+    let px: usize = r.input_dims().iter().product();
     let mut out = Vec::with_capacity(n * 10);
     let mut secs = 0.0;
     let mut runs = 0;
@@ -266,7 +266,13 @@ fn main() -> ExitCode {
             for &which in args.compare.iter().skip(1) {
                 others.push(load(&args, which, &bytes)?);
             }
-            let side = first.input_side();
+            let side = match first.input_dims() {
+                [1, h, w] if h == w => h,
+                [c, h, w] => bail!(
+                    "{}: the model takes {c}×{h}×{w} images; stn-infer reads models of square grey images only (for now)",
+                    args.model.display()
+                ),
+            };
             let mean: f32 = meta
                 .meta("stn.normalize.mean")
                 .and_then(|v| v.parse().ok())

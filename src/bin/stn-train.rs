@@ -1,4 +1,5 @@
-//! stn-train: trains the seed spatial-transformer network on MNIST.
+//! stn-train: trains a spatial-transformer network (the seed's by default, or any model spec) on
+//! MNIST.
 
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
@@ -14,15 +15,16 @@ use stn_data::{
     MNIST_MEAN, MNIST_STD,
 };
 use stn_model::{
-    evaluate, predict, Arch, Batch, Checkpoint, Optimizer, OptimizerKind, Params, TrainDevice,
-    TrainError, TrainOptions, Trainer,
+    evaluate, predict, Arch, Batch, Checkpoint, Network, Optimizer, OptimizerKind, Params,
+    TrainDevice, TrainError, TrainOptions, Trainer,
 };
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Train the seed spatial-transformer network (an affine STN in front of a LeNet classifier) on
-/// MNIST, with the recipe of PyTorch's spatial-transformer tutorial by default.
+/// Train a spatial-transformer network on MNIST: by default the seed network of PyTorch's
+/// spatial-transformer tutorial (an affine STN in front of a LeNet classifier) with its recipe, or
+/// any network described by a model spec (--spec; --print-spec seed gives a file to start from).
 ///
 /// The data is read from --data, else $STN_DATA, else data/mnist; missing files are downloaded
 /// from the usual MNIST mirrors and verified (SHA-256 of the published files) unless --offline.
@@ -84,6 +86,13 @@ struct Args {
     /// The classifier alone on the input canvas, without the spatial transformer (the baseline)
     #[arg(long)]
     no_stn: bool,
+    /// The network: a preset (seed, seed-no-stn, rts, rts-no-stn, t, t-no-stn) or a model-spec
+    /// file (JSON or TOML) [default: the preset of --distort and --no-stn, `seed` without them]
+    #[arg(long, value_name = "PRESET|FILE", conflicts_with = "no_stn")]
+    spec: Option<String>,
+    /// Print a preset's model spec (TOML) to start a spec file from, and exit
+    #[arg(long, value_name = "PRESET")]
+    print_spec: Option<String>,
     /// Checkpoint to write (safetensors), after every epoch
     #[arg(long, value_name = "PATH", default_value = "models/stn.safetensors")]
     out: PathBuf,
@@ -193,7 +202,10 @@ fn take_recipe(args: &mut Args, m: &clap::ArgMatches, ck: &Checkpoint) -> anyhow
                 .unwrap_or(false)
                 .to_string(),
         ),
-        ("no_stn", (!ck.params.arch.stn).to_string()),
+        (
+            "no_stn",
+            (!ck.params.net.spec().transform.is_some()).to_string(),
+        ),
     ];
     let current = |args: &Args, id: &str| -> String {
         match id {
@@ -289,13 +301,14 @@ fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn denormalize(v: &[f32]) -> Vec<u8> {
+/// Normalised grey pixels back to bytes, with the network's normalisation.
+fn denormalize(v: &[f32], net: &Network) -> Vec<u8> {
+    let (mean, std) = net
+        .spec()
+        .normalization()
+        .map_or((MNIST_MEAN, MNIST_STD), |(m, s)| (m[0], s[0]));
     v.iter()
-        .map(|&x| {
-            ((x * MNIST_STD + MNIST_MEAN) * 255.0)
-                .round()
-                .clamp(0.0, 255.0) as u8
-        })
+        .map(|&x| ((x * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8)
         .collect()
 }
 
@@ -303,6 +316,12 @@ fn main() -> ExitCode {
     stn::run_main(|| {
         let matches = Args::command().get_matches();
         let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some(name) = &args.print_spec {
+            print!("{}", stn::spec_file_text(name)?);
+            return Ok(());
+        }
+        // The network of --spec, read before anything else (a bad spec fails at once).
+        let spec_net = args.spec.as_deref().map(stn::load_spec).transpose()?;
         if args.device == DeviceArg::Cuda && !cfg!(feature = "cuda") {
             bail!(
                 "--device cuda: this stn-train is built without CUDA support; build it with `--features cuda` \
@@ -363,16 +382,25 @@ fn main() -> ExitCode {
                     check_writable(p, what)?;
                 }
             }
-            let arch = Arch {
+            // The network: --spec, else the checkpoint's (resumed), else the seed family's
+            // preset for --distort and --no-stn.
+            let preset: Network = Arch {
                 canvas: args.distort.canvas(),
                 stn: !args.no_stn,
+            }
+            .into();
+            let mut net = match (&spec_net, &resumed) {
+                (Some(n), _) => n.clone(),
+                (None, Some(ck)) => ck.params.net.clone(),
+                (None, None) => preset,
             };
             if let Some(ck) = &resumed {
-                if ck.params.arch != arch {
+                if ck.params.net != net {
                     bail!(
-                        "--resume: {} holds {}, but its recipe asks for {arch}",
+                        "--resume: {} holds {}, but --spec {} is {net}: that is another network (drop --spec, or train it with its own --out)",
                         args.out.display(),
-                        ck.params.arch
+                        ck.params.net,
+                        args.spec.as_deref().unwrap_or("")
                     );
                 }
             }
@@ -397,6 +425,17 @@ fn main() -> ExitCode {
                 );
             }
             let side = mnist.train.rows;
+            if net.input_dims() != [1, side, side] {
+                let [c, h, w] = net.input_dims();
+                bail!(
+                    "--spec {}: the network takes {c}×{h}×{w} images, the data is 1×{side}×{side} (MNIST{});                      make the spec's input match it",
+                    args.spec.as_deref().unwrap_or(""),
+                    match args.distort {
+                        Distortion::None => String::new(),
+                        d => format!(" with --distort {}", format!("{d:?}").to_lowercase()),
+                    }
+                );
+            }
             eprintln!(
                 "MNIST from {}: {} training and {} test images of {side}×{side}, ready in {:.2}s",
                 data.dir.display(),
@@ -416,14 +455,32 @@ fn main() -> ExitCode {
                 eprintln!("--epochs 0: the data is loaded and verified; nothing to train");
                 return Ok(());
             }
-            let (mut train_x, test_x) = (
-                normalize(&mnist.train.images),
-                normalize(&mnist.test.images),
-            );
+            // The spec's normalisation; a spec without one gets the training images' statistics,
+            // which the checkpoint then carries.
+            if net.spec().normalization().is_none() {
+                let (mean, std) = stn_data::channel_stats(&mnist.train.images, 1, side * side);
+                let mut spec = net.spec().clone();
+                (spec.input.mean, spec.input.std) = (Some(mean.clone()), Some(std.clone()));
+                net = Network::new(spec)?;
+                eprintln!("normalisation from the training images: mean {mean:?}, std {std:?}");
+            }
+            let (mean, std) = {
+                let (m, s) = net.spec().normalization().expect("set above");
+                (m.to_vec(), s.to_vec())
+            };
+            let norm = |px: &[u8]| -> Vec<f32> {
+                if (mean.as_slice(), std.as_slice()) == (&[MNIST_MEAN][..], &[MNIST_STD][..]) {
+                    normalize(px)
+                } else {
+                    stn_data::normalize_planes(px, side * side, &mean, &std)
+                }
+            };
+            let (mut train_x, test_x) = (norm(&mnist.train.images), norm(&mnist.test.images));
+            let dims = [1, side, side];
             let test = Batch {
                 images: &test_x,
                 labels: &mnist.test.labels,
-                side,
+                dims,
             };
 
             let device = match args.device {
@@ -463,17 +520,17 @@ fn main() -> ExitCode {
                                 .context("--init-from")?;
                             let m = stn_onnx::read_model(&bytes, &path.display().to_string())
                                 .context("--init-from")?;
-                            if m.params.arch != arch {
+                            if m.params.net != net {
                                 bail!(
-                                "--init-from {}: the model is {}, but these options ask for {arch}",
+                                "--init-from {}: the model is {}, but these options ask for {net}",
                                 path.display(),
-                                m.params.arch
+                                m.params.net
                             );
                             }
                             eprintln!("starting from the parameters of {}", path.display());
                             m.params
                         }
-                        None => Params::init(arch, args.seed),
+                        None => Params::init(net.clone(), args.seed),
                     };
                     let opt = Optimizer::new(args.optimizer, args.lr, args.loc_lr_scale, &params);
                     (
@@ -484,7 +541,7 @@ fn main() -> ExitCode {
                 }
             };
             eprintln!(
-                "{arch}: {} parameters, optimizer {:?}, lr {}",
+                "{net}: {} parameters, optimizer {:?}, lr {}",
                 trainer.params.count(),
                 trainer.optimizer.kind,
                 trainer.optimizer.lr
@@ -516,14 +573,14 @@ fn main() -> ExitCode {
                     // The last epoch's images go first: two float copies of the set at once
                     // were 0.4 GB of the peak memory on 42×42 canvases.
                     drop(std::mem::take(&mut train_x));
-                    train_x = normalize(
+                    train_x = norm(
                         &distort_split(plain, args.distort, args.clutter as usize, seed).images,
                     );
                 }
                 let train = Batch {
                     images: &train_x,
                     labels: &mnist.train.labels,
-                    side,
+                    dims,
                 };
                 trainer.optimizer.schedule = args.schedule.factor(epoch, args.epochs);
                 let stats = trainer
@@ -626,16 +683,19 @@ fn main() -> ExitCode {
             }
 
             if let Some(path) = &args.visualize {
-                if !arch.stn {
+                let Some([ho, wo]) = net.spec().transform.output() else {
                     bail!("--visualize needs the spatial transformer (drop --no-stn)");
+                };
+                if ho != wo {
+                    bail!("--visualize draws square samples only, this network samples {ho}×{wo}");
                 }
                 let k = test.len().min(32);
                 let (_, _, warped) = predict(&trainer.params, &test, 0, k)?;
-                let before: Vec<u8> = denormalize(&test_x[..k * side * side]);
-                let after: Vec<u8> = denormalize(&warped);
+                let before: Vec<u8> = denormalize(&test_x[..k * side * side], &net);
+                let after: Vec<u8> = denormalize(&warped, &net);
                 let l: Vec<&[u8]> = before.chunks(side * side).collect();
-                let r: Vec<&[u8]> = after.chunks(28 * 28).collect();
-                side_by_side_png(&l, side, &r, 28, 8, path)
+                let r: Vec<&[u8]> = after.chunks(ho * wo).collect();
+                side_by_side_png(&l, side, &r, ho, 8, path)
                     .with_context(|| format!("--visualize {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }

@@ -5,7 +5,8 @@
 //! * [`Mnist::load`] finds the four files ([`DataDir::resolve`]: `--data`, `STN_DATA`, `data/mnist`),
 //!   verifies the SHA-256 of the decompressed bytes against the published files, and downloads what
 //!   is missing from the usual mirrors unless offline;
-//! * [`normalize`] is the seed's `(x/255 - 0.1307) / 0.3081`, in f32 like PyTorch;
+//! * [`normalize`] is the seed's `(x/255 - 0.1307) / 0.3081`, in f32 like PyTorch; [`normalize_planes`]
+//!   the same per channel, [`channel_stats`] a training set's per-channel mean and std;
 //! * [`epoch_order`] gives a shuffled order that depends only on `(seed, epoch)`, on every machine;
 //! * [`distort`] makes the distorted MNIST variants of the spatial-transformer paper (R, RTS, T, clutter).
 
@@ -20,8 +21,8 @@ pub use distort::{distort_split, Distortion};
 pub use files::{read_regular, write_atomic, ReadError};
 pub use idx::{IdxArray, IdxReader};
 pub use mnist::{
-    epoch_order, mnist_paths, normalize, DataDir, Mnist, MnistFile, MnistSplit, MNIST_FILES,
-    MNIST_MEAN, MNIST_STD,
+    channel_stats, epoch_order, mnist_paths, normalize, normalize_planes, DataDir, Mnist,
+    MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN, MNIST_STD,
 };
 pub use sheet::{contact_sheet_png, side_by_side_png};
 

@@ -441,10 +441,49 @@ pub fn mnist_paths(dir: &Path) -> Vec<PathBuf> {
 
 /// The seed's normalisation, computed in f32 exactly as PyTorch does: `(x / 255 - mean) / std`.
 pub fn normalize(pixels: &[u8]) -> Vec<f32> {
+    normalize_planes(pixels, pixels.len().max(1), &[MNIST_MEAN], &[MNIST_STD])
+}
+
+/// Per-channel normalisation of planar images (`[N, C, plane]`, C = `mean.len()`), in f32 as
+/// torchvision's `ToTensor` then `Normalize` compute it: `(x / 255 - mean[c]) / std[c]`.
+pub fn normalize_planes(pixels: &[u8], plane: usize, mean: &[f32], std: &[f32]) -> Vec<f32> {
+    let c = mean.len().max(1);
     pixels
-        .iter()
-        .map(|&p| (p as f32 / 255.0 - MNIST_MEAN) / MNIST_STD)
+        .chunks(plane.max(1))
+        .enumerate()
+        .flat_map(|(i, p)| {
+            let (m, s) = (mean[i % c], std[i % c]);
+            p.iter().map(move |&p| (p as f32 / 255.0 - m) / s)
+        })
         .collect()
+}
+
+/// The per-channel mean and standard deviation of planar images (`[N, C, plane]`) scaled to
+/// [0, 1], summed in f64: the normalisation a spec without one gets from its training images. A
+/// channel with no spread gets std 1.
+pub fn channel_stats(pixels: &[u8], channels: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut sum = vec![0f64; channels];
+    let mut sq = vec![0f64; channels];
+    let mut count = vec![0u64; channels];
+    for (i, p) in pixels.chunks(plane.max(1)).enumerate() {
+        let c = i % channels;
+        for &v in p {
+            let x = v as f64 / 255.0;
+            sum[c] += x;
+            sq[c] += x * x;
+        }
+        count[c] += p.len() as u64;
+    }
+    let mut mean = Vec::with_capacity(channels);
+    let mut std = Vec::with_capacity(channels);
+    for c in 0..channels {
+        let n = count[c].max(1) as f64;
+        let m = sum[c] / n;
+        let var = (sq[c] / n - m * m).max(0.0);
+        mean.push(m as f32);
+        std.push(if var > 1e-12 { var.sqrt() as f32 } else { 1.0 });
+    }
+    (mean, std)
 }
 
 /// The order in which to visit `n` records in `epoch` (1-based or 0-based, any u64): a Fisher–Yates
@@ -489,6 +528,20 @@ mod tests {
         assert_eq!(s, (0..1000).collect::<Vec<_>>());
         // Pinned, so a change of RNG or algorithm (which would change every run) is caught.
         assert_eq!(&epoch_order(10, 1, 1), &PINNED_ORDER);
+    }
+    #[test]
+    fn planar_normalization_and_stats() {
+        // Two images of two 2-pixel planes: channel 0 is {0, 255, 0, 255}, channel 1 all 51.
+        let px = [0, 255, 51, 51, 255, 0, 51, 51];
+        let (mean, std) = channel_stats(&px, 2, 2);
+        assert_eq!(mean, vec![0.5, 0.2]);
+        assert_eq!(std, vec![0.5, 1.0]);
+        let v = normalize_planes(&px, 2, &mean, &std);
+        assert_eq!(v, vec![-1.0, 1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0]);
+        assert_eq!(
+            normalize(&[0, 255, 128]),
+            normalize_planes(&[0, 255, 128], 3, &[MNIST_MEAN], &[MNIST_STD])
+        );
     }
     const PINNED_ORDER: [usize; 10] = [8, 1, 4, 0, 6, 9, 5, 7, 2, 3];
 }

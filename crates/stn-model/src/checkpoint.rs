@@ -1,7 +1,8 @@
 //! Checkpoints: safetensors with the parameters under PyTorch's names (so `safetensors.torch.load_file`
 //! gives a `state_dict` the seed's `Net` loads), the optimiser's buffers as `optim.m.<name>` and
-//! `optim.v.<name>`, and in the metadata the architecture, the epoch, the optimiser and the run's
-//! options. Written atomically (temp file, fsync, rename).
+//! `optim.v.<name>`, and in the metadata the model spec (and, for the seed family, the older
+//! `arch`), the epoch, the optimiser and the run's options. Written atomically (temp file, fsync,
+//! rename).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use crate::{Arch, Optimizer, OptimizerKind, ParamError, Params};
+use crate::{Arch, ModelSpec, Network, Optimizer, OptimizerKind, ParamError, Params};
 
 /// The largest checkpoint read: the biggest network (a 1024×1024 canvas) with Adam's two buffers
 /// is about 100 MB.
@@ -96,9 +97,9 @@ impl Checkpoint {
             })
             .collect();
         let o = &self.optimizer;
-        let meta: HashMap<String, String> = [
+        let mut meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
-            ("arch", serde_json::to_string(&p.arch).expect("serialisable")),
+            ("spec", serde_json::to_string(p.net.spec()).expect("serialisable")),
             ("epoch", self.epoch.to_string()),
             ("optimizer", serde_json::json!({"kind": o.kind, "lr": o.lr, "loc_lr_scale": o.loc_lr_scale, "step": o.step}).to_string()),
             ("run", self.run.to_string()),
@@ -106,6 +107,13 @@ impl Checkpoint {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(arch) = p.seed_arch() {
+            // Read by builds from before specs.
+            meta.insert(
+                "arch".into(),
+                serde_json::to_string(&arch).expect("serialisable"),
+            );
+        }
         safetensors::serialize(views, &Some(meta))
     }
 
@@ -152,8 +160,20 @@ impl Checkpoint {
                 get("format")?
             )));
         }
-        let arch: Arch =
-            serde_json::from_str(get("arch")?).map_err(|e| bad(format!("arch: {e}")))?;
+        // The spec; a checkpoint from before specs has the seed family's `arch` only.
+        let net = match meta.get("spec") {
+            Some(spec) => {
+                let spec: ModelSpec =
+                    serde_json::from_str(spec).map_err(|e| bad(format!("spec: {e}")))?;
+                Network::new(spec).map_err(|e| bad(e.to_string()))?
+            }
+            None => {
+                let arch: Arch =
+                    serde_json::from_str(get("arch")?).map_err(|e| bad(format!("arch: {e}")))?;
+                arch.check().map_err(&bad)?;
+                Network::from(arch)
+            }
+        };
         let epoch: u64 = get("epoch")?
             .parse()
             .map_err(|e| bad(format!("epoch: {e}")))?;
@@ -193,7 +213,7 @@ impl Checkpoint {
                 params.push((name, view.shape().to_vec(), data));
             }
         }
-        let params = Params::from_named(arch, params).map_err(|e| CheckpointError::Params {
+        let params = Params::from_named(net, params).map_err(|e| CheckpointError::Params {
             path: path.to_string(),
             source: e,
         })?;

@@ -77,7 +77,12 @@ struct Scratch<E> {
 impl<E: Real> FusedNet<E> {
     /// The fused forward of `params`' network (weights converted to `E` and laid out once).
     pub fn new(params: &Params) -> Result<FusedNet<E>, ParamError> {
-        let arch = params.arch;
+        let arch = params.seed_arch().ok_or_else(|| {
+            ParamError::Arch(format!(
+                "the fused forward runs the tutorial's family of networks only (for now), not {}",
+                params.net
+            ))
+        })?;
         let get = |name: &str| -> Result<Vec<E>, ParamError> {
             let v = params.get(name).ok_or_else(|| ParamError::Missing {
                 name: name.into(),

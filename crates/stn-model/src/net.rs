@@ -1,4 +1,4 @@
-//! The seed network's architecture and forward pass.
+//! The forward pass of any [`Plan`] on dfdx, and the seed family's architecture ([`Arch`]).
 
 use std::fmt;
 
@@ -7,7 +7,11 @@ use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
     affine_grid, affine_sample, conv2d, conv_pool_relu, conv_pool_relu_scaled, grid_sample,
-    max_pool2d, max_pool2d_relu, Dyn4, OpDevice, OpError, Padding, Real,
+    max_pool2d, max_pool2d_relu, Dyn4, OpDevice, OpError, Real,
+};
+
+use crate::spec::{
+    InputSpec, Layer, ModelSpec, Naming, Plan, PlannedLayer, Shape as Dims, Transform,
 };
 
 /// Which variant of the seed network: the input canvas side (28 for MNIST, 42 for RTS, 60 for T)
@@ -86,6 +90,70 @@ impl Arch {
         10 * self.loc_side() * self.loc_side()
     }
 
+    /// The spec of this architecture: the tutorial's layers, named as its `Net` names them.
+    pub fn spec(&self) -> ModelSpec {
+        let conv = |out, kernel| Layer::Conv2d {
+            out,
+            kernel,
+            stride: 1,
+            padding: 0,
+        };
+        let pool = Layer::MaxPool2d {
+            kernel: 2,
+            stride: None,
+        };
+        let classifier = vec![
+            conv(10, 5),
+            pool,
+            Layer::Relu,
+            conv(20, 5),
+            Layer::Dropout2d { p: 0.5 },
+            pool,
+            Layer::Relu,
+            Layer::Flatten,
+            Layer::Linear { out: 50 },
+            Layer::Relu,
+            Layer::Dropout { p: 0.5 },
+            Layer::Linear { out: 10 },
+        ];
+        let (localization, transform) = if self.stn {
+            (
+                vec![
+                    conv(8, 7),
+                    pool,
+                    Layer::Relu,
+                    conv(10, 5),
+                    pool,
+                    Layer::Relu,
+                    Layer::Flatten,
+                    Layer::Linear { out: 32 },
+                    Layer::Relu,
+                ],
+                Transform::Affine {
+                    output: [SAMPLED, SAMPLED],
+                    padding: crate::spec::Padding::Zeros,
+                    align_corners: false,
+                },
+            )
+        } else {
+            (vec![], Transform::None)
+        };
+        ModelSpec {
+            input: InputSpec {
+                channels: 1,
+                height: self.canvas,
+                width: self.canvas,
+                mean: Some(vec![stn_data::MNIST_MEAN]),
+                std: Some(vec![stn_data::MNIST_STD]),
+            },
+            localization,
+            transform,
+            classifier,
+            classes: 10,
+            names: Naming::Tutorial,
+        }
+    }
+
     /// Parameter names and shapes in PyTorch's `state_dict` order.
     pub fn param_specs(&self) -> Vec<(&'static str, Vec<usize>)> {
         let mut v = vec![
@@ -116,73 +184,287 @@ impl Arch {
 
 /// What the network computes for a batch.
 pub struct Outputs<E: Real, D: OpDevice<E>, T> {
-    /// `[N, 10]`, with the tape of the forward pass.
+    /// `[N, classes]`, with the tape of the forward pass.
     pub log_probs: Tensor<(usize, usize), E, D, T>,
-    /// `[N, 2, 3]`, the STN's affine maps (without tape).
-    pub theta: Option<Tensor<(usize, usize, usize), E, D>>,
-    /// `[N, 1, 28, 28]`, the STN's output images (without tape).
+    /// `[N, P]`, the transform head's parameters (the affine maps' 2×3 row by row), without tape.
+    pub theta: Option<Tensor<(usize, usize), E, D>>,
+    /// `[N, C, Ho, Wo]`, the transformer's output images (without tape).
     pub warped: Option<Tensor<Dyn4, E, D>>,
 }
 
-/// Dropout masks for one training batch, already scaled by 1/(1−p): `conv2` per (image, channel)
-/// for the seed's `Dropout2d`, `fc1` per (image, unit) for its `F.dropout`.
+/// Dropout masks for one training batch, already scaled by 1/(1−p): one per dropout layer of
+/// [`Plan::dropouts`], in its order (`Dropout2d` a value per image and channel, `Dropout` per
+/// image and value).
 pub struct DropoutMasks<E> {
-    pub conv2: Vec<E>,
-    pub fc1: Vec<E>,
+    /// The masks, `[N · units]` each.
+    pub masks: Vec<Vec<E>>,
+    /// Values per image of each mask.
+    pub units: Vec<usize>,
 }
 
 impl<E: Clone> DropoutMasks<E> {
     /// The masks of images `..at` and `at..`.
     pub fn split(&self, at: usize) -> (DropoutMasks<E>, DropoutMasks<E>) {
-        let (c, f) = (self.conv2.split_at(at * 20), self.fc1.split_at(at * 50));
+        let (a, b) = self
+            .masks
+            .iter()
+            .zip(&self.units)
+            .map(|(m, &u)| {
+                let (a, b) = m.split_at(at * u);
+                (a.to_vec(), b.to_vec())
+            })
+            .unzip();
         (
             DropoutMasks {
-                conv2: c.0.to_vec(),
-                fc1: f.0.to_vec(),
+                masks: a,
+                units: self.units.clone(),
             },
             DropoutMasks {
-                conv2: c.1.to_vec(),
-                fc1: f.1.to_vec(),
+                masks: b,
+                units: self.units.clone(),
             },
         )
     }
 }
 
-/// `x · wᵀ + b` with `w` stored `[out, in]` as in PyTorch.
-/// `relu(max_pool2d(x, 2, 2))`: one op on the CPU, the pool then dfdx's ReLU elsewhere (CUDA).
-fn pool_relu<E: Real, D: OpDevice<E>, T: Tape<E, D>>(
-    x: Tensor<Dyn4, E, D, T>,
-) -> Result<Tensor<Dyn4, E, D, T>, OpError> {
-    if D::HOST {
-        return max_pool2d_relu(x, 2, 2);
-    }
-    max_pool2d(x, 2, 2)?
-        .try_relu()
-        .map_err(|e| OpError::Device {
-            op: "relu",
-            what: e.to_string(),
-        })
+/// An activation between layers: a feature map or a flat batch of vectors.
+enum Act<E: Real, D: OpDevice<E>, T> {
+    Map(Tensor<Dyn4, E, D, T>),
+    Flat(Tensor<(usize, usize), E, D, T>),
 }
 
-/// `relu(max_pool2d(conv2d(x, w, b), 2, 2))`: one op on the CPU (no conv output tensor), three
-/// elsewhere (CUDA).
-fn conv_block<E, D, Tx, T>(
-    x: Tensor<Dyn4, E, D, Tx>,
-    w: Tensor<Dyn4, E, D, T>,
-    b: Tensor<(usize,), E, D, T>,
-) -> Result<Tensor<Dyn4, E, D, T>, OpError>
+/// A parameter as the forward takes it: flat, reshaped where used.
+type FlatParam<E, D, T> = Tensor<(usize,), E, D, T>;
+
+/// What the layers of one forward pass share: the parameters (each taken once), the dropout masks
+/// (taken in order), the device.
+struct Ctx<'a, E: Real, D: OpDevice<E>, T> {
+    names: Vec<&'a str>,
+    params: Vec<Option<FlatParam<E, D, T>>>,
+    shapes: Vec<&'a [usize]>,
+    masks: Option<std::slice::Iter<'a, Vec<E>>>,
+    dev: D,
+}
+
+fn dev_err<Er: std::fmt::Display>(op: &'static str) -> impl Fn(Er) -> OpError {
+    move |e| OpError::Device {
+        op,
+        what: e.to_string(),
+    }
+}
+
+impl<E: Real, D: OpDevice<E>, T: Tape<E, D>> Ctx<'_, E, D, T> {
+    /// The parameter `name`, reshaped to its shape.
+    fn take<S: Shape>(
+        &mut self,
+        name: &str,
+        like: impl FnOnce(&[usize]) -> S,
+    ) -> Result<Tensor<S, E, D, T>, OpError> {
+        let i = self
+            .names
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| OpError::shape("forward", format!("no parameter {name}")))?;
+        let t = self.params[i]
+            .take()
+            .ok_or_else(|| OpError::shape("forward", format!("parameter {name} used twice")))?;
+        t.try_reshape_like(&like(self.shapes[i]))
+            .map_err(dev_err("forward"))
+    }
+
+    /// The next dropout mask as a tensor of `shape` (None in eval mode).
+    fn mask<S: Shape>(&mut self, shape: S) -> Result<Option<Tensor<S, E, D>>, OpError> {
+        let Some(masks) = self.masks.as_mut() else {
+            return Ok(None);
+        };
+        let m = masks
+            .next()
+            .ok_or_else(|| OpError::shape("forward", "fewer dropout masks than dropout layers"))?;
+        if m.len() != shape.num_elements() {
+            return Err(OpError::shape(
+                "forward",
+                format!(
+                    "a dropout mask of {} values for {:?}",
+                    m.len(),
+                    shape.concrete()
+                ),
+            ));
+        }
+        self.dev
+            .try_tensor_from_vec(m.clone(), shape)
+            .map(Some)
+            .map_err(dev_err("dropout"))
+    }
+}
+
+fn is_pool2(l: Option<&PlannedLayer>) -> bool {
+    matches!(
+        l.map(|l| l.layer),
+        Some(Layer::MaxPool2d {
+            kernel: 2,
+            stride: None | Some(2)
+        })
+    )
+}
+fn is_relu(l: Option<&PlannedLayer>) -> bool {
+    matches!(l.map(|l| l.layer), Some(Layer::Relu))
+}
+
+fn unsupported(what: String) -> OpError {
+    OpError::shape("forward", format!("{what}: not implemented by the ops yet"))
+}
+
+/// Layers without parameters from `layers[0]`, on any tape; returns the activation and the number
+/// of layers used (max_pool2d then relu run as one op on the CPU).
+fn run_free<E, D, Tx>(
+    x: Act<E, D, Tx>,
+    layers: &[PlannedLayer],
+    ctx: &mut Ctx<'_, E, D, impl Tape<E, D>>,
+) -> Result<(Act<E, D, Tx>, usize), OpError>
 where
     E: Real,
     D: OpDevice<E>,
     Tx: Tape<E, D>,
-    T: Tape<E, D> + Merge<Tx>,
 {
-    if D::HOST {
-        return conv_pool_relu(x, w, b);
-    }
-    pool_relu(conv2d(x, w, b)?)
+    let l = &layers[0];
+    Ok(match (l.layer, x) {
+        (Layer::MaxPool2d { kernel, stride }, Act::Map(x)) => {
+            let s = stride.unwrap_or(kernel);
+            if D::HOST && is_relu(layers.get(1)) {
+                (Act::Map(max_pool2d_relu(x, kernel, s)?), 2)
+            } else {
+                (Act::Map(max_pool2d(x, kernel, s)?), 1)
+            }
+        }
+        (Layer::Relu, Act::Map(x)) => (Act::Map(x.try_relu().map_err(dev_err("relu"))?), 1),
+        (Layer::Relu, Act::Flat(x)) => (Act::Flat(x.try_relu().map_err(dev_err("relu"))?), 1),
+        (Layer::Dropout { .. }, Act::Map(x)) => match ctx.mask(*x.shape())? {
+            Some(m) => (Act::Map(x.try_mul(m).map_err(dev_err("dropout"))?), 1),
+            None => (Act::Map(x), 1),
+        },
+        (Layer::Dropout { .. }, Act::Flat(x)) => match ctx.mask(*x.shape())? {
+            Some(m) => (Act::Flat(x.try_mul(m).map_err(dev_err("dropout"))?), 1),
+            None => (Act::Flat(x), 1),
+        },
+        (Layer::Dropout2d { .. }, Act::Map(x)) => {
+            let s = *x.shape();
+            match ctx.mask((s.0, s.1))? {
+                Some(m) => {
+                    let m = m
+                        .try_broadcast_like::<_, Axes2<2, 3>>(&s)
+                        .map_err(dev_err("dropout2d"))?;
+                    (Act::Map(x.try_mul(m).map_err(dev_err("dropout2d"))?), 1)
+                }
+                None => (Act::Map(x), 1),
+            }
+        }
+        (Layer::Flatten, Act::Map(x)) => {
+            let (n, c, h, w) = *x.shape();
+            let x = x
+                .try_reshape_like(&(n, c * h * w))
+                .map_err(dev_err("flatten"))?;
+            (Act::Flat(x), 1)
+        }
+        (Layer::Flatten, x @ Act::Flat(_)) => (x, 1),
+        (layer, _) => return Err(unsupported(format!("{layer:?}"))),
+    })
 }
 
+/// The layer with parameters at `layers[0]` (with the layers fused into it on the CPU: conv →
+/// max_pool2d(2) → relu, or conv → dropout2d → max_pool2d(2) → relu, as one op); the output
+/// carries the parameters' tape merged with the input's.
+fn run_param<E, D, Tx, T>(
+    x: Act<E, D, Tx>,
+    layers: &[PlannedLayer],
+    ctx: &mut Ctx<'_, E, D, T>,
+) -> Result<(Act<E, D, T>, usize), OpError>
+where
+    E: Real,
+    D: OpDevice<E>,
+    Tx: Tape<E, D>,
+    T: Tape<E, D> + Merge<Tx> + Merge<T> + Default,
+{
+    let l = &layers[0];
+    let (wn, bn) = l.params.as_ref().expect("a layer with parameters");
+    match (l.layer, x) {
+        (
+            Layer::Conv2d {
+                stride: 1,
+                padding: 0,
+                ..
+            },
+            Act::Map(x),
+        ) => {
+            let w = ctx.take(wn, |s| (s[0], s[1], s[2], s[3]))?;
+            let b = ctx.take(bn, |s| (s[0],))?;
+            let o = w.shape().0;
+            if D::HOST && is_pool2(layers.get(1)) && is_relu(layers.get(2)) {
+                return Ok((Act::Map(conv_pool_relu(x, w, b)?), 3));
+            }
+            let drop2d = matches!(
+                layers.get(1).map(|l| l.layer),
+                Some(Layer::Dropout2d { .. })
+            );
+            if D::HOST && drop2d && is_pool2(layers.get(2)) && is_relu(layers.get(3)) {
+                // The mask scales each conv plane inside the op (no conv output tensor).
+                let n = x.shape().0;
+                let mask = ctx.mask((n, o))?;
+                return Ok((Act::Map(conv_pool_relu_scaled(x, w, b, mask)?), 4));
+            }
+            Ok((Act::Map(conv2d(x, w, b)?), 1))
+        }
+        (layer @ Layer::Conv2d { .. }, _) => Err(unsupported(format!("{layer:?}"))),
+        (Layer::Linear { out }, Act::Flat(x)) => {
+            let w = ctx.take(wn, |s| (s[0] * s[1],))?;
+            let b = ctx.take(bn, |s| (s[0],))?;
+            // The first layer of a part may see the untraced input: it joins the tape here (only a
+            // linear layer needs to; the convs take an untraced input as it is).
+            let (x, tx) = x.split_tape();
+            let x = x.put_tape(T::default().merge(tx));
+            Ok((Act::Flat(linear(x, w, b, out)?), 1))
+        }
+        (layer, _) => Err(unsupported(format!("{layer:?}"))),
+    }
+}
+
+/// Runs `layers` on `x`: layers without parameters on `x`'s own tape until the first with
+/// parameters, which merges the parameters' tape in.
+fn run_part<E, D, Tx, T>(
+    x: Act<E, D, Tx>,
+    layers: &[PlannedLayer],
+    ctx: &mut Ctx<'_, E, D, T>,
+) -> Result<Act<E, D, T>, OpError>
+where
+    E: Real,
+    D: OpDevice<E>,
+    Tx: Tape<E, D>,
+    T: Tape<E, D> + Merge<Tx> + Merge<T> + Default,
+{
+    let mut i = 0;
+    let mut x = x;
+    while i < layers.len() && layers[i].params.is_none() {
+        let (y, used) = run_free(x, &layers[i..], ctx)?;
+        x = y;
+        i += used;
+    }
+    if i == layers.len() {
+        return Err(OpError::shape("forward", "a part without parameters"));
+    }
+    let (mut y, used) = run_param(x, &layers[i..], ctx)?;
+    i += used;
+    while i < layers.len() {
+        let (z, used) = if layers[i].params.is_none() {
+            run_free(y, &layers[i..], ctx)?
+        } else {
+            run_param(y, &layers[i..], ctx)?
+        };
+        y = z;
+        i += used;
+    }
+    Ok(y)
+}
+
+/// `x · wᵀ + b` with `w` stored `[out, in]` as in PyTorch.
 fn linear<E: Real, D: OpDevice<E>, T: Tape<E, D> + Merge<T>>(
     x: Tensor<(usize, usize), E, D, T>,
     w: Tensor<(usize,), E, D, T>,
@@ -190,31 +472,28 @@ fn linear<E: Real, D: OpDevice<E>, T: Tape<E, D> + Merge<T>>(
     out: usize,
 ) -> Result<Tensor<(usize, usize), E, D, T>, OpError> {
     let (n, inp) = *x.shape();
-    let dev_err = |e: D::Err| OpError::Device {
-        op: "linear",
-        what: e.to_string(),
-    };
+    let dev_err = dev_err::<D::Err>("linear");
     let w = w
         .try_reshape_like(&(out, inp))
-        .map_err(dev_err)?
+        .map_err(&dev_err)?
         .try_permute::<_, Axes2<1, 0>>()
-        .map_err(dev_err)?;
+        .map_err(&dev_err)?;
     let b = b
         .try_reshape_like(&(out,))
-        .map_err(dev_err)?
+        .map_err(&dev_err)?
         .try_broadcast_like::<_, Axis<0>>(&(n, out))
-        .map_err(dev_err)?;
+        .map_err(&dev_err)?;
     x.try_matmul(w)
-        .map_err(dev_err)?
+        .map_err(&dev_err)?
         .try_add(b)
-        .map_err(dev_err)
+        .map_err(&dev_err)
 }
 
-/// Runs the network. `params` are in `arch.param_specs()` order (flat, any tape: traced for
-/// training, plain for inference); `x` is a normalised batch `[N, 1, canvas, canvas]`; `dropout`
-/// is `Some` in training mode.
+/// Runs the network of `plan`. `params` are in `plan.params` order (flat, any tape: traced for
+/// training, plain for inference); `x` is a normalised batch `[N, C, H, W]` of the plan's input;
+/// `dropout` is `Some` in training mode.
 pub fn forward<E, D, T>(
-    arch: &Arch,
+    plan: &Plan,
     params: Vec<Tensor<(usize,), E, D, T>>,
     x: Tensor<Dyn4, E, D>,
     dropout: Option<&DropoutMasks<E>>,
@@ -222,127 +501,93 @@ pub fn forward<E, D, T>(
 where
     E: Real,
     D: OpDevice<E>,
-    T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+    T: Tape<E, D> + Merge<T> + Merge<NoneTape> + Default,
 {
-    let specs = arch.param_specs();
-    if params.len() != specs.len() {
+    if params.len() != plan.params.len() {
         return Err(OpError::shape(
             "forward",
             format!(
-                "{} parameters for {arch}, expected {}",
+                "{} parameters, the network has {}",
                 params.len(),
-                specs.len()
+                plan.params.len()
             ),
         ));
     }
     let (n, c, h, w) = *x.shape();
-    if (c, h, w) != (1, arch.canvas, arch.canvas) {
+    let Dims::Map {
+        c: ic,
+        h: ih,
+        w: iw,
+    } = plan.input
+    else {
+        unreachable!("a plan's input is an image")
+    };
+    if (c, h, w) != (ic, ih, iw) {
         return Err(OpError::shape(
             "forward",
             format!(
-                "input {:?} for {arch}: expected [N, 1, {s}, {s}]",
-                [n, c, h, w],
-                s = arch.canvas
+                "input {:?}: the network takes [N, {ic}, {ih}, {iw}]",
+                [n, c, h, w]
             ),
         ));
     }
-    let dev = x.device().clone();
-    let dev_err = |e: D::Err| OpError::Device {
-        op: "forward",
-        what: e.to_string(),
+    let mut ctx = Ctx {
+        names: plan.params.iter().map(|(n, _)| n.as_str()).collect(),
+        shapes: plan.params.iter().map(|(_, s)| s.as_slice()).collect(),
+        params: params.into_iter().map(Some).collect(),
+        masks: dropout.map(|m| m.masks.iter()),
+        dev: x.device().clone(),
     };
-    let mut params: Vec<Option<_>> = params.into_iter().map(Some).collect();
-    let mut take = |name: &str| -> Tensor<(usize,), E, D, T> {
-        let i = specs
-            .iter()
-            .position(|(s, _)| *s == name)
-            .expect("known parameter");
-        params[i].take().expect("each parameter is used once")
-    };
-    let shape4 = |name: &str| -> Dyn4 {
-        let s = &specs.iter().find(|(n, _)| *n == name).expect("known").1;
-        (s[0], s[1], s[2], s[3])
-    };
-
-    let w1 = take("conv1.weight")
-        .try_reshape_like(&shape4("conv1.weight"))
-        .map_err(dev_err)?;
-    let b1 = take("conv1.bias");
-    let (y, theta, warped) = if arch.stn {
-        let w0 = take("localization.0.weight")
-            .try_reshape_like(&shape4("localization.0.weight"))
-            .map_err(dev_err)?;
-        let xs = conv_block(x.clone(), w0, take("localization.0.bias"))?;
-        let w3 = take("localization.3.weight")
-            .try_reshape_like(&shape4("localization.3.weight"))
-            .map_err(dev_err)?;
-        let xs = conv_block(xs, w3, take("localization.3.bias"))?;
-        let xs = xs
-            .try_reshape_like(&(n, arch.fc_loc_in()))
-            .map_err(dev_err)?;
-        let h = linear(xs, take("fc_loc.0.weight"), take("fc_loc.0.bias"), 32)?
-            .try_relu()
-            .map_err(dev_err)?;
-        let theta = linear(h, take("fc_loc.2.weight"), take("fc_loc.2.bias"), 6)?;
-        let theta = theta
-            .try_reshape_like(&(n, 2usize, 3usize))
-            .map_err(dev_err)?;
-        let theta_out = theta.retaped::<NoneTape>();
-        // The transformer: one op on the CPU (no grid tensor), affine_grid + grid_sample elsewhere.
-        let warped = if D::HOST {
-            affine_sample(x, theta, (SAMPLED, SAMPLED), false)?
-        } else {
-            let grid = affine_grid(theta, [n, 1, SAMPLED, SAMPLED], false)?;
-            grid_sample(x, grid, Padding::Zeros, false)?
-        };
-        let warped_out = warped.retaped::<NoneTape>();
-        (
-            conv_block(warped, w1, b1)?,
-            Some(theta_out),
-            Some(warped_out),
-        )
-    } else {
-        // No STN: the classifier reads the input itself (no gradient for the images).
-        (conv_block(x, w1, b1)?, None, None)
-    };
-    let w2 = take("conv2.weight")
-        .try_reshape_like(&shape4("conv2.weight"))
-        .map_err(dev_err)?;
-    let b2 = take("conv2.bias");
-    let o2 = w2.shape().0;
-    // Dropout2d between conv2 and its pool: a mask per (image, channel).
-    let mask = dropout
-        .map(|m| dev.try_tensor_from_vec(m.conv2.clone(), (n, o2)))
-        .transpose()
-        .map_err(dev_err)?;
-    let y = if D::HOST {
-        // One op: no conv output, masked or mask tensor of its own.
-        conv_pool_relu_scaled(y, w2, b2, mask)?
-    } else {
-        let mut y = conv2d(y, w2, b2)?;
-        if let Some(mask) = mask {
-            let s = *y.shape();
-            y = y
-                .try_mul(
-                    mask.try_broadcast_like::<_, Axes2<2, 3>>(&s)
-                        .map_err(dev_err)?,
-                )
-                .map_err(dev_err)?;
+    let (y, theta, warped) = match plan.transform {
+        Transform::None => (
+            run_part(Act::Map(x), &plan.classifier, &mut ctx)?,
+            None,
+            None,
+        ),
+        Transform::Affine {
+            output: [ho, wo],
+            padding,
+            align_corners,
+        } => {
+            let Act::Flat(theta) = run_part(Act::Map(x.clone()), &plan.localization, &mut ctx)?
+            else {
+                return Err(OpError::shape(
+                    "forward",
+                    "the regressor's output is not flat",
+                ));
+            };
+            let theta = theta
+                .try_reshape_like(&(n, 2usize, 3usize))
+                .map_err(dev_err("forward"))?;
+            let theta_out = theta
+                .retaped::<NoneTape>()
+                .try_reshape_like(&(n, 6usize))
+                .map_err(dev_err("forward"))?;
+            // The transformer: one op on the CPU with zero padding (no grid tensor), affine_grid
+            // then grid_sample otherwise.
+            let warped = if D::HOST && padding == crate::spec::Padding::Zeros {
+                affine_sample(x, theta, (ho, wo), align_corners)?
+            } else {
+                let grid = affine_grid(theta, [n, c, ho, wo], align_corners)?;
+                grid_sample(x, grid, padding.op(), align_corners)?
+            };
+            let warped_out = warped.retaped::<NoneTape>();
+            (
+                run_part(Act::Map(warped), &plan.classifier, &mut ctx)?,
+                Some(theta_out),
+                Some(warped_out),
+            )
         }
-        pool_relu(y)?
     };
-    let y = y.try_reshape_like(&(n, arch.fc1_in())).map_err(dev_err)?;
-    let mut f = linear(y, take("fc1.weight"), take("fc1.bias"), 50)?
-        .try_relu()
-        .map_err(dev_err)?;
-    if let Some(m) = dropout {
-        let mask = dev
-            .try_tensor_from_vec(m.fc1.clone(), (n, 50))
-            .map_err(dev_err)?;
-        f = f.try_mul(mask).map_err(dev_err)?;
-    }
-    let logits = linear(f, take("fc2.weight"), take("fc2.bias"), 10)?;
-    let log_probs = logits.try_log_softmax::<Axis<1>>().map_err(dev_err)?;
+    let Act::Flat(logits) = y else {
+        return Err(OpError::shape(
+            "forward",
+            "the classifier's output is not flat",
+        ));
+    };
+    let log_probs = logits
+        .try_log_softmax::<Axis<1>>()
+        .map_err(dev_err("log_softmax"))?;
     Ok(Outputs {
         log_probs,
         theta,

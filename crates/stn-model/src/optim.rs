@@ -128,7 +128,7 @@ mod tests {
 
     fn one_param(v: f32) -> Params {
         Params {
-            arch: Arch::SEED,
+            net: Arch::SEED.into(),
             names: vec!["fc2.bias".into()],
             shapes: vec![vec![1]],
             data: vec![vec![v]],

@@ -3,7 +3,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::Arch;
+use crate::Network;
 
 /// Named tensors that are not a network's parameters.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum ParamError {
         /// The architecture, in words.
         arch: String,
     },
-    /// An architecture the layers do not fit ([`crate::Arch::check`]).
+    /// An architecture the layers do not fit ([`crate::Arch::check`], [`crate::ModelSpec::plan`]).
     #[error("{0}")]
     Arch(String),
 }
@@ -46,7 +46,7 @@ pub enum ParamError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     /// The network they belong to.
-    pub arch: Arch,
+    pub net: Network,
     /// PyTorch's names, in `state_dict` order.
     pub names: Vec<String>,
     /// PyTorch's shapes (conv OIHW, linear `[out, in]`).
@@ -58,21 +58,26 @@ pub struct Params {
 impl Params {
     /// PyTorch's default initialisation (`kaiming_uniform_(a=√5)` for weights and
     /// `U(−1/√fan_in, 1/√fan_in)` for biases, which are the same bound), from a seeded ChaCha8;
-    /// `fc_loc.2` starts as the identity transform, as in the tutorial.
-    pub fn init(arch: Arch, seed: u64) -> Params {
+    /// the transform head's regressor (`fc_loc.2` in the seed) starts as the identity transform,
+    /// as in the tutorial.
+    pub fn init(net: impl Into<Network>, seed: u64) -> Params {
+        let net = net.into();
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5354_4e5f_494e_4954);
-        let specs = arch.param_specs();
+        let plan = net.plan();
+        let specs = &plan.params;
+        let (reg_w, reg_b) = plan.regressor.clone().unzip();
+        let identity = plan.transform.identity();
         let mut data = Vec::with_capacity(specs.len());
         let mut fan_in = 1;
-        for (name, shape) in &specs {
+        for (name, shape) in specs {
             let n: usize = shape.iter().product();
             if name.ends_with(".weight") {
                 fan_in = shape[1..].iter().product();
             }
-            let v: Vec<f32> = if *name == "fc_loc.2.weight" {
+            let v: Vec<f32> = if Some(name) == reg_w.as_ref() {
                 vec![0.0; n]
-            } else if *name == "fc_loc.2.bias" {
-                vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            } else if Some(name) == reg_b.as_ref() {
+                identity.clone()
             } else {
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 (0..n)
@@ -82,22 +87,25 @@ impl Params {
             data.push(v);
         }
         Params {
-            arch,
             names: specs.iter().map(|(n, _)| n.to_string()).collect(),
-            shapes: specs.into_iter().map(|(_, s)| s).collect(),
+            shapes: specs.iter().map(|(_, s)| s.clone()).collect(),
             data,
+            net,
         }
     }
 
     /// Builds from named tensors (any order), checking that the names and shapes are exactly those
-    /// of `arch`.
+    /// of `net`.
     pub fn from_named(
-        arch: Arch,
+        net: impl Into<Network>,
         mut named: Vec<(String, Vec<usize>, Vec<f32>)>,
     ) -> Result<Params, ParamError> {
-        arch.check().map_err(ParamError::Arch)?;
-        let specs = arch.param_specs();
-        let desc = arch.to_string();
+        let net = net.into();
+        if let Some(arch) = net.seed_arch() {
+            arch.check().map_err(ParamError::Arch)?;
+        }
+        let specs = net.plan().params.clone();
+        let desc = net.to_string();
         if let Some((name, _, _)) = named
             .iter()
             .find(|(n, _, _)| !specs.iter().any(|(s, _)| s == n))
@@ -108,7 +116,7 @@ impl Params {
             });
         }
         let mut p = Params {
-            arch,
+            net,
             names: vec![],
             shapes: vec![],
             data: vec![],
@@ -116,9 +124,9 @@ impl Params {
         for (name, want) in specs {
             let i = named
                 .iter()
-                .position(|(n, _, _)| n == name)
+                .position(|(n, _, _)| *n == name)
                 .ok_or_else(|| ParamError::Missing {
-                    name: name.to_string(),
+                    name: name.clone(),
                     arch: desc.clone(),
                 })?;
             let (n, shape, data) = named.swap_remove(i);
@@ -161,6 +169,11 @@ impl Params {
     /// Number of scalar parameters.
     pub fn count(&self) -> usize {
         self.data.iter().map(|d| d.len()).sum()
+    }
+
+    /// The seed-family architecture of the network, if it is one.
+    pub fn seed_arch(&self) -> Option<crate::Arch> {
+        self.net.seed_arch()
     }
 
     /// Whether a parameter belongs to the localisation head (`localization.*`, `fc_loc.*`).

@@ -4,7 +4,7 @@
 //! the uninterrupted one.
 
 use dfdx::prelude::*;
-use rand::{Rng, SeedableRng};
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use stn_ops::{OpDevice, OpError};
 
@@ -29,15 +29,15 @@ pub enum TrainError {
     Op(#[from] OpError),
 }
 
-/// A split as the trainer reads it: normalised images `[N, side, side]` and labels.
+/// A split as the trainer reads it: normalised images `[N, C, H, W]` and labels.
 #[derive(Clone, Copy)]
 pub struct Batch<'a> {
-    /// `[N, side, side]` normalised images.
+    /// `[N, C, H, W]` normalised images.
     pub images: &'a [f32],
-    /// N labels 0–9.
+    /// N labels, each below the network's class count.
     pub labels: &'a [u8],
-    /// Side of the square images.
-    pub side: usize,
+    /// One image's `[C, H, W]`.
+    pub dims: [usize; 3],
 }
 
 impl<'a> Batch<'a> {
@@ -49,8 +49,12 @@ impl<'a> Batch<'a> {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    /// Values per image.
+    pub fn image_len(&self) -> usize {
+        self.dims.iter().product()
+    }
     fn image(&self, i: usize) -> &'a [f32] {
-        let n = self.side * self.side;
+        let n = self.image_len();
         &self.images[i * n..(i + 1) * n]
     }
 }
@@ -105,18 +109,36 @@ fn rng(seed: u64, a: u64, b: u64, tag: &[u8; 8]) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
-/// The seed's dropout masks for a batch of `n`: `Dropout2d(0.5)` on conv2's 20 channels and
-/// `dropout(0.5)` on fc1's 50 units, scaled by 2.
-fn dropout_masks(seed: u64, epoch: u64, batch: usize, n: usize) -> DropoutMasks<f32> {
+/// The dropout masks of a batch of `n` for `dropouts` ([`crate::Plan::dropouts`]), in order: a value
+/// is kept (scaled by 1/(1−p)) when its 32-bit draw is at least p·2³², so that p = 0.5 keeps it on
+/// the draw's top bit, as `rand`'s `bool` does (the seed's masks, drawn that way before specs).
+fn dropout_masks(
+    seed: u64,
+    epoch: u64,
+    batch: usize,
+    n: usize,
+    dropouts: &[(f32, usize)],
+) -> DropoutMasks<f32> {
     let mut r = rng(seed, epoch, batch as u64, b"dropout!");
-    let mut draw = |len: usize| {
-        (0..len)
-            .map(|_| if r.gen::<bool>() { 2.0 } else { 0.0 })
-            .collect()
-    };
+    let masks = dropouts
+        .iter()
+        .map(|&(p, units)| {
+            let threshold = p as f64 * 4_294_967_296.0;
+            let keep = (1.0 / (1.0 - p as f64)) as f32;
+            (0..n * units)
+                .map(|_| {
+                    if r.next_u32() as f64 >= threshold {
+                        keep
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
     DropoutMasks {
-        conv2: draw(n * 20),
-        fc1: draw(n * 50),
+        masks,
+        units: dropouts.iter().map(|&(_, u)| u).collect(),
     }
 }
 
@@ -214,7 +236,8 @@ impl Trainer {
         batch: usize,
     ) -> Result<f32, TrainError> {
         let n = idx.len();
-        let masks = dropout_masks(self.opts.seed, epoch, batch, n);
+        let dropouts = self.params.net.plan().dropouts();
+        let masks = dropout_masks(self.opts.seed, epoch, batch, n, &dropouts);
         let (params, opts) = (&self.params, &self.opts);
         let (value, mut g) = match &self.dev {
             // On the CPU the batch runs as two halves side by side (rayon::join), their gradients
@@ -299,17 +322,19 @@ fn step_on<D: OpDevice<f32>>(
     total: usize,
     masks: &DropoutMasks<f32>,
 ) -> Result<(f32, Vec<Vec<f32>>), TrainError> {
-    let (n, side) = (idx.len(), data.side);
-    let mut x = Vec::with_capacity(n * side * side);
-    let mut onehot = vec![0f32; n * 10];
+    let n = idx.len();
+    let [c, h, w] = data.dims;
+    let classes = params.net.plan().classes;
+    let mut x = Vec::with_capacity(n * data.image_len());
+    let mut onehot = vec![0f32; n * classes];
     for (k, &i) in idx.iter().enumerate() {
         x.extend_from_slice(data.image(i));
-        onehot[k * 10 + data.labels[i] as usize] = 1.0;
+        onehot[k * classes + data.labels[i] as usize] = 1.0;
     }
-    let x = dev.tensor_from_vec(x, (n, 1, side, side));
-    let onehot = dev.tensor_from_vec(onehot, (n, 10));
+    let x = dev.tensor_from_vec(x, (n, c, h, w));
+    let onehot = dev.tensor_from_vec(onehot, (n, classes));
     let traced = base.iter().map(|t| t.leaky_trace()).collect();
-    let out = forward(&params.arch, traced, x, Some(masks))?;
+    let out = forward(params.net.plan(), traced, x, Some(masks))?;
     let loss = (out.log_probs * onehot).sum::<Rank0, _>() * (-1.0 / total as f32);
     let value = loss.as_vec()[0];
     let grads = loss.backward();
@@ -320,7 +345,8 @@ fn step_on<D: OpDevice<f32>>(
 pub type HostOutputs = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// The network's outputs for images `start..start+n` of `data` (eval mode), as host buffers:
-/// log-probs `[n, 10]`, and with the STN theta `[n, 2, 3]` and the warped images `[n, 28, 28]`.
+/// log-probs `[n, classes]`, and with an STN the transform's parameters `[n, P]` (theta `[n, 2, 3]`)
+/// and the warped images `[n, C, Ho, Wo]`.
 pub fn predict(
     params: &Params,
     data: &Batch,
@@ -328,12 +354,13 @@ pub fn predict(
     n: usize,
 ) -> Result<HostOutputs, TrainError> {
     let dev = Cpu::default();
-    let side = data.side;
+    let [c, h, w] = data.dims;
+    let len = data.image_len();
     let x = dev.tensor_from_vec(
-        data.images[start * side * side..(start + n) * side * side].to_vec(),
-        (n, 1, side, side),
+        data.images[start * len..(start + n) * len].to_vec(),
+        (n, c, h, w),
     );
-    let out = forward(&params.arch, tensors(&dev, params), x, None)?;
+    let out = forward(params.net.plan(), tensors(&dev, params), x, None)?;
     Ok((
         out.log_probs.as_vec(),
         out.theta.map(|t| t.as_vec()).unwrap_or_default(),
@@ -349,7 +376,7 @@ pub fn evaluate(params: &Params, data: &Batch, batch: usize) -> Result<EvalStats
     while start < data.len() {
         let n = batch.max(1).min(data.len() - start);
         let (lp, _, _) = predict(params, data, start, n)?;
-        for (k, row) in lp.chunks_exact(10).enumerate() {
+        for (k, row) in lp.chunks_exact(params.net.plan().classes).enumerate() {
             let y = data.labels[start + k] as usize;
             loss -= row[y] as f64;
             // First maximum wins, as torch.argmax.

@@ -70,7 +70,7 @@ fn reproduces_pytorch_theta_warped_and_log_probs() {
     let data = Batch {
         images: &images,
         labels: &labels,
-        side: 28,
+        dims: [1, 28, 28],
     };
     let (lp, theta, warped) = predict(&params, &data, 0, n).unwrap();
     close("theta", &theta, &f.theta.data, 1e-5);
@@ -169,7 +169,7 @@ fn trained(kind: OptimizerKind, lr: f32, epochs: u64) -> Trainer {
     let data = Batch {
         images: &images,
         labels: &labels,
-        side: 28,
+        dims: [1, 28, 28],
     };
     let params = Params::init(Arch::SEED, 3);
     let opt = Optimizer::new(kind, lr, 1.0, &params);
@@ -194,7 +194,7 @@ fn training_learns_and_is_deterministic() {
     let data = Batch {
         images: &images,
         labels: &labels,
-        side: 28,
+        dims: [1, 28, 28],
     };
     let before = evaluate(&Params::init(Arch::SEED, 3), &data, 100).unwrap();
     let t = trained(OptimizerKind::Adam, 0.003, 4);
@@ -216,7 +216,7 @@ fn checkpoint_round_trip_and_resume_is_bit_identical() {
     let data = Batch {
         images: &images,
         labels: &labels,
-        side: 28,
+        dims: [1, 28, 28],
     };
     let opts = TrainOptions {
         batch: 64,
@@ -314,9 +314,9 @@ where
         .iter()
         .map(|d| dev.tensor_from_vec(cast(d), (d.len(),)))
         .collect();
-    let s = params.arch.canvas;
-    let x = dev.tensor_from_vec(cast(images), (n, 1, s, s));
-    let out = stn_model::forward(&params.arch, ps, x, None).unwrap();
+    let [c, h, w] = params.net.input_dims();
+    let x = dev.tensor_from_vec(cast(images), (n, c, h, w));
+    let out = stn_model::forward(params.net.plan(), ps, x, None).unwrap();
     let f = |v: Vec<E>| v.into_iter().map(|x| x.to_f64().unwrap()).collect();
     [
         f(out.log_probs.as_vec()),

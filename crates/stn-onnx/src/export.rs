@@ -194,7 +194,12 @@ pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxE
             opts.opset
         )));
     }
-    let arch: Arch = params.arch;
+    let arch: Arch = params.seed_arch().ok_or_else(|| {
+        OnnxError::Options(format!(
+            "the exporter writes the tutorial's family of networks only (for now), not {}",
+            params.net
+        ))
+    })?;
     let wants = |o: Output| opts.outputs.contains(&o);
     if !arch.stn && (wants(Output::Theta) || wants(Output::Warped)) {
         return Err(OnnxError::Options(

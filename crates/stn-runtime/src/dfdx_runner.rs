@@ -69,7 +69,7 @@ impl DfdxRunner {
         images: &[f32],
         n: usize,
     ) -> Result<RunOutput, RuntimeError> {
-        let s = self.params.arch.canvas;
+        let [c, h, w] = self.params.net.input_dims();
         let cast = |v: &[f32]| -> Vec<E> { v.iter().map(|&x| E::of(x as f64)).collect() };
         let params: Vec<Tensor<(usize,), E, D>> = self
             .params
@@ -77,11 +77,12 @@ impl DfdxRunner {
             .iter()
             .map(|d| dev.tensor_from_vec(cast(d), (d.len(),)))
             .collect();
-        let x = dev.tensor_from_vec(cast(images), (n, 1, s, s));
-        let out = forward(&self.params.arch, params, x, None).map_err(|e| RuntimeError::Run {
-            runtime: "dfdx",
-            what: e.to_string(),
-        })?;
+        let x = dev.tensor_from_vec(cast(images), (n, c, h, w));
+        let out =
+            forward(self.params.net.plan(), params, x, None).map_err(|e| RuntimeError::Run {
+                runtime: "dfdx",
+                what: e.to_string(),
+            })?;
         let back = |v: Vec<E>| -> Vec<f32> {
             v.into_iter()
                 .map(|x| x.to_f32().unwrap_or(f32::NAN))
@@ -107,11 +108,11 @@ impl Runner for DfdxRunner {
             Dev::Cuda(_) => "dfdx-cuda".into(),
         }
     }
-    fn input_side(&self) -> usize {
-        self.params.arch.canvas
+    fn input_dims(&self) -> [usize; 3] {
+        self.params.net.input_dims()
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
-        check_batch("dfdx", images, n, self.input_side())?;
+        check_batch("dfdx", images, n, self.input_dims())?;
         match &self.dev {
             Dev::Cpu(d, false) => self.run_on::<f32, _>(d, images, n),
             Dev::Cpu(d, true) => self.run_on::<f64, _>(d, images, n),

@@ -30,11 +30,12 @@ impl Runner for FusedRunner {
     fn name(&self) -> String {
         "fused".into()
     }
-    fn input_side(&self) -> usize {
-        self.net.arch().canvas
+    fn input_dims(&self) -> [usize; 3] {
+        let s = self.net.arch().canvas;
+        [1, s, s]
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
-        check_batch("fused", images, n, self.input_side())?;
+        check_batch("fused", images, n, self.input_dims())?;
         let out = self.net.forward_with(images, n, self.warped);
         Ok(RunOutput {
             log_probs: out.log_probs,

@@ -19,12 +19,12 @@ pub use fused_runner::FusedRunner;
 pub use ort_runner::{find_ort_library, Device, OrtRunner};
 pub use tract_runner::TractRunner;
 
-/// What a runner computes for a batch `[N, 1, S, S]`.
+/// What a runner computes for a batch `[N, C, H, W]`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOutput {
-    /// `[N, 10]`
+    /// `[N, classes]`
     pub log_probs: Vec<f32>,
-    /// `[N, 1, 28, 28]` when the model has a `warped` output (the STN's images).
+    /// `[N, C, Ho, Wo]` when the model has a `warped` output (the STN's images).
     pub warped: Option<Vec<f32>>,
 }
 
@@ -58,9 +58,9 @@ pub enum RuntimeError {
 pub trait Runner {
     /// `tract`, `ort`, `ort-cuda`, `dfdx`, `dfdx-f64`, `dfdx-cuda` or `fused`.
     fn name(&self) -> String;
-    /// Side of the square input images (28 for MNIST).
-    fn input_side(&self) -> usize;
-    /// Runs `n` normalised images (`n · S · S` values).
+    /// One input image's `[C, H, W]` (`[1, 28, 28]` for MNIST).
+    fn input_dims(&self) -> [usize; 3];
+    /// Runs `n` normalised images (`n · C · H · W` values).
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError>;
 }
 
@@ -69,12 +69,15 @@ pub(crate) fn check_batch(
     runtime: &'static str,
     images: &[f32],
     n: usize,
-    side: usize,
+    [c, h, w]: [usize; 3],
 ) -> Result<(), RuntimeError> {
-    if n == 0 || images.len() != n * side * side {
+    if n == 0 || Some(images.len()) != n.checked_mul(c * h * w) {
         return Err(RuntimeError::Run {
             runtime,
-            what: format!("{} values for {n} images of {side}×{side} (the model's input is [N, 1, {side}, {side}])", images.len()),
+            what: format!(
+                "{} values for {n} images of {c}×{h}×{w} (the model's input is [N, {c}, {h}, {w}])",
+                images.len()
+            ),
         });
     }
     Ok(())

@@ -81,7 +81,7 @@ fn init(lib: &Path) -> Result<&'static ort::environment::Environment, RuntimeErr
 /// The model on ONNX Runtime.
 pub struct OrtRunner {
     session: Session,
-    side: usize,
+    dims: [usize; 3],
     warped: bool,
     device: Device,
 }
@@ -131,7 +131,7 @@ impl OrtRunner {
         let session = b.commit_from_memory(bytes).map_err(err)?;
         Ok(OrtRunner {
             session,
-            side: m.params.arch.canvas,
+            dims: m.params.net.input_dims(),
             warped: m.outputs.iter().any(|o| o == "warped"),
             device,
         })
@@ -145,17 +145,17 @@ impl Runner for OrtRunner {
             Device::Cuda => "ort-cuda".into(),
         }
     }
-    fn input_side(&self) -> usize {
-        self.side
+    fn input_dims(&self) -> [usize; 3] {
+        self.dims
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
-        check_batch("ort", images, n, self.side)?;
-        let s = self.side;
+        check_batch("ort", images, n, self.dims)?;
+        let [c, h, w] = self.dims;
         let err = |e: ort::Error| RuntimeError::Run {
             runtime: "ort",
             what: e.to_string(),
         };
-        let input = Tensor::from_array(([n, 1, s, s], images.to_vec())).map_err(err)?;
+        let input = Tensor::from_array(([n, c, h, w], images.to_vec())).map_err(err)?;
         let out = self
             .session
             .run(ort::inputs!["input" => input])

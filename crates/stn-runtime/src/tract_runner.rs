@@ -10,7 +10,7 @@ type Plan = std::sync::Arc<TypedRunnableModel>;
 /// and runs the graph; its Conv and GridSample nodes run our kernels ([`TractRunner::onnx`]).
 pub struct TractRunner {
     model: InferenceModel,
-    side: usize,
+    dims: [usize; 3],
     outputs: Vec<String>,
     plans: HashMap<usize, Plan>,
 }
@@ -35,7 +35,7 @@ impl TractRunner {
             .map_err(|e| load_err(path, e))?;
         Ok(TractRunner {
             model,
-            side: m.params.arch.canvas,
+            dims: m.params.net.input_dims(),
             outputs: m.outputs,
             plans: HashMap::new(),
         })
@@ -57,11 +57,11 @@ impl TractRunner {
 
     fn plan(&mut self, n: usize) -> Result<&Plan, RuntimeError> {
         if !self.plans.contains_key(&n) {
-            let s = self.side;
+            let [c, h, w] = self.dims;
             let plan = self
                 .model
                 .clone()
-                .with_input_fact(0, f32::fact([n, 1, s, s]).into())
+                .with_input_fact(0, f32::fact([n, c, h, w]).into())
                 .and_then(|m| m.into_optimized())
                 .and_then(|m| m.into_runnable())
                 .map_err(|e| RuntimeError::Run {
@@ -78,19 +78,19 @@ impl Runner for TractRunner {
     fn name(&self) -> String {
         "tract".into()
     }
-    fn input_side(&self) -> usize {
-        self.side
+    fn input_dims(&self) -> [usize; 3] {
+        self.dims
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
-        check_batch("tract", images, n, self.side)?;
-        let s = self.side;
+        check_batch("tract", images, n, self.dims)?;
+        let [c, h, w] = self.dims;
         let warped_at = self.outputs.iter().position(|o| o == "warped");
         let plan = self.plan(n)?;
         let run_err = |e: TractError| RuntimeError::Run {
             runtime: "tract",
             what: format!("{e:#}"),
         };
-        let input = Tensor::from_shape(&[n, 1, s, s], images).map_err(run_err)?;
+        let input = Tensor::from_shape(&[n, c, h, w], images).map_err(run_err)?;
         let out = plan.run(tvec!(input.into())).map_err(run_err)?;
         let vec = |i: usize| -> Result<Vec<f32>, RuntimeError> {
             Ok(out[i]
