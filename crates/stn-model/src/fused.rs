@@ -3,17 +3,21 @@
 //! Why beside [`forward`](crate::forward): inference needs no tape, and dfdx's tensors cost per op
 //! an allocated and zeroed output, a copy of each input (dfdx keeps a tensor's buffer private)
 //! and a separate pass for each ReLU. Here each image goes through the whole network in scratch
-//! that stays in the L1/L2 cache: conv → max-pool → ReLU as one [`ConvPoolRelu`], the affine grid
-//! and the sampler through the ops' own CPU forwards, and the fully-connected layers as dot
-//! products. The conv blocks, the grid and the sampler are bit-identical to `forward`'s; the
-//! fully-connected layers and log-softmax differ from dfdx's in summation order only (the
-//! cross-runtime tests hold it to the same bound as every runtime).
+//! that stays in the L1/L2 cache: conv → max-pool 2 → ReLU as one [`ConvPoolRelu`], other convs
+//! and pools through the ops' own CPU forwards, the affine grid and the sampler likewise, and the
+//! fully-connected layers as dot products. The plan's layers become [`Step`]s, chosen by shape
+//! (never by a preset's name). The conv blocks, the grid and the sampler are bit-identical to
+//! `forward`'s; the fully-connected layers and log-softmax differ from dfdx's in summation order
+//! only (the cross-runtime tests hold it to the same bound as every runtime).
 
 use rayon::prelude::*;
 use stn_ops::op::Buf;
-use stn_ops::{AffineGrid, ConvPoolRelu, CustomOp, GridSample, PackedWeights, Padding, Real};
+use stn_ops::{
+    AffineGrid, Conv2d, ConvPoolRelu, CustomOp, GridSample, MaxPool2d, PackedWeights, Real,
+};
 
-use crate::{Arch, ParamError, Params, SAMPLED};
+use crate::spec::{Layer, PlannedLayer, Shape, Transform};
+use crate::{Network, ParamError, Params};
 
 /// A dense layer's weights `[out, in]` and bias.
 struct Dense<E> {
@@ -21,167 +25,271 @@ struct Dense<E> {
     b: Vec<E>,
 }
 
-/// A conv block's kernel, weights and bias.
-struct Block<E> {
-    op: ConvPoolRelu,
-    w: PackedWeights<E>,
-    b: Vec<E>,
+/// One step of the fused forward of one image: from the previous step's output to its own.
+enum Step<E> {
+    /// conv (stride 1, no padding) → max_pool2d 2 → ReLU in one pass.
+    ConvPoolRelu {
+        op: ConvPoolRelu,
+        w: PackedWeights<E>,
+        b: Vec<E>,
+    },
+    /// Any other conv the ops run, on `[1, C, H, W]`.
+    Conv {
+        dims: [usize; 4],
+        wdims: [usize; 4],
+        w: Vec<E>,
+        b: Vec<E>,
+    },
+    /// A max-pool (with the ReLU after it when there is one) on `[1, C, H, W]`.
+    MaxPool {
+        op: MaxPool2d,
+        dims: [usize; 4],
+    },
+    Relu,
+    /// A linear layer, with the ReLU after it when there is one.
+    Dense {
+        d: Dense<E>,
+        relu: bool,
+    },
 }
 
-/// The localisation net, `fc_loc` and the transformer.
-struct Stn<E> {
-    loc0: Block<E>,
-    loc3: Block<E>,
-    fc_loc0: Dense<E>,
-    fc_loc2: Dense<E>,
+/// The transformer: the affine grid and the sampler of a `[1, C, H, W]` input.
+struct Sampler {
     grid: AffineGrid,
     sampler: GridSample,
+    input: [usize; 4],
+    out_hw: [usize; 2],
 }
 
 /// The network, ready for inference on the CPU in `E`.
 pub struct FusedNet<E> {
-    arch: Arch,
-    stn: Option<Stn<E>>,
-    conv1: Block<E>,
-    conv2: Block<E>,
-    fc1: Dense<E>,
-    fc2: Dense<E>,
+    net: Network,
+    localization: Vec<(Step<E>, usize)>,
+    sampler: Option<Sampler>,
+    classifier: Vec<(Step<E>, usize)>,
 }
 
-/// What [`FusedNet::forward`] returns: `log_probs [N, 10]`, and with an STN `theta [N, 2, 3]` and
-/// `warped [N, 1, 28, 28]` (empty without).
+/// What [`FusedNet::forward`] returns: `log_probs [N, classes]`, and with an STN `theta [N, 2, 3]`
+/// and `warped [N, C, Ho, Wo]` (empty without).
 pub struct FusedOutputs<E> {
-    /// `[N, 10]`.
+    /// `[N, classes]`.
     pub log_probs: Vec<E>,
     /// `[N, 2, 3]` (empty without an STN).
     pub theta: Vec<E>,
-    /// `[N, 1, 28, 28]` (empty without an STN).
+    /// `[N, C, Ho, Wo]` (empty without an STN).
     pub warped: Vec<E>,
 }
 
-/// Per-thread scratch: each layer's output for one image, and the conv blocks' work space.
+/// Per-thread scratch: the input, each step's output, the grid, the conv blocks' work space.
 struct Scratch<E> {
     x: Vec<E>,
     work: Vec<E>,
-    loc0: Vec<E>,
-    loc3: Vec<E>,
-    hidden: Vec<E>,
+    loc: Vec<Vec<E>>,
     grid: Vec<E>,
     /// The sampled image when the caller does not keep it.
     warped: Vec<E>,
-    c1: Vec<E>,
-    c2: Vec<E>,
-    f1: Vec<E>,
+    cls: Vec<Vec<E>>,
+}
+
+fn unsupported(what: &PlannedLayer) -> ParamError {
+    ParamError::Arch(format!(
+        "the fused forward: {:?} is not implemented by the ops yet",
+        what.layer
+    ))
 }
 
 impl<E: Real> FusedNet<E> {
     /// The fused forward of `params`' network (weights converted to `E` and laid out once).
     pub fn new(params: &Params) -> Result<FusedNet<E>, ParamError> {
-        let arch = params.seed_arch().ok_or_else(|| {
-            ParamError::Arch(format!(
-                "the fused forward runs the tutorial's family of networks only (for now), not {}",
-                params.net
-            ))
-        })?;
+        let net = params.net.clone();
+        let plan = net.plan();
         let get = |name: &str| -> Result<Vec<E>, ParamError> {
             let v = params.get(name).ok_or_else(|| ParamError::Missing {
                 name: name.into(),
-                arch: arch.to_string(),
+                arch: net.to_string(),
             })?;
             Ok(v.iter().map(|&x| E::of(x as f64)).collect())
         };
-        let dense = |name: &str| -> Result<Dense<E>, ParamError> {
-            Ok(Dense {
-                w: get(&format!("{name}.weight"))?,
-                b: get(&format!("{name}.bias"))?,
-            })
+        let steps = |layers: &[PlannedLayer]| -> Result<Vec<(Step<E>, usize)>, ParamError> {
+            // Dropout is the identity in eval mode, flatten a no-op on the flat buffers.
+            let live: Vec<&PlannedLayer> = layers
+                .iter()
+                .filter(|l| {
+                    !matches!(
+                        l.layer,
+                        Layer::Dropout { .. } | Layer::Dropout2d { .. } | Layer::Flatten
+                    )
+                })
+                .collect();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < live.len() {
+                let l = live[i];
+                let next = |k: usize| live.get(i + k).map(|l| l.layer);
+                let relu_at = |k: usize| matches!(next(k), Some(Layer::Relu));
+                let (step, used) = match (l.layer, l.input) {
+                    (
+                        Layer::Conv2d {
+                            out: o,
+                            kernel,
+                            stride: 1,
+                            padding: 0,
+                        },
+                        Shape::Map { c, h, w },
+                    ) => {
+                        let (wn, bn) = l.params.as_ref().expect("a conv has parameters");
+                        let pool2 = matches!(
+                            next(1),
+                            Some(Layer::MaxPool2d {
+                                kernel: 2,
+                                stride: None | Some(2)
+                            })
+                        );
+                        if pool2 && relu_at(2) {
+                            let op = ConvPoolRelu::new(c, h, w, o, kernel);
+                            let step = Step::ConvPoolRelu {
+                                w: op.pack(&get(wn)?),
+                                b: get(bn)?,
+                                op,
+                            };
+                            (step, 3)
+                        } else {
+                            let step = Step::Conv {
+                                dims: [1, c, h, w],
+                                wdims: [o, c, kernel, kernel],
+                                w: get(wn)?,
+                                b: get(bn)?,
+                            };
+                            (step, 1)
+                        }
+                    }
+                    (Layer::MaxPool2d { kernel, stride }, Shape::Map { c, h, w }) => {
+                        let op = MaxPool2d {
+                            kernel,
+                            stride: stride.unwrap_or(kernel),
+                            relu: relu_at(1),
+                        };
+                        (
+                            Step::MaxPool {
+                                op,
+                                dims: [1, c, h, w],
+                            },
+                            1 + op.relu as usize,
+                        )
+                    }
+                    (Layer::Relu, _) => (Step::Relu, 1),
+                    (Layer::Linear { .. }, _) => {
+                        let (wn, bn) = l.params.as_ref().expect("a linear layer has parameters");
+                        let d = Dense {
+                            w: get(wn)?,
+                            b: get(bn)?,
+                        };
+                        (
+                            Step::Dense {
+                                d,
+                                relu: relu_at(1),
+                            },
+                            1 + relu_at(1) as usize,
+                        )
+                    }
+                    _ => return Err(unsupported(l)),
+                };
+                // The values the step writes: the last layer it covers gives them.
+                out.push((step, live[i + used - 1].output.len()));
+                i += used;
+            }
+            Ok(out)
         };
-        let block = |name: &str, [c, side, o, k]: [usize; 4]| -> Result<Block<E>, ParamError> {
-            let op = ConvPoolRelu::new(c, side, side, o, k);
-            Ok(Block {
-                w: op.pack(&get(&format!("{name}.weight"))?),
-                b: get(&format!("{name}.bias"))?,
-                op,
-            })
-        };
-        let s = arch.canvas;
-        let stn = if arch.stn {
-            let loc0 = block("localization.0", [1, s, 8, 7])?;
-            let side = loc0.op.out_dims()[1];
-            Some(Stn {
-                loc0,
-                loc3: block("localization.3", [8, side, 10, 5])?,
-                fc_loc0: dense("fc_loc.0")?,
-                fc_loc2: dense("fc_loc.2")?,
+        let [c, h, w] = net.input_dims();
+        let sampler = match plan.transform {
+            Transform::None => None,
+            Transform::Affine {
+                output: [ho, wo],
+                padding,
+                align_corners,
+            } => Some(Sampler {
                 grid: AffineGrid {
-                    size: [1, 1, SAMPLED, SAMPLED],
-                    align_corners: false,
+                    size: [1, c, ho, wo],
+                    align_corners,
                 },
                 sampler: GridSample {
-                    padding: Padding::Zeros,
-                    align_corners: false,
+                    padding: padding.op(),
+                    align_corners,
                 },
-            })
-        } else {
-            None
+                input: [1, c, h, w],
+                out_hw: [ho, wo],
+            }),
         };
-        let conv1 = block("conv1", [1, arch.classifier_input(), 10, 5])?;
-        let side = conv1.op.out_dims()[1];
         Ok(FusedNet {
-            arch,
-            stn,
-            conv1,
-            conv2: block("conv2", [10, side, 20, 5])?,
-            fc1: dense("fc1")?,
-            fc2: dense("fc2")?,
+            localization: steps(&plan.localization)?,
+            classifier: steps(&plan.classifier)?,
+            sampler,
+            net,
         })
     }
 
-    /// The architecture it computes.
-    pub fn arch(&self) -> Arch {
-        self.arch
+    /// The network it computes.
+    pub fn network(&self) -> &Network {
+        &self.net
     }
 
     fn scratch(&self) -> Scratch<E> {
         let z = |len: usize| vec![E::zero(); len];
-        let s = self.arch.canvas;
-        let mut work = self.conv1.op.scratch_len().max(self.conv2.op.scratch_len());
-        let (mut loc0, mut loc3) = (0, 0);
-        if let Some(stn) = &self.stn {
-            work = work
-                .max(stn.loc0.op.scratch_len())
-                .max(stn.loc3.op.scratch_len());
-            (loc0, loc3) = (stn.loc0.op.out_len(), stn.loc3.op.out_len());
-        }
+        let work = self
+            .localization
+            .iter()
+            .chain(&self.classifier)
+            .map(|(s, _)| match s {
+                Step::ConvPoolRelu { op, .. } => op.scratch_len(),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let bufs = |steps: &[(Step<E>, usize)]| steps.iter().map(|(_, len)| z(*len)).collect();
+        let (grid, warped) = match &self.sampler {
+            Some(s) => {
+                let [ho, wo] = s.out_hw;
+                (z(ho * wo * 2), z(s.input[1] * ho * wo))
+            }
+            None => (vec![], vec![]),
+        };
         Scratch {
-            x: z(s * s),
+            x: z(self.image_len()),
             work: z(work),
-            loc0: z(loc0),
-            loc3: z(loc3),
-            hidden: z(32),
-            grid: z(SAMPLED * SAMPLED * 2),
-            warped: z(SAMPLED * SAMPLED),
-            c1: z(self.conv1.op.out_len()),
-            c2: z(self.conv2.op.out_len()),
-            f1: z(50),
+            loc: bufs(&self.localization),
+            grid,
+            warped,
+            cls: bufs(&self.classifier),
         }
     }
 
-    /// The network in eval mode on `n` images `[N, 1, S, S]` (S the arch's canvas).
+    fn image_len(&self) -> usize {
+        self.net.input_dims().iter().product()
+    }
+
+    fn warped_len(&self) -> usize {
+        self.sampler
+            .as_ref()
+            .map_or(0, |s| s.input[1] * s.out_hw[0] * s.out_hw[1])
+    }
+
+    /// The network in eval mode on `n` images `[N, C, H, W]` (the network's input).
     pub fn forward(&self, images: &[f32], n: usize) -> FusedOutputs<E> {
         self.forward_with(images, n, true)
     }
 
     /// As [`FusedNet::forward`]; without `keep_warped` the sampled images stay in per-thread
-    /// scratch and `warped` comes back empty (no `[N, 784]` buffer to allocate and fill).
+    /// scratch and `warped` comes back empty (no `[N, C·Ho·Wo]` buffer to allocate and fill).
     pub fn forward_with(&self, images: &[f32], n: usize, keep_warped: bool) -> FusedOutputs<E> {
-        let s = self.arch.canvas;
-        assert_eq!(images.len(), n * s * s, "{n} images of {s}×{s}");
-        let sampled = SAMPLED * SAMPLED;
-        let keep_warped = keep_warped && self.stn.is_some();
+        let len = self.image_len();
+        assert_eq!(images.len(), n * len, "{n} images of {len} values");
+        let sampled = self.warped_len();
+        let classes = self.net.plan().classes;
+        let keep_warped = keep_warped && self.sampler.is_some();
+        let n_theta = if self.sampler.is_some() { 6 } else { 0 };
         let mut out = FusedOutputs {
-            log_probs: vec![E::zero(); n * 10],
-            theta: vec![E::zero(); n * 6],
+            log_probs: vec![E::zero(); n * classes],
+            theta: vec![E::zero(); n * n_theta],
             warped: vec![E::zero(); if keep_warped { n * sampled } else { 0 }],
         };
         let (lp, theta) = (&mut out.log_probs, &mut out.theta);
@@ -195,9 +303,6 @@ impl<E: Real> FusedNet<E> {
         } else {
             self.run(images, lp, theta, (0..n).into_par_iter().map(|_| None));
         }
-        if self.stn.is_none() {
-            out.theta.clear();
-        }
         out
     }
 
@@ -208,13 +313,19 @@ impl<E: Real> FusedNet<E> {
         theta: &mut [E],
         warped: impl IndexedParallelIterator<Item = Option<&'a mut [E]>>,
     ) {
-        let s = self.arch.canvas;
-        let n = log_probs.len() / 10;
+        let classes = self.net.plan().classes;
+        let n = log_probs.len() / classes;
+        // Without a transformer theta is empty: one empty piece per image.
+        let thetas: Vec<&mut [E]> = if theta.is_empty() {
+            (0..n).map(|_| <&mut [E]>::default()).collect()
+        } else {
+            theta.chunks_mut(6).collect()
+        };
         log_probs
-            .par_chunks_mut(10)
-            .zip(theta.par_chunks_mut(6))
+            .par_chunks_mut(classes)
+            .zip(thetas)
             .zip(warped)
-            .zip(images.par_chunks(s * s))
+            .zip(images.par_chunks(self.image_len()))
             // One piece per thread: each piece sets up its own scratch.
             .with_min_len(n.div_ceil(rayon::current_num_threads()).max(1))
             .for_each_init(
@@ -234,32 +345,30 @@ impl<E: Real> FusedNet<E> {
         for (x, &v) in sc.x.iter_mut().zip(img) {
             *x = E::of(v as f64);
         }
-        let s = self.arch.canvas;
         let warped = match warped {
             Some(w) => w,
             None => &mut sc.warped[..],
         };
-        let cls_in: &[E] = if let Some(stn) = &self.stn {
-            stn.loc0.run(&sc.x, &mut sc.work, &mut sc.loc0);
-            stn.loc3.run(&sc.loc0, &mut sc.work, &mut sc.loc3);
-            stn.fc_loc0.run(&sc.loc3, &mut sc.hidden, true);
-            stn.fc_loc2.run(&sc.hidden, theta, false);
-            stn.grid.cpu_fwd(
+        let cls_in: &[E] = if let Some(s) = &self.sampler {
+            let t = run_steps(&self.localization, &sc.x, &mut sc.loc, &mut sc.work);
+            theta.copy_from_slice(t);
+            s.grid.cpu_fwd(
                 &[Buf {
                     data: theta,
                     dims: &[1, 2, 3],
                 }],
                 &mut sc.grid,
             );
-            stn.sampler.cpu_fwd(
+            let [ho, wo] = s.out_hw;
+            s.sampler.cpu_fwd(
                 &[
                     Buf {
                         data: &sc.x,
-                        dims: &[1, 1, s, s],
+                        dims: &s.input,
                     },
                     Buf {
                         data: &sc.grid,
-                        dims: &[1, SAMPLED, SAMPLED, 2],
+                        dims: &[1, ho, wo, 2],
                     },
                 ],
                 warped,
@@ -268,18 +377,48 @@ impl<E: Real> FusedNet<E> {
         } else {
             &sc.x
         };
-        self.conv1.run(cls_in, &mut sc.work, &mut sc.c1);
-        self.conv2.run(&sc.c1, &mut sc.work, &mut sc.c2);
-        self.fc1.run(&sc.c2, &mut sc.f1, true);
-        self.fc2.run(&sc.f1, lp, false);
+        let logits = run_steps(&self.classifier, cls_in, &mut sc.cls, &mut sc.work);
+        lp.copy_from_slice(logits);
         log_softmax(lp);
     }
 }
 
-impl<E: Real> Block<E> {
-    fn run(&self, x: &[E], work: &mut [E], out: &mut [E]) {
-        self.op.run(x, &self.w, &self.b, work, out);
+/// Runs `steps` from `x`, each into its buffer of `bufs`; returns the last one's output.
+fn run_steps<'a, E: Real>(
+    steps: &[(Step<E>, usize)],
+    x: &'a [E],
+    bufs: &'a mut [Vec<E>],
+    work: &mut [E],
+) -> &'a [E] {
+    let mut input: &[E] = x;
+    for ((step, _), out) in steps.iter().zip(bufs.iter_mut()) {
+        match step {
+            Step::ConvPoolRelu { op, w, b } => op.run(input, w, b, work, out),
+            Step::Conv { dims, wdims, w, b } => Conv2d.cpu_fwd(
+                &[
+                    Buf { data: input, dims },
+                    Buf {
+                        data: w,
+                        dims: wdims,
+                    },
+                    Buf {
+                        data: b,
+                        dims: &[wdims[0]],
+                    },
+                ],
+                out,
+            ),
+            Step::MaxPool { op, dims } => op.cpu_fwd(&[Buf { data: input, dims }], out),
+            Step::Relu => {
+                for (o, &v) in out.iter_mut().zip(input) {
+                    *o = v.max(E::zero());
+                }
+            }
+            Step::Dense { d, relu } => d.run(input, out, *relu),
+        }
+        input = out;
     }
+    input
 }
 
 impl<E: Real> Dense<E> {

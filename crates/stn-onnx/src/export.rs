@@ -1,9 +1,10 @@
-//! The seed network as an ONNX graph, node for node (eval mode: dropout is the identity).
+//! Any model spec's network as an ONNX graph, node for node from its plan (eval mode: dropout is
+//! the identity); the seed's graph is the one it always was.
 
 use std::str::FromStr;
 
 use prost::Message;
-use stn_model::{Arch, Params};
+use stn_model::{Layer, Padding, Params, PlannedLayer, Shape, Transform};
 use stn_ops::AffineGrid;
 
 use crate::proto::{
@@ -155,38 +156,81 @@ impl Builder {
         name.to_string()
     }
 
-    /// Conv (stride 1, no padding) → MaxPool 2 → Relu, with the parameters `{prefix}.weight/bias`.
-    fn conv_pool_relu(&mut self, x: &str, prefix: &str, k: i64, tag: &str) -> String {
-        let c = self.node(
-            "Conv",
-            &[x, &format!("{prefix}.weight"), &format!("{prefix}.bias")],
-            &format!("{tag}_conv"),
-            vec![attr_ints("kernel_shape", &[k, k])],
-        );
-        let p = self.node(
-            "MaxPool",
-            &[&c],
-            &format!("{tag}_pool"),
-            vec![
-                attr_ints("kernel_shape", &[2, 2]),
-                attr_ints("strides", &[2, 2]),
-            ],
-        );
-        self.node("Relu", &[&p], &format!("{tag}_relu"), vec![])
-    }
-
-    /// Gemm(x, W, b) with W stored [out, in] (PyTorch's Linear), `transB = 1`.
-    fn linear(&mut self, x: &str, prefix: &str, out: &str) -> String {
-        self.node(
-            "Gemm",
-            &[x, &format!("{prefix}.weight"), &format!("{prefix}.bias")],
-            out,
-            vec![attr_int("transB", 1)],
-        )
+    /// The nodes of `layers` (eval mode: dropout is the identity) from value `x`; value names are
+    /// `{tag}{i}_{op}`. Returns the last value.
+    fn layers(&mut self, x: &str, layers: &[PlannedLayer], tag: &str) -> String {
+        let mut x = x.to_string();
+        for (i, l) in layers.iter().enumerate() {
+            let name = |op: &str| format!("{tag}{i}_{op}");
+            x = match l.layer {
+                Layer::Conv2d {
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                } => {
+                    let (w, b) = l.params.as_ref().expect("a conv has parameters");
+                    let k = kernel as i64;
+                    let mut attrs = vec![attr_ints("kernel_shape", &[k, k])];
+                    if stride != 1 {
+                        attrs.push(attr_ints("strides", &[stride as i64; 2]));
+                    }
+                    if padding != 0 {
+                        attrs.push(attr_ints("pads", &[padding as i64; 4]));
+                    }
+                    self.node("Conv", &[&x, w, b], &name("conv"), attrs)
+                }
+                Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+                    let (k, s) = (kernel as i64, stride.unwrap_or(kernel) as i64);
+                    let (op, short) = match l.layer {
+                        Layer::MaxPool2d { .. } => ("MaxPool", "pool"),
+                        _ => ("AveragePool", "avgpool"),
+                    };
+                    self.node(
+                        op,
+                        &[&x],
+                        &name(short),
+                        vec![
+                            attr_ints("kernel_shape", &[k, k]),
+                            attr_ints("strides", &[s, s]),
+                        ],
+                    )
+                }
+                Layer::Relu => self.node("Relu", &[&x], &name("relu"), vec![]),
+                Layer::Dropout { .. } | Layer::Dropout2d { .. } => continue,
+                Layer::Flatten => match l.input {
+                    Shape::Map { .. } => {
+                        let shape = self.init_i64(&name("shape"), &[-1, l.output.len() as i64]);
+                        self.node("Reshape", &[&x, &shape], &name("flat"), vec![])
+                    }
+                    Shape::Flat(_) => continue,
+                },
+                Layer::Linear { .. } => {
+                    let (w, b) = l.params.as_ref().expect("a linear layer has parameters");
+                    self.node(
+                        "Gemm",
+                        &[&x, w, b],
+                        &name("gemm"),
+                        vec![attr_int("transB", 1)],
+                    )
+                }
+            };
+        }
+        x
     }
 }
 
-/// The seed network as an ONNX model.
+/// A per-channel list as metadata: one number, or numbers joined by commas.
+fn list(v: &[f32]) -> String {
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The network of `params` (any model spec) as an ONNX model: the localisation net, the
+/// regressor, the affine grid (decomposed at opset 16, `AffineGrid` at 20) and GridSample, the
+/// classifier and LogSoftmax, node for node from the spec's plan; the spec in `stn.spec`.
 pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxError> {
     if opts.opset != 16 && opts.opset != 20 {
         return Err(OnnxError::Options(format!(
@@ -194,14 +238,11 @@ pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxE
             opts.opset
         )));
     }
-    let arch: Arch = params.seed_arch().ok_or_else(|| {
-        OnnxError::Options(format!(
-            "the exporter writes the tutorial's family of networks only (for now), not {}",
-            params.net
-        ))
-    })?;
+    let net = &params.net;
+    let plan = net.plan();
+    let seed = net.seed_arch();
     let wants = |o: Output| opts.outputs.contains(&o);
-    if !arch.stn && (wants(Output::Theta) || wants(Output::Warped)) {
+    if !plan.transform.is_some() && (wants(Output::Theta) || wants(Output::Warped)) {
         return Err(OnnxError::Options(
             "theta and warped are outputs of the STN; this model has none (--no-stn)".into(),
         ));
@@ -213,85 +254,86 @@ pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxE
     for ((name, shape), data) in params.names.iter().zip(&params.shapes).zip(&params.data) {
         b.init_f32(name, shape, data);
     }
-    let s = arch.canvas as i64;
-    let classifier_in = if arch.stn {
-        let r = b.conv_pool_relu("input", "localization.0", 7, "loc0");
-        let r = b.conv_pool_relu(&r, "localization.3", 5, "loc3");
-        let shape = b.init_i64("loc_flat_shape", &[-1, arch.fc_loc_in() as i64]);
-        let xs = b.node("Reshape", &[&r, &shape], "loc_flat", vec![]);
-        let h = b.linear(&xs, "fc_loc.0", "fc_loc_hidden");
-        let h = b.node("Relu", &[&h], "fc_loc_relu", vec![]);
-        let t6 = b.linear(&h, "fc_loc.2", "theta6");
-        let shape = b.init_i64("theta_shape", &[-1, 2, 3]);
-        let theta = b.node("Reshape", &[&t6, &shape], "theta", vec![]);
-        let side = stn_model::SAMPLED;
-        let grid = if opts.opset == 16 {
-            // grid[n, i, j, :] = theta[n] · (x_j, y_i, 1): a constant base grid [H·W, 3] times
-            // thetaᵀ [N, 3, 2], with PyTorch's coordinates (align_corners = false).
-            let xs = AffineGrid::base::<f32>(side, false);
-            let mut base = Vec::with_capacity(side * side * 3);
-            for &y in &xs {
-                for &x in &xs {
-                    base.extend([x, y, 1.0]);
+    let [c, h, w] = net.input_dims();
+    let classifier_in = match plan.transform {
+        Transform::None => "input".to_string(),
+        Transform::Affine {
+            output: [ho, wo],
+            padding,
+            align_corners,
+        } => {
+            let t6 = b.layers("input", &plan.localization, "loc");
+            let shape = b.init_i64("theta_shape", &[-1, 2, 3]);
+            let theta = b.node("Reshape", &[&t6, &shape], "theta", vec![]);
+            let align = align_corners as i64;
+            let grid = if opts.opset == 16 {
+                // grid[n, i, j, :] = theta[n] · (x_j, y_i, 1): a constant base grid [H·W, 3] times
+                // thetaᵀ [N, 3, 2], with PyTorch's coordinates.
+                let (xs, ys) = (
+                    AffineGrid::base::<f32>(wo, align_corners),
+                    AffineGrid::base::<f32>(ho, align_corners),
+                );
+                let mut base = Vec::with_capacity(ho * wo * 3);
+                for &y in &ys {
+                    for &x in &xs {
+                        base.extend([x, y, 1.0]);
+                    }
                 }
-            }
-            let base = b.init_f32("affine_base_grid", &[side * side, 3], &base);
-            let tt = b.node(
-                "Transpose",
-                &[&theta],
-                "theta_t",
-                vec![attr_ints("perm", &[0, 2, 1])],
-            );
-            let g = b.node("MatMul", &[&base, &tt], "grid_flat", vec![]);
-            let shape = b.init_i64("grid_shape", &[-1, side as i64, side as i64, 2]);
-            b.node("Reshape", &[&g, &shape], "grid", vec![])
-        } else {
-            // AffineGrid's size input: [N, 1, 28, 28], with N from the input's shape.
-            let shp = b.node("Shape", &["input"], "input_shape", vec![]);
-            let (st, en) = (
-                b.init_i64("slice_start", &[0]),
-                b.init_i64("slice_end", &[1]),
-            );
-            let n = b.node("Slice", &[&shp, &st, &en], "batch", vec![]);
-            let rest = b.init_i64("sampled_chw", &[1, side as i64, side as i64]);
-            let size = b.node(
-                "Concat",
-                &[&n, &rest],
-                "grid_size",
-                vec![attr_int("axis", 0)],
-            );
+                let base = b.init_f32("affine_base_grid", &[ho * wo, 3], &base);
+                let tt = b.node(
+                    "Transpose",
+                    &[&theta],
+                    "theta_t",
+                    vec![attr_ints("perm", &[0, 2, 1])],
+                );
+                let g = b.node("MatMul", &[&base, &tt], "grid_flat", vec![]);
+                let shape = b.init_i64("grid_shape", &[-1, ho as i64, wo as i64, 2]);
+                b.node("Reshape", &[&g, &shape], "grid", vec![])
+            } else {
+                // AffineGrid's size input: [N, C, Ho, Wo], with N from the input's shape.
+                let shp = b.node("Shape", &["input"], "input_shape", vec![]);
+                let (st, en) = (
+                    b.init_i64("slice_start", &[0]),
+                    b.init_i64("slice_end", &[1]),
+                );
+                let n = b.node("Slice", &[&shp, &st, &en], "batch", vec![]);
+                let rest = b.init_i64("sampled_chw", &[c as i64, ho as i64, wo as i64]);
+                let size = b.node(
+                    "Concat",
+                    &[&n, &rest],
+                    "grid_size",
+                    vec![attr_int("axis", 0)],
+                );
+                b.node(
+                    "AffineGrid",
+                    &[&theta, &size],
+                    "grid",
+                    vec![attr_int("align_corners", align)],
+                )
+            };
+            let mode = if opts.opset == 16 {
+                "bilinear"
+            } else {
+                "linear"
+            };
+            let padding = match padding {
+                Padding::Zeros => "zeros",
+                Padding::Border => "border",
+                Padding::Reflection => "reflection",
+            };
             b.node(
-                "AffineGrid",
-                &[&theta, &size],
-                "grid",
-                vec![attr_int("align_corners", 0)],
+                "GridSample",
+                &["input", &grid],
+                "warped",
+                vec![
+                    attr_str("mode", mode),
+                    attr_str("padding_mode", padding),
+                    attr_int("align_corners", align),
+                ],
             )
-        };
-        let mode = if opts.opset == 16 {
-            "bilinear"
-        } else {
-            "linear"
-        };
-        b.node(
-            "GridSample",
-            &["input", &grid],
-            "warped",
-            vec![
-                attr_str("mode", mode),
-                attr_str("padding_mode", "zeros"),
-                attr_int("align_corners", 0),
-            ],
-        )
-    } else {
-        "input".to_string()
+        }
     };
-    let r = b.conv_pool_relu(&classifier_in, "conv1", 5, "c1");
-    let r = b.conv_pool_relu(&r, "conv2", 5, "c2");
-    let shape = b.init_i64("flat_shape", &[-1, arch.fc1_in() as i64]);
-    let f = b.node("Reshape", &[&r, &shape], "flat", vec![]);
-    let f = b.linear(&f, "fc1", "fc1_out");
-    let f = b.node("Relu", &[&f], "fc1_relu", vec![]);
-    let logits = b.linear(&f, "fc2", "logits");
+    let logits = b.layers(&classifier_in, &plan.classifier, "cls");
     b.node(
         "LogSoftmax",
         &[&logits],
@@ -299,40 +341,69 @@ pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxE
         vec![attr_int("axis", 1)],
     );
 
-    let mut outputs = vec![tensor_info("log_probs", &[None, Some(10)])];
+    let mut outputs = vec![tensor_info("log_probs", &[None, Some(plan.classes as i64)])];
     for o in &opts.outputs {
         match o {
             Output::LogProbs => {}
             Output::Theta => outputs.push(tensor_info(o.name(), &[None, Some(2), Some(3)])),
             Output::Warped => {
-                outputs.push(tensor_info(o.name(), &[None, Some(1), Some(28), Some(28)]))
+                let [ho, wo] = plan.transform.output().expect("checked above");
+                outputs.push(tensor_info(
+                    o.name(),
+                    &[None, Some(c as i64), Some(ho as i64), Some(wo as i64)],
+                ))
             }
         }
     }
+    let (mean, std) = net.spec().normalization().ok_or_else(|| {
+        OnnxError::Options("the model spec has no normalisation (mean and std)".into())
+    })?;
     let mut metadata: Vec<(String, String)> = vec![
-        (
-            "stn.normalize.mean".into(),
-            stn_data::MNIST_MEAN.to_string(),
-        ),
-        ("stn.normalize.std".into(), stn_data::MNIST_STD.to_string()),
-        (
+        ("stn.normalize.mean".into(), list(mean)),
+        ("stn.normalize.std".into(), list(std)),
+    ];
+    if let Some(arch) = seed {
+        metadata.push((
             "stn.arch".into(),
             serde_json::to_string(&arch).expect("serialisable"),
-        ),
-    ];
+        ));
+    }
+    metadata.push((
+        "stn.spec".into(),
+        serde_json::to_string(net.spec()).expect("serialisable"),
+    ));
     metadata.extend(opts.metadata.iter().cloned());
-    let graph = GraphProto {
-        node: b.nodes,
-        name: Some("stn_seed_net".into()),
-        initializer: b.inits,
-        doc_string: Some(format!(
+    let doc = match seed {
+        Some(arch) => format!(
             "The seed spatial-transformer network of PyTorch's tutorial ({arch}): localisation net, \
              fc_loc, affine grid and GridSample, then the LeNet classifier and LogSoftmax. Input: \
              MNIST images normalised with (x/255 − {}) / {}.",
-            stn_data::MNIST_MEAN,
-            stn_data::MNIST_STD
-        )),
-        input: vec![tensor_info("input", &[None, Some(1), Some(s), Some(s)])],
+            list(mean),
+            list(std)
+        ),
+        None => format!(
+            "A spatial-transformer network made by stn from its model spec (metadata stn.spec): \
+             {net}. Input: images normalised per channel with (x/255 − mean) / std, mean {}, std {}.",
+            list(mean),
+            list(std)
+        ),
+    };
+    let graph = GraphProto {
+        node: b.nodes,
+        name: Some(
+            if seed.is_some() {
+                "stn_seed_net"
+            } else {
+                "stn_net"
+            }
+            .into(),
+        ),
+        initializer: b.inits,
+        doc_string: Some(doc),
+        input: vec![tensor_info(
+            "input",
+            &[None, Some(c as i64), Some(h as i64), Some(w as i64)],
+        )],
         output: outputs,
         ..Default::default()
     };

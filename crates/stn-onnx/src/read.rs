@@ -2,7 +2,7 @@
 //! that the graph computes the seed network.
 
 use prost::Message;
-use stn_model::{Arch, Params};
+use stn_model::{Arch, ModelSpec, Network, Params};
 
 use crate::proto::{
     tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto,
@@ -132,20 +132,53 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
              dimension (torch.onnx.export(..., dynamic_axes={{'input': {{0: 'batch'}}}}))"
         )));
     }
-    let side = match dims.as_slice() {
-        [_, Some(1), Some(h), Some(w)] if h == w && *h >= 28 && *h <= Arch::MAX_CANVAS as i64 => *h as usize,
-        _ => {
-            return Err(bad(format!(
-                "input '{}' has shape {dims:?}; expected [N, 1, S, S] with S ≥ 28 (an MNIST-like image batch)",
-                input.name.as_deref().unwrap_or("")
-            )))
+    let meta = |k: &str| {
+        model
+            .metadata_props
+            .iter()
+            .find(|e| e.key.as_deref() == Some(k))
+            .and_then(|e| e.value.as_deref())
+    };
+    // The network: the spec stn-export stores; without one (PyTorch's export of the seed's
+    // `Net`), the seed family the input shape and the initializers imply.
+    let net: Network = match meta("stn.spec") {
+        Some(text) => {
+            let spec: ModelSpec = serde_json::from_str(text)
+                .map_err(|e| bad(format!("metadata stn.spec: not a model spec: {e}")))?;
+            let net = Network::new(spec).map_err(|e| bad(format!("metadata stn.spec: {e}")))?;
+            let [c, h, w] = net.input_dims();
+            if dims.as_slice() != [None, Some(c as i64), Some(h as i64), Some(w as i64)] {
+                return Err(bad(format!(
+                    "input '{input_name}' has shape {dims:?}, but its stn.spec takes [N, {c}, {h}, {w}]"
+                )));
+            }
+            net
+        }
+        None => {
+            let side = match dims.as_slice() {
+                [_, Some(1), Some(h), Some(w)]
+                    if h == w && *h >= 28 && *h <= Arch::MAX_CANVAS as i64 =>
+                {
+                    *h as usize
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "input '{input_name}' has shape {dims:?}; expected [N, 1, S, S] with S ≥ 28 (an MNIST-like image batch), or a model with its stn.spec"
+                    )))
+                }
+            };
+            let stn = init_names.contains(&"localization.0.weight");
+            Arch { canvas: side, stn }.into()
         }
     };
-    let stn = init_names.contains(&"localization.0.weight");
-    let arch = Arch { canvas: side, stn };
-    let outputs = crate::verify::verify(graph, &arch, &input_name, opset)
-        .map_err(|what| bad(format!("not the seed network ({arch}): {what}")))?;
-    let specs = arch.param_specs();
+    let outputs = crate::verify::verify(graph, &net, &input_name, opset).map_err(|what| {
+        bad(if net.seed_arch().is_some() {
+            format!("not the seed network ({net}): {what}")
+        } else {
+            format!("not the network of its stn.spec: {what}")
+        })
+    })?;
+    let specs = net.plan().params.clone();
     let mut named = Vec::new();
     for t in &graph.initializer {
         let name = t.name.clone().unwrap_or_default();
@@ -154,7 +187,7 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
             named.push((name, t.dims.iter().map(|&d| d as usize).collect(), data));
         }
     }
-    let params = Params::from_named(arch, named).map_err(|e| OnnxError::Params {
+    let params = Params::from_named(net, named).map_err(|e| OnnxError::Params {
         path: path.into(),
         source: e,
     })?;

@@ -1,6 +1,6 @@
-//! Checks, node by node, that an ONNX graph computes the seed network — ours (opset 16's
-//! decomposed affine grid or opset 20's `AffineGrid`) or PyTorch's export of `Net` — before any
-//! runtime is given it.
+//! Checks, node by node, that an ONNX graph computes the network of its model spec — ours (opset
+//! 16's decomposed affine grid or opset 20's `AffineGrid`) or PyTorch's export of the seed's `Net`
+//! — before any runtime is given it.
 //!
 //! Why: the dfdx and fused runners compute the seed network from the file's initializers; run on a
 //! graph that computes something else (a removed node, another stride, an unknown op), they would
@@ -12,12 +12,12 @@
 //! symbol), or an expression of layers over the input ([`Expr`]). Each operator checks its
 //! attributes against the seed's (a stride, a padding, a mode that differs is an error naming the
 //! node) and builds its expression; the graph's outputs must then equal the expressions that
-//! [`expected`] builds from the architecture, parameter names included.
+//! [`expected`] builds from the spec's plan, parameter names included.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use stn_model::{Arch, SAMPLED};
+use stn_model::{Layer, Network, Padding, Plan, Shape, Transform};
 use stn_ops::AffineGrid;
 
 use crate::proto::{
@@ -28,10 +28,12 @@ use crate::proto::{
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Expr {
     Input,
-    /// Conv (stride 1, no padding) with `{0}.weight` and `{0}.bias`.
-    Conv(Rc<Expr>, String),
-    /// MaxPool 2×2, stride 2.
-    Pool(Rc<Expr>),
+    /// Conv with `{1}.weight` and `{1}.bias`, stride `{2}`, padding `{3}` on every side.
+    Conv(Rc<Expr>, String, i64, i64),
+    /// MaxPool, kernel `{1}`×`{1}`, stride `{2}`.
+    Pool(Rc<Expr>, i64, i64),
+    /// AveragePool, kernel `{1}`×`{1}`, stride `{2}`, no padding.
+    AvgPool(Rc<Expr>, i64, i64),
     Relu(Rc<Expr>),
     /// Reshape to these dimensions (-1 for the batch).
     Reshape(Rc<Expr>, Vec<i64>),
@@ -39,35 +41,63 @@ pub(crate) enum Expr {
     Gemm(Rc<Expr>, String),
     /// Transpose with perm [0, 2, 1].
     Transpose021(Rc<Expr>),
-    /// MatMul by the constant base grid of a SAMPLED×SAMPLED affine grid (align_corners = 0).
+    /// MatMul by the constant base grid of the spec's affine grid.
     BaseGridMatMul(Rc<Expr>),
-    /// AffineGrid of theta, SAMPLED×SAMPLED, align_corners = 0.
+    /// AffineGrid of theta, of the spec's size and align_corners.
     AffineGrid(Rc<Expr>),
-    /// GridSample of the input on this grid: bilinear, zero padding, align_corners = 0.
+    /// GridSample of the input on this grid, bilinear, with the spec's padding and align_corners.
     GridSample(Rc<Expr>),
     LogSoftmax(Rc<Expr>),
 }
 
-/// The seed network's outputs as expressions: `(log_probs, theta, warped)`; theta and warped
-/// are `None` without the STN.
-pub(crate) fn expected(arch: &Arch) -> (Expr, Option<Expr>, Option<Expr>) {
+/// The network's outputs as expressions: `(log_probs, theta, warped)`; theta and warped are
+/// `None` without a transformer.
+pub(crate) fn expected(plan: &Plan) -> (Expr, Option<Expr>, Option<Expr>) {
     let r = Rc::new;
-    let block = |x: Expr, p: &str| Expr::Relu(r(Expr::Pool(r(Expr::Conv(r(x), p.into())))));
-    let (classifier_in, theta, warped) = if arch.stn {
-        let loc = block(block(Expr::Input, "localization.0"), "localization.3");
-        let flat = Expr::Reshape(r(loc), vec![-1, arch.fc_loc_in() as i64]);
-        let h = Expr::Relu(r(Expr::Gemm(r(flat), "fc_loc.0".into())));
-        let theta = Expr::Reshape(r(Expr::Gemm(r(h), "fc_loc.2".into())), vec![-1, 2, 3]);
+    let layers = |mut x: Expr, layers: &[stn_model::PlannedLayer]| {
+        for l in layers {
+            let prefix = || {
+                let (w, _) = l.params.as_ref().expect("conv and linear have parameters");
+                w.strip_suffix(".weight").unwrap_or(w).to_string()
+            };
+            x = match l.layer {
+                Layer::Conv2d {
+                    stride, padding, ..
+                } => Expr::Conv(r(x), prefix(), stride as i64, padding as i64),
+                Layer::MaxPool2d { kernel, stride } => {
+                    Expr::Pool(r(x), kernel as i64, stride.unwrap_or(kernel) as i64)
+                }
+                Layer::AvgPool2d { kernel, stride } => {
+                    Expr::AvgPool(r(x), kernel as i64, stride.unwrap_or(kernel) as i64)
+                }
+                Layer::Relu => Expr::Relu(r(x)),
+                Layer::Dropout { .. } | Layer::Dropout2d { .. } => x,
+                Layer::Flatten => match l.input {
+                    Shape::Map { .. } => Expr::Reshape(r(x), vec![-1, l.output.len() as i64]),
+                    Shape::Flat(_) => x,
+                },
+                Layer::Linear { .. } => Expr::Gemm(r(x), prefix()),
+            };
+        }
+        x
+    };
+    let (classifier_in, theta, warped) = if plan.transform.is_some() {
+        let t = layers(Expr::Input, &plan.localization);
+        let theta = Expr::Reshape(r(t), vec![-1, 2, 3]);
         let warped = Expr::GridSample(r(Expr::AffineGrid(r(theta.clone()))));
         (warped.clone(), Some(theta), Some(warped))
     } else {
         (Expr::Input, None, None)
     };
-    let c = block(block(classifier_in, "conv1"), "conv2");
-    let flat = Expr::Reshape(r(c), vec![-1, arch.fc1_in() as i64]);
-    let h = Expr::Relu(r(Expr::Gemm(r(flat), "fc1".into())));
-    let lp = Expr::LogSoftmax(r(Expr::Gemm(r(h), "fc2".into())));
+    let lp = Expr::LogSoftmax(r(layers(classifier_in, &plan.classifier)));
     (lp, theta, warped)
+}
+
+/// What the spec fixes that single operators are checked against: the input's `[C, H, W]` and
+/// the transform's sampler.
+struct Want {
+    dims: [i64; 3],
+    transform: Transform,
 }
 
 /// A dimension of a constant-folded shape: the symbolic batch, or a number.
@@ -94,10 +124,15 @@ enum Val {
 /// (or input, output) that differs.
 pub(crate) fn verify(
     graph: &crate::proto::GraphProto,
-    arch: &Arch,
+    net: &Network,
     input_name: &str,
     opset: i64,
 ) -> Result<Vec<String>, String> {
+    let who = if net.seed_arch().is_some() {
+        "the seed network".to_string()
+    } else {
+        format!("its spec's network ({net})")
+    };
     let mut floats: HashMap<String, &TensorProto> = HashMap::new();
     let mut vals: HashMap<String, Val> = HashMap::new();
     for t in &graph.initializer {
@@ -120,7 +155,11 @@ pub(crate) fn verify(
         return Err(format!("input {input_name} is also an initializer"));
     }
     vals.insert(input_name.into(), Val::Expr(Rc::new(Expr::Input)));
-    let side = arch.canvas as i64;
+    let [c, h, w] = net.input_dims();
+    let want = Want {
+        dims: [c as i64, h as i64, w as i64],
+        transform: net.plan().transform,
+    };
 
     // Topological order (Kahn): a node runs once all its inputs exist. Nodes left over are in a
     // cycle or read a value nothing produces.
@@ -141,7 +180,7 @@ pub(crate) fn verify(
             done[i] = true;
             progressed = true;
             let label = node_label(node, i);
-            let outs = eval(node, &vals, &floats, &mut constants, side, opset)
+            let outs = eval(node, &vals, &floats, &mut constants, &want, opset)
                 .map_err(|e| format!("{label}: {e}"))?;
             if outs.len() > node.output.len() {
                 return Err(format!(
@@ -182,7 +221,7 @@ pub(crate) fn verify(
         ));
     }
 
-    let (lp, theta, warped) = expected(arch);
+    let (lp, theta, warped) = expected(net.plan());
     let mut outputs = Vec::new();
     for (k, o) in graph.output.iter().enumerate() {
         let name = o.name.clone().unwrap_or_default();
@@ -208,15 +247,19 @@ pub(crate) fn verify(
             Some((_, e)) if *e == v => {}
             Some((what, e)) => {
                 return Err(format!(
-                    "output {name} (the {what}) is not computed as the seed network ({arch}) computes it: {}",
+                    "output {name} (the {what}) is not computed as {who} computes it: {}",
                     describe_difference(e, &v)
                 ))
             }
             None => {
                 return Err(format!(
-                    "output {name}: the seed network's outputs are log-probs first, then `theta` and `warped`{}",
-                    if arch.stn { "" } else { " (which a model without STN has not)" }
-                ))
+                "output {name}: {who}'s outputs are log-probs first, then `theta` and `warped`{}",
+                if net.plan().transform.is_some() {
+                    ""
+                } else {
+                    " (which a model without STN has not)"
+                }
+            ))
             }
         }
         outputs.push(name);
@@ -244,8 +287,9 @@ fn describe_difference(want: &Expr, got: &Expr) -> String {
     fn head(e: &Expr) -> String {
         match e {
             Expr::Input => "the input".into(),
-            Expr::Conv(_, p) => format!("Conv with {p}.weight"),
-            Expr::Pool(_) => "MaxPool 2×2".into(),
+            Expr::Conv(_, p, s, pad) => format!("Conv with {p}.weight, strides {s}, pads {pad}"),
+            Expr::Pool(_, k, s) => format!("MaxPool {k}×{k} strides {s}"),
+            Expr::AvgPool(_, k, s) => format!("AveragePool {k}×{k} strides {s}"),
             Expr::Relu(_) => "Relu".into(),
             Expr::Reshape(_, s) => format!("Reshape to {s:?}"),
             Expr::Gemm(_, p) => format!("Gemm with {p}.weight"),
@@ -259,8 +303,9 @@ fn describe_difference(want: &Expr, got: &Expr) -> String {
     fn inner(e: &Expr) -> Option<&Expr> {
         match e {
             Expr::Input => None,
-            Expr::Conv(x, _)
-            | Expr::Pool(x)
+            Expr::Conv(x, ..)
+            | Expr::Pool(x, ..)
+            | Expr::AvgPool(x, ..)
             | Expr::Relu(x)
             | Expr::Reshape(x, _)
             | Expr::Gemm(x, _)
@@ -356,6 +401,17 @@ fn want_ints(node: &NodeProto, name: &str, allowed: &[&[i64]]) -> Result<(), Str
     }
 }
 
+/// An attribute of `n` equal values (`strides [s, s]`, `pads [p, p, p, p]`) as the one value.
+fn square(node: &NodeProto, name: &str, n: usize) -> Result<Option<i64>, String> {
+    match attr_ints(node, name)? {
+        None => Ok(None),
+        Some(v) if v.len() == n && v.iter().all(|&x| x == v[0]) && v[0] >= 0 => Ok(Some(v[0])),
+        Some(v) => Err(format!(
+            "{name} {v:?}; stn's layers have {n} equal non-negative values"
+        )),
+    }
+}
+
 fn want_int(node: &NodeProto, name: &str, default: i64, allowed: &[i64]) -> Result<(), String> {
     let v = attr_i(node, name, default)?;
     if allowed.contains(&v) {
@@ -432,7 +488,7 @@ fn eval(
     vals: &HashMap<String, Val>,
     floats: &HashMap<String, &TensorProto>,
     constants: &mut Vec<TensorProto>,
-    side: i64,
+    want: &Want,
     opset: i64,
 ) -> Result<Vec<Val>, String> {
     let op = node.op_type.as_deref().unwrap_or("");
@@ -510,39 +566,50 @@ fn eval(
                     return Err(format!("kernel_shape {ks:?} but the weight is {k:?}"));
                 }
             }
-            want_ints(node, "strides", &[&[1, 1]])?;
-            want_ints(node, "pads", &[&[0, 0, 0, 0]])?;
+            let stride = square(node, "strides", 2)?;
+            let pad = square(node, "pads", 4)?.unwrap_or(0);
             want_ints(node, "dilations", &[&[1, 1]])?;
             want_int(node, "group", 1, &[1])?;
             if let Some(a) = attr_s(node, "auto_pad")? {
                 if a != "NOTSET" && a != "VALID" {
-                    return Err(format!("auto_pad {a}; the seed network's convolutions are unpadded"));
+                    return Err(format!("auto_pad {a}; stn's convolutions are padded by `pads` only"));
                 }
             }
-            one(Expr::Conv(x, p))
+            one(Expr::Conv(x, p, stride.unwrap_or(1), pad))
         }
         "MaxPool" => {
             only_attrs(node, &["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "storage_order"])?;
             n_inputs(1, 1)?;
             let x = expr(0)?;
-            match attr_ints(node, "kernel_shape")? {
-                Some(k) if k == [2, 2] => {}
-                k => return Err(format!("kernel_shape {k:?}; the seed network pools 2×2")),
-            }
-            match attr_ints(node, "strides")? {
-                Some(s) if s == [2, 2] => {}
-                s => return Err(format!("strides {s:?}; the seed network pools with stride 2")),
-            }
+            let k = square(node, "kernel_shape", 2)?.ok_or("no kernel_shape")?;
+            let stride = square(node, "strides", 2)?.unwrap_or(1);
             want_ints(node, "pads", &[&[0, 0, 0, 0]])?;
             want_ints(node, "dilations", &[&[1, 1]])?;
             want_int(node, "ceil_mode", 0, &[0])?;
             want_int(node, "storage_order", 0, &[0, 1])?;
             if let Some(a) = attr_s(node, "auto_pad")? {
                 if a != "NOTSET" && a != "VALID" {
-                    return Err(format!("auto_pad {a}; the seed network's pools are unpadded"));
+                    return Err(format!("auto_pad {a}; stn's pools are unpadded"));
                 }
             }
-            one(Expr::Pool(x))
+            one(Expr::Pool(x, k, stride))
+        }
+        "AveragePool" => {
+            only_attrs(node, &["kernel_shape", "strides", "pads", "ceil_mode", "auto_pad", "count_include_pad", "dilations"])?;
+            n_inputs(1, 1)?;
+            let x = expr(0)?;
+            let k = square(node, "kernel_shape", 2)?.ok_or("no kernel_shape")?;
+            let stride = square(node, "strides", 2)?.unwrap_or(1);
+            want_ints(node, "pads", &[&[0, 0, 0, 0]])?;
+            want_ints(node, "dilations", &[&[1, 1]])?;
+            want_int(node, "ceil_mode", 0, &[0])?;
+            want_int(node, "count_include_pad", 0, &[0, 1])?;
+            if let Some(a) = attr_s(node, "auto_pad")? {
+                if a != "NOTSET" && a != "VALID" {
+                    return Err(format!("auto_pad {a}; stn's pools are unpadded"));
+                }
+            }
+            one(Expr::AvgPool(x, k, stride))
         }
         "Relu" => {
             only_attrs(node, &[])?;
@@ -582,10 +649,9 @@ fn eval(
                 })
                 .collect::<Result<_, _>>()?;
             // opset 16's affine grid: Reshape(MatMul(base, Transpose(theta)), [-1, S, S, 2]).
-            if let Expr::BaseGridMatMul(inner) = x.as_ref() {
+            if let (Expr::BaseGridMatMul(inner), Some([ho, wo])) = (x.as_ref(), want.transform.output()) {
                 if let Expr::Transpose021(theta) = inner.as_ref() {
-                    let s = SAMPLED as i64;
-                    if shape == [-1, s, s, 2] {
+                    if shape == [-1, ho as i64, wo as i64, 2] {
                         return one(Expr::AffineGrid(theta.clone()));
                     }
                 }
@@ -634,25 +700,33 @@ fn eval(
                 .copied()
                 .or_else(|| constants.iter().find(|c| c.name.as_deref() == Some(base)))
                 .ok_or_else(|| format!("{base}: no such tensor"))?;
-            let s = SAMPLED;
-            let xs = AffineGrid::base::<f32>(s, false);
-            let want: Vec<f32> = xs.iter().flat_map(|&y| xs.iter().flat_map(move |&x| [x, y, 1.0])).collect();
-            let ok = t.dims == [(s * s) as i64, 3]
-                && floats_of(t).is_some_and(|v| v.len() == want.len() && v.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+            let Transform::Affine { output: [ho, wo], align_corners, .. } = want.transform else {
+                return Err("a MatMul in a network without a transformer".into());
+            };
+            let (xs, ys) = (AffineGrid::base::<f32>(wo, align_corners), AffineGrid::base::<f32>(ho, align_corners));
+            let grid: Vec<f32> = ys.iter().flat_map(|&y| xs.iter().flat_map(move |&x| [x, y, 1.0])).collect();
+            let ok = t.dims == [(ho * wo) as i64, 3]
+                && floats_of(t).is_some_and(|v| v.len() == grid.len() && v.iter().zip(&grid).all(|(a, b)| a.to_bits() == b.to_bits()));
             if !ok {
-                return Err(format!("{base} is not the {s}×{s} base grid of an affine grid (align_corners = 0)"));
+                return Err(format!(
+                    "{base} is not the {ho}×{wo} base grid of an affine grid (align_corners = {})",
+                    align_corners as i64
+                ));
             }
             one(Expr::BaseGridMatMul(expr(1)?))
         }
         "AffineGrid" => {
             only_attrs(node, &["align_corners"])?;
             n_inputs(2, 2)?;
-            want_int(node, "align_corners", 0, &[0])?;
+            let Transform::Affine { output: [ho, wo], align_corners, .. } = want.transform else {
+                return Err("an AffineGrid in a network without a transformer".into());
+            };
+            want_int(node, "align_corners", 0, &[align_corners as i64])?;
             let theta = expr(0)?;
             let (size, _) = ints(1)?;
-            let s = SAMPLED as i64;
-            if size != [Dim::Batch, Dim::Known(1), Dim::Known(s), Dim::Known(s)] {
-                return Err(format!("size {size:?}; the seed network samples [N, 1, {s}, {s}]"));
+            let (c, ho, wo) = (want.dims[0], ho as i64, wo as i64);
+            if size != [Dim::Batch, Dim::Known(c), Dim::Known(ho), Dim::Known(wo)] {
+                return Err(format!("size {size:?}; the network samples [N, {c}, {ho}, {wo}]"));
             }
             one(Expr::AffineGrid(theta))
         }
@@ -670,12 +744,19 @@ fn eval(
                     mode.unwrap_or_default()
                 ));
             }
-            if let Some(p) = attr_s(node, "padding_mode")? {
-                if p != "zeros" {
-                    return Err(format!("padding_mode {p:?}; the seed network pads with zeros"));
-                }
+            let Transform::Affine { padding, align_corners, .. } = want.transform else {
+                return Err("a GridSample in a network without a transformer".into());
+            };
+            let pad = match padding {
+                Padding::Zeros => "zeros",
+                Padding::Border => "border",
+                Padding::Reflection => "reflection",
+            };
+            let p = attr_s(node, "padding_mode")?.unwrap_or_else(|| "zeros".into());
+            if p != pad {
+                return Err(format!("padding_mode {p:?}; the network pads with {pad:?}"));
             }
-            want_int(node, "align_corners", 0, &[0])?;
+            want_int(node, "align_corners", 0, &[align_corners as i64])?;
             one(Expr::GridSample(expr(1)?))
         }
         "Constant" => {
@@ -706,7 +787,8 @@ fn eval(
             if !matches!(expr(0)?.as_ref(), Expr::Input) {
                 return Err("the seed network takes the shape of its input only".into());
             }
-            let dims = [Dim::Batch, Dim::Known(1), Dim::Known(side), Dim::Known(side)];
+            let [c, h, w] = want.dims;
+            let dims = [Dim::Batch, Dim::Known(c), Dim::Known(h), Dim::Known(w)];
             let (start, end) = (attr_i(node, "start", 0)?, attr_i(node, "end", 4)?);
             let clamp = |v: i64| if v < 0 { (v + 4).max(0) } else { v.min(4) } as usize;
             let (a, b) = (clamp(start), clamp(end));
@@ -793,7 +875,7 @@ fn eval(
             }])
         }
         other => Err(format!(
-            "operator {other:?} is not part of the seed network (stn runs the seed network: Conv, MaxPool, Relu, Reshape, Gemm, LogSoftmax, GridSample, AffineGrid or its opset-16 form)"
+            "operator {other:?} is not part of an stn network (stn runs Conv, MaxPool, AveragePool, Relu, Reshape, Gemm, LogSoftmax, GridSample, AffineGrid or its opset-16 form)"
         )),
     }
 }

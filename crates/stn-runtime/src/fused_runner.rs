@@ -31,8 +31,7 @@ impl Runner for FusedRunner {
         "fused".into()
     }
     fn input_dims(&self) -> [usize; 3] {
-        let s = self.net.arch().canvas;
-        [1, s, s]
+        self.net.network().input_dims()
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
         check_batch("fused", images, n, self.input_dims())?;
