@@ -251,3 +251,21 @@ pub fn spec_file_text(name: &str) -> anyhow::Result<String> {
         spec.to_toml()
     ))
 }
+
+/// Whether `path` lies inside the directory `dir` (both made absolute; `path` need not exist).
+pub fn is_inside(path: &Path, dir: &Path) -> bool {
+    let abs = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = std::fs::canonicalize(p) {
+            return Some(c);
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
+    };
+    match (abs(path), std::fs::canonicalize(dir)) {
+        (Some(p), Ok(d)) => p.starts_with(&d),
+        _ => false,
+    }
+}

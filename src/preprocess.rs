@@ -4,43 +4,16 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
-use image::{imageops, GrayImage, ImageFormat, Luma};
-
-/// The largest image file read, and the largest side decoded (a 16384×16384 grey image is 256 MB).
-const MAX_FILE_BYTES: u64 = 256 << 20;
-const MAX_SIDE: u32 = 16384;
+use image::{imageops, GrayImage, Luma};
 
 /// Reads an image file as grey, its format told by its content (a PNG named `.jpg` is a PNG),
-/// within bounded sizes. Transparent pixels are composited onto the background the digit needs:
-/// black for `raw` (MNIST-like, light on black) images; for others, white under dark ink and
-/// black under light ink (so a black digit on a transparent background reads as a digit on paper,
-/// not as black on black). A JPEG without its end-of-image marker is refused as truncated.
+/// within bounded sizes ([`stn_data::decode_image`]). Transparent pixels are composited onto the
+/// background the digit needs: black for `raw` (MNIST-like, light on black) images; for others,
+/// white under dark ink and black under light ink (so a black digit on a transparent background
+/// reads as a digit on paper, not as black on black). A JPEG without its end-of-image marker is
+/// refused as truncated.
 pub fn read_grey(path: &Path, raw: bool) -> anyhow::Result<GrayImage> {
-    let bytes = stn_data::read_regular(path, MAX_FILE_BYTES)?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .context("cannot read")?;
-    let format = match reader.format() {
-        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Pnm)) => f,
-        Some(f) => bail!("a {f:?} image; stn reads PNG, JPEG and PGM/PPM"),
-        None => bail!("not an image (neither PNG, JPEG nor PGM/PPM by its content)"),
-    };
-    if format == ImageFormat::Jpeg {
-        let tail = &bytes[bytes.len().saturating_sub(64)..];
-        if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
-            bail!("truncated JPEG (no end-of-image marker)");
-        }
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(1 << 30);
-    reader.limits(limits);
-    let img = reader.decode().context("cannot decode")?;
-    if img.width() == 0 || img.height() == 0 {
-        bail!("an empty ({}×{}) image", img.width(), img.height());
-    }
+    let img = stn_data::decode_image(path)?;
     if !img.color().has_alpha() {
         return Ok(img.to_luma8());
     }

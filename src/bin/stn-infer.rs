@@ -292,8 +292,8 @@ fn main() -> ExitCode {
                 }
                 let mut px = Vec::new();
                 for f in &args.images {
-                    let img = stn::preprocess::read_grey(f, args.raw)
-                        .with_context(|| format!("--images {}", f.display()))?;
+                    // The error names the file.
+                    let img = stn::preprocess::read_grey(f, args.raw).context("--images")?;
                     let d = if args.raw {
                         if img.dimensions() != (28, 28) {
                             bail!(

@@ -33,9 +33,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Directory with the four MNIST IDX files (gzipped or raw) [default: $STN_DATA, else data/mnist]
+    /// The data: the four MNIST IDX files (gzipped or raw), another IDX set (--dataset idx) or an
+    /// image folder (DIR/train/<class>/*.png|jpg, DIR/test/<class>/*) [default: $STN_DATA, else
+    /// data/mnist]
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// What --data holds: mnist (verified, downloaded when missing), idx (any MNIST-format set:
+    /// Fashion-MNIST, KMNIST, EMNIST digits; not verified), image-folder (torchvision's
+    /// ImageFolder layout, resized to the network's input), or auto (image-folder when DIR/train
+    /// is a folder, else mnist)
+    #[arg(long, default_value = "auto", value_name = "KIND")]
+    dataset: DatasetKind,
     /// Never download: fail if the files are not there
     #[arg(long)]
     offline: bool,
@@ -127,6 +135,20 @@ struct Args {
     /// Print one JSON object with the run's figures as the last line of stdout
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DatasetKind {
+    Auto,
+    Mnist,
+    Idx,
+    ImageFolder,
+}
+
+/// A split as bytes: planar `[N, C, H, W]` images and labels.
+struct Split {
+    images: Vec<u8>,
+    labels: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -331,6 +353,11 @@ fn main() -> ExitCode {
         // Before anything is read or written: which files are inputs, which outputs, and whether
         // an existing --out may be replaced.
         let data = DataDir::resolve(args.data.as_deref());
+        let dataset = match args.dataset {
+            DatasetKind::Auto if data.dir.join("train").is_dir() => DatasetKind::ImageFolder,
+            DatasetKind::Auto => DatasetKind::Mnist,
+            d => d,
+        };
         let mut inputs: Vec<(&str, PathBuf)> = stn_data::mnist_paths(&data.dir)
             .into_iter()
             .map(|p| ("the MNIST file", p))
@@ -354,6 +381,21 @@ fn main() -> ExitCode {
             }
         }
         stn::check_outputs(&inputs, &outputs)?;
+        if dataset == DatasetKind::ImageFolder {
+            // An output inside the folder's splits would overwrite (or become) a training image.
+            for (what, p) in &outputs {
+                for split in ["train", "test"] {
+                    let root = data.dir.join(split);
+                    if stn::is_inside(p, &root) {
+                        bail!(
+                            "{what} {}: inside the image folder's {split}/ ({}); write it elsewhere",
+                            p.display(),
+                            root.display()
+                        );
+                    }
+                }
+            }
+        }
         if !args.resume && !args.force && args.epochs > 0 && args.out.exists() {
             bail!(
                 "--out {} already exists: add --resume to continue that run, or --force to replace it with a new one (or choose another --out)",
@@ -407,47 +449,135 @@ fn main() -> ExitCode {
 
             // Data: loaded and verified before any training.
             let t0 = Instant::now();
-            let mut mnist = Mnist::load(&data, args.offline)?;
-            mnist.train.truncate(args.limit);
+            let image_folder = dataset == DatasetKind::ImageFolder;
+            if image_folder && args.distort != Distortion::None {
+                bail!("--distort makes distorted MNIST; it does not apply to an image folder (--dataset image-folder)");
+            }
             if args.fresh_distortions && args.distort == Distortion::None {
                 bail!("--fresh-distortions needs --distort r, rts or t");
             }
-            // The undistorted training set, for drawing new distortions every epoch.
-            let plain_train = args.fresh_distortions.then(|| mnist.train.clone());
-            if args.distort != Distortion::None {
-                mnist.train =
-                    distort_split(&mnist.train, args.distort, args.clutter as usize, args.seed);
-                mnist.test = distort_split(
-                    &mnist.test,
-                    args.distort,
-                    args.clutter as usize,
-                    args.seed ^ 0x7e57,
-                );
-            }
-            let side = mnist.train.rows;
-            if net.input_dims() != [1, side, side] {
-                let [c, h, w] = net.input_dims();
-                bail!(
-                    "--spec {}: the network takes {c}×{h}×{w} images, the data is 1×{side}×{side} (MNIST{});                      make the spec's input match it",
-                    args.spec.as_deref().unwrap_or(""),
-                    match args.distort {
-                        Distortion::None => String::new(),
-                        d => format!(" with --distort {}", format!("{d:?}").to_lowercase()),
+            let mut plain_train = None;
+            let (mut train, test, classes): (Split, Split, usize) = if image_folder {
+                let folder = stn_data::ImageFolder::load(&data.dir, net.input_dims())?;
+                let k = folder.classes.len();
+                if spec_net.is_none() && resumed.is_none() && net.plan().classes != k {
+                    // The seed network for the folder's classes, normalised with the folder's
+                    // own statistics (MNIST's would be wrong for photos).
+                    let mut spec = net.spec().clone();
+                    spec.classes = k;
+                    (spec.input.mean, spec.input.std) = (None, None);
+                    if let Some(stn_model::Layer::Linear { out }) = spec.classifier.last_mut() {
+                        *out = k;
                     }
+                    net = Network::new(spec)?;
+                    eprintln!("the seed network with {k} classes for the image folder (--spec gives another)");
+                }
+                let mut tr = folder.train;
+                tr.truncate(args.limit);
+                eprintln!(
+                    "image folder {}: {} training and {} test images of {} classes ({}), as {}×{}×{}, ready in {:.2}s",
+                    data.dir.display(),
+                    tr.len(),
+                    folder.test.len(),
+                    k,
+                    folder.classes.join(", "),
+                    tr.dims[0],
+                    tr.dims[1],
+                    tr.dims[2],
+                    t0.elapsed().as_secs_f64()
+                );
+                (
+                    Split {
+                        images: tr.images,
+                        labels: tr.labels,
+                    },
+                    Split {
+                        images: folder.test.images,
+                        labels: folder.test.labels,
+                    },
+                    k,
+                )
+            } else {
+                let mut mnist = if dataset == DatasetKind::Idx {
+                    Mnist::load_idx(&data.dir)?
+                } else {
+                    Mnist::load(&data, args.offline)?
+                };
+                mnist.train.truncate(args.limit);
+                // The undistorted training set, for drawing new distortions every epoch.
+                plain_train = args.fresh_distortions.then(|| mnist.train.clone());
+                if args.distort != Distortion::None {
+                    mnist.train =
+                        distort_split(&mnist.train, args.distort, args.clutter as usize, args.seed);
+                    mnist.test = distort_split(
+                        &mnist.test,
+                        args.distort,
+                        args.clutter as usize,
+                        args.seed ^ 0x7e57,
+                    );
+                }
+                let (h, w) = (mnist.train.rows, mnist.train.cols);
+                if net.input_dims() != [1, h, w] {
+                    let [c, nh, nw] = net.input_dims();
+                    bail!(
+                        "--spec {}: the network takes {c}×{nh}×{nw} images, the data is 1×{h}×{w} ({}{}); \
+                         make the spec's input match it",
+                        args.spec.as_deref().unwrap_or(""),
+                        if dataset == DatasetKind::Idx { "IDX files" } else { "MNIST" },
+                        match args.distort {
+                            Distortion::None => String::new(),
+                            d => format!(" with --distort {}", format!("{d:?}").to_lowercase()),
+                        }
+                    );
+                }
+                let max_label = mnist
+                    .train
+                    .labels
+                    .iter()
+                    .chain(&mnist.test.labels)
+                    .max()
+                    .copied()
+                    .unwrap_or(0);
+                eprintln!(
+                    "{} from {}: {} training and {} test images of {h}×{w}, ready in {:.2}s",
+                    if dataset == DatasetKind::Idx {
+                        "IDX set"
+                    } else {
+                        "MNIST"
+                    },
+                    data.dir.display(),
+                    mnist.train.len(),
+                    mnist.test.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+                let (tr, te) = (mnist.train, mnist.test);
+                (
+                    Split {
+                        images: tr.images,
+                        labels: tr.labels,
+                    },
+                    Split {
+                        images: te.images,
+                        labels: te.labels,
+                    },
+                    max_label as usize + 1,
+                )
+            };
+            if classes > net.plan().classes {
+                bail!(
+                    "the data has {classes} classes, the network {}: set classes (and the classifier's last linear out) to {classes} in the spec",
+                    net.plan().classes
                 );
             }
-            eprintln!(
-                "MNIST from {}: {} training and {} test images of {side}×{side}, ready in {:.2}s",
-                data.dir.display(),
-                mnist.train.len(),
-                mnist.test.len(),
-                t0.elapsed().as_secs_f64()
-            );
+            let dims = net.input_dims();
+            let [channels, h, w] = dims;
+            let plane = h * w;
             if let Some(path) = &args.contact_sheet {
-                let imgs: Vec<&[u8]> = (0..mnist.train.len().min(64))
-                    .map(|i| mnist.train.image(i))
-                    .collect();
-                contact_sheet_png(&imgs, side, 8, path)
+                if channels != 1 || h != w {
+                    bail!("--contact-sheet draws square grey images; these are {channels}×{h}×{w}");
+                }
+                let imgs: Vec<&[u8]> = train.images.chunks(plane).take(64).collect();
+                contact_sheet_png(&imgs, h, 8, path)
                     .with_context(|| format!("--contact-sheet {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
@@ -458,7 +588,7 @@ fn main() -> ExitCode {
             // The spec's normalisation; a spec without one gets the training images' statistics,
             // which the checkpoint then carries.
             if net.spec().normalization().is_none() {
-                let (mean, std) = stn_data::channel_stats(&mnist.train.images, 1, side * side);
+                let (mean, std) = stn_data::channel_stats(&train.images, channels, plane);
                 let mut spec = net.spec().clone();
                 (spec.input.mean, spec.input.std) = (Some(mean.clone()), Some(std.clone()));
                 net = Network::new(spec)?;
@@ -472,14 +602,15 @@ fn main() -> ExitCode {
                 if (mean.as_slice(), std.as_slice()) == (&[MNIST_MEAN][..], &[MNIST_STD][..]) {
                     normalize(px)
                 } else {
-                    stn_data::normalize_planes(px, side * side, &mean, &std)
+                    stn_data::normalize_planes(px, plane, &mean, &std)
                 }
             };
-            let (mut train_x, test_x) = (norm(&mnist.train.images), norm(&mnist.test.images));
-            let dims = [1, side, side];
+            let (mut train_x, test_x) = (norm(&train.images), norm(&test.images));
+            // The bytes are not needed past here (fresh distortions start from plain_train).
+            train.images = Vec::new();
             let test = Batch {
                 images: &test_x,
-                labels: &mnist.test.labels,
+                labels: &test.labels,
                 dims,
             };
 
@@ -547,7 +678,7 @@ fn main() -> ExitCode {
                 trainer.optimizer.lr
             );
 
-            let n = mnist.train.len();
+            let n = train.labels.len();
             let batches = n.div_ceil(args.batch) as u64;
             let bar = if std::io::stderr().is_terminal() && !args.json {
                 let b = ProgressBar::new(batches * args.epochs.saturating_sub(start - 1));
@@ -579,7 +710,7 @@ fn main() -> ExitCode {
                 }
                 let train = Batch {
                     images: &train_x,
-                    labels: &mnist.train.labels,
+                    labels: &train.labels,
                     dims,
                 };
                 trainer.optimizer.schedule = args.schedule.factor(epoch, args.epochs);
@@ -686,9 +817,10 @@ fn main() -> ExitCode {
                 let Some([ho, wo]) = net.spec().transform.output() else {
                     bail!("--visualize needs the spatial transformer (drop --no-stn)");
                 };
-                if ho != wo {
-                    bail!("--visualize draws square samples only, this network samples {ho}×{wo}");
+                if ho != wo || h != w || channels != 1 {
+                    bail!("--visualize draws square grey images only; this network takes {channels}×{h}×{w} and samples {ho}×{wo}");
                 }
+                let side = h;
                 let k = test.len().min(32);
                 let (_, _, warped) = predict(&trainer.params, &test, 0, k)?;
                 let before: Vec<u8> = denormalize(&test_x[..k * side * side], &net);

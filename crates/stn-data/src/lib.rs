@@ -8,21 +8,28 @@
 //! * [`normalize`] is the seed's `(x/255 - 0.1307) / 0.3081`, in f32 like PyTorch; [`normalize_planes`]
 //!   the same per channel, [`channel_stats`] a training set's per-channel mean and std;
 //! * [`epoch_order`] gives a shuffled order that depends only on `(seed, epoch)`, on every machine;
+//! * [`Mnist::load_idx`] reads any MNIST-format set of IDX files (Fashion-MNIST, KMNIST, EMNIST)
+//!   without MNIST's checksums; [`ImageFolder`] reads torchvision's `ImageFolder` layout, resized to
+//!   the network's input; [`decode_image`] decodes an image file within bounds;
 //! * [`distort`] makes the distorted MNIST variants of the spatial-transformer paper (R, RTS, T, clutter).
 
+mod decode;
 pub mod distort;
 mod download;
 mod files;
 mod idx;
+mod image_folder;
 mod mnist;
 mod sheet;
 
+pub use decode::{decode_image, ImageError, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE};
 pub use distort::{distort_split, Distortion};
 pub use files::{read_regular, write_atomic, ReadError};
 pub use idx::{IdxArray, IdxReader};
+pub use image_folder::{FolderError, FolderSplit, ImageFolder, MAX_FOLDER_CLASSES};
 pub use mnist::{
     channel_stats, epoch_order, mnist_paths, normalize, normalize_planes, DataDir, Mnist,
-    MnistFile, MnistSplit, MNIST_FILES, MNIST_MEAN, MNIST_STD,
+    MnistFile, MnistSplit, MAX_IDX_BYTES, MNIST_FILES, MNIST_MEAN, MNIST_STD,
 };
 pub use sheet::{contact_sheet_png, side_by_side_png};
 

@@ -132,6 +132,9 @@ pub struct Mnist {
     pub test: MnistSplit,
 }
 
+/// The largest decompressed IDX file [`Mnist::load_idx`] reads.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
 /// Finds `stem.gz` or `stem` in `dir`.
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
     [format!("{stem}.gz"), stem.to_string()]
@@ -313,6 +316,7 @@ fn split(
     labels: (Vec<usize>, Vec<u8>),
     dir: &Path,
     prefix: &str,
+    max_label: u8,
 ) -> Result<MnistSplit, DataError> {
     let (idims, idata) = images;
     let (ldims, ldata) = labels;
@@ -342,10 +346,20 @@ fn split(
             what: format!("{} labels for {} images in {iname}", ldims[0], idims[0]),
         });
     }
-    if let Some(bad) = ldata.iter().find(|&&l| l > 9) {
+    if let Some(bad) = ldata.iter().find(|&&l| l > max_label) {
         return Err(DataError::Format {
             file: lname,
-            what: format!("label {bad} is not a digit"),
+            what: if max_label == 9 {
+                format!("label {bad} is not a digit")
+            } else {
+                format!("label {bad} above {max_label}")
+            },
+        });
+    }
+    if idims[1] == 0 || idims[2] == 0 {
+        return Err(DataError::Format {
+            file: iname,
+            what: format!("images of {}×{}", idims[1], idims[2]),
         });
     }
     Ok(MnistSplit {
@@ -366,8 +380,43 @@ impl Mnist {
         let dir = &data.dir;
         let take = |f: Option<_>| f.expect("four files loaded");
         Ok(Mnist {
-            train: split(take(tri), take(trl), dir, "train")?,
-            test: split(take(tei), take(tel), dir, "t10k")?,
+            train: split(take(tri), take(trl), dir, "train", 9)?,
+            test: split(take(tei), take(tel), dir, "t10k", 9)?,
+        })
+    }
+
+    /// Any MNIST-format set in `dir` (Fashion-MNIST, KMNIST, EMNIST digits…): the four files under
+    /// MNIST's names (gzipped or raw), read and parsed without MNIST's checksums or counts, at
+    /// most [`MAX_IDX_BYTES`] each; never downloaded.
+    pub fn load_idx(dir: &Path) -> Result<Mnist, DataError> {
+        let missing: Vec<&str> = MNIST_FILES
+            .iter()
+            .filter(|f| find(dir, f.stem).is_none())
+            .map(|f| f.stem)
+            .collect();
+        if !missing.is_empty() {
+            return Err(DataError::Missing {
+                missing: missing.join(", "),
+                dir: dir.display().to_string(),
+                origin: "from --data".into(),
+                why: " (an IDX set has the four files under MNIST's names, gzipped or not)".into(),
+            });
+        }
+        let mut loaded: Vec<IdxData> = MNIST_FILES
+            .par_iter()
+            .map(|f| {
+                let path = find(dir, f.stem).expect("checked above");
+                let bytes = read_maybe_gz(&path, MAX_IDX_BYTES)?;
+                let arr = IdxReader::parse(&path.display().to_string(), &bytes)?;
+                Ok((arr.dims, arr.data))
+            })
+            .collect::<Result<_, DataError>>()?;
+        let (tel, tei) = (loaded.pop(), loaded.pop());
+        let (trl, tri) = (loaded.pop(), loaded.pop());
+        let take = |f: Option<_>| f.expect("four files loaded");
+        Ok(Mnist {
+            train: split(take(tri), take(trl), dir, "train", u8::MAX)?,
+            test: split(take(tei), take(tel), dir, "t10k", u8::MAX)?,
         })
     }
 
@@ -377,7 +426,7 @@ impl Mnist {
         let mut loaded = load_files(data, offline, &MNIST_FILES[2..])?;
         let (labels, images) = (loaded.pop(), loaded.pop());
         let take = |f: Option<_>| f.expect("two files loaded");
-        split(take(images), take(labels), &data.dir, "t10k")
+        split(take(images), take(labels), &data.dir, "t10k", 9)
     }
 }
 

@@ -504,3 +504,21 @@ const PINNED_SUMS: [u32; 16] = [
     1051181173, 3202449738, 3215625002, 3188653571, 1082003962, 3196954135, 1079287514, 1046703901,
     1044309347, 1040433658, 1071234472, 1047308051, 1027450120, 1041581815, 1015068440, 1073764068,
 ];
+
+#[test]
+fn the_readme_spec_is_a_valid_spec() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let start = readme.find("```toml\n").expect("a TOML spec in README.md") + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let spec = ModelSpec::parse(&readme[start..end]).unwrap();
+    assert_eq!(spec.transform.output(), Some([24, 24]));
+    let plan = spec.plan().unwrap();
+    // The names README.md gives as examples.
+    assert!(plan
+        .params
+        .iter()
+        .any(|(n, _)| n == "localization.4.weight"));
+    assert_eq!(plan.regressor.unwrap().0, "localization.6.weight");
+    assert!(plan.params.iter().any(|(n, _)| n == "classifier.4.bias"));
+}
