@@ -16,6 +16,17 @@ pub enum OpError {
     Device { op: &'static str, what: String },
 }
 
+/// dfdx's CPU errors (out of memory, a wrong element count) as the ops' device error, so that a
+/// layer built from the ops and dfdx's modules propagates both with `?`.
+impl From<dfdx::tensor::CpuError> for OpError {
+    fn from(e: dfdx::tensor::CpuError) -> Self {
+        OpError::Device {
+            op: "dfdx",
+            what: e.to_string(),
+        }
+    }
+}
+
 impl OpError {
     pub fn shape(op: &'static str, what: impl Into<String>) -> Self {
         OpError::Shape {

@@ -17,7 +17,7 @@ mod tract_runner;
 pub use dfdx_runner::DfdxRunner;
 pub use fused_runner::FusedRunner;
 pub use ort_runner::{find_ort_library, Device, OrtRunner};
-pub use tract_runner::TractRunner;
+pub use tract_runner::{register_tract_ops, TractRunner};
 
 /// What a runner computes for a batch `[N, C, H, W]`.
 #[derive(Debug, Clone, Default)]

@@ -23,6 +23,31 @@ fn load_err(path: &str, e: impl std::fmt::Display) -> RuntimeError {
     }
 }
 
+/// Registers stn's ONNX operators into a tract ONNX parser, for any model (not only stn's):
+///
+/// * `AffineGrid` (opset 20), which tract 0.23 lacks: PyTorch's `affine_grid`, 2-D, with a size
+///   known when the model is planned;
+/// * `GridSample` (opset 16 to 20): bilinear (`bilinear`/`linear`) on 4-D f32 tensors, every
+///   padding mode and `align_corners`, by our kernel (tract's is scalar and unthreaded); the other
+///   modes by tract's;
+/// * plain `Conv` (stride 1, no padding, one group) by our kernels, other convolutions by tract's;
+/// * a `LogSoftmax` that stays finite where tract's underflows to −∞ (below about −104).
+///
+/// ```no_run
+/// let mut onnx = tract_onnx::onnx();
+/// stn_runtime::register_tract_ops(&mut onnx);
+/// // onnx.model_for_path("model.onnx")?.into_optimized()?.into_runnable()?
+/// ```
+pub fn register_tract_ops(onnx: &mut tract_onnx::model::Onnx) {
+    onnx.op_register
+        .insert("AffineGrid", crate::tract_affine_grid::affine_grid);
+    onnx.op_register
+        .insert("GridSample", crate::tract_grid_sample::grid_sample);
+    onnx.op_register
+        .insert("LogSoftmax", crate::tract_log_softmax::log_softmax);
+    crate::tract_conv::register(onnx);
+}
+
 impl TractRunner {
     /// The model (`bytes`, from `path`) on tract with our ops registered, once its graph is
     /// checked to be the seed network.
@@ -41,17 +66,10 @@ impl TractRunner {
         })
     }
 
-    /// tract's ONNX reader with our ops in its table: `AffineGrid` (which tract lacks), and
-    /// `GridSample`, plain `Conv` and `LogSoftmax` computed by our kernels (see their files for why).
+    /// tract's ONNX reader with our ops registered ([`register_tract_ops`]).
     pub fn onnx() -> tract_onnx::model::Onnx {
         let mut onnx = tract_onnx::onnx();
-        onnx.op_register
-            .insert("AffineGrid", crate::tract_affine_grid::affine_grid);
-        onnx.op_register
-            .insert("GridSample", crate::tract_grid_sample::grid_sample);
-        onnx.op_register
-            .insert("LogSoftmax", crate::tract_log_softmax::log_softmax);
-        crate::tract_conv::register(&mut onnx);
+        register_tract_ops(&mut onnx);
         onnx
     }
 
