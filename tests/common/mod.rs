@@ -12,6 +12,11 @@ pub fn mnist_dir() -> PathBuf {
     }
 }
 
+/// `../shared` beside the repository: fixtures, the reference script, data.
+pub fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
 /// Runs one of this package's binaries with `args`.
 pub fn run(bin: &str, args: &[&str]) -> Output {
     let exe = match bin {
