@@ -254,6 +254,18 @@ fn dev_err<Er: std::fmt::Display>(op: &'static str) -> impl Fn(Er) -> OpError {
 }
 
 impl<E: Real, D: OpDevice<E>, T: Tape<E, D>> Ctx<'_, E, D, T> {
+    /// The parameter `name` as it was given: flat (no reshape on the tape).
+    fn take_flat(&mut self, name: &str) -> Result<FlatParam<E, D, T>, OpError> {
+        let i = self
+            .names
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| OpError::shape("forward", format!("no parameter {name}")))?;
+        self.params[i]
+            .take()
+            .ok_or_else(|| OpError::shape("forward", format!("parameter {name} used twice")))
+    }
+
     /// The parameter `name`, reshaped to its shape.
     fn take<S: Shape>(
         &mut self,
@@ -265,10 +277,9 @@ impl<E: Real, D: OpDevice<E>, T: Tape<E, D>> Ctx<'_, E, D, T> {
             .iter()
             .position(|n| *n == name)
             .ok_or_else(|| OpError::shape("forward", format!("no parameter {name}")))?;
-        let t = self.params[i]
-            .take()
-            .ok_or_else(|| OpError::shape("forward", format!("parameter {name} used twice")))?;
-        t.try_reshape_like(&like(self.shapes[i]))
+        let shape = like(self.shapes[i]);
+        self.take_flat(name)?
+            .try_reshape_like(&shape)
             .map_err(dev_err("forward"))
     }
 
@@ -396,7 +407,7 @@ where
             Act::Map(x),
         ) => {
             let w = ctx.take(wn, |s| (s[0], s[1], s[2], s[3]))?;
-            let b = ctx.take(bn, |s| (s[0],))?;
+            let b = ctx.take_flat(bn)?;
             let o = w.shape().0;
             if D::HOST && is_pool2(layers.get(1)) && is_relu(layers.get(2)) {
                 return Ok((Act::Map(conv_pool_relu(x, w, b)?), 3));
@@ -415,8 +426,7 @@ where
         }
         (layer @ Layer::Conv2d { .. }, _) => Err(unsupported(format!("{layer:?}"))),
         (Layer::Linear { out }, Act::Flat(x)) => {
-            let w = ctx.take(wn, |s| (s[0] * s[1],))?;
-            let b = ctx.take(bn, |s| (s[0],))?;
+            let (w, b) = (ctx.take_flat(wn)?, ctx.take_flat(bn)?);
             // The first layer of a part may see the untraced input: it joins the tape here (only a
             // linear layer needs to; the convs take an untraced input as it is).
             let (x, tx) = x.split_tape();
