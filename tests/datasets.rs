@@ -133,6 +133,68 @@ fn an_rgb_image_folder_trains_well_above_chance() {
     let (mean, _) = ck.params.net.spec().normalization().unwrap();
     assert_eq!(mean.len(), 3);
 
+    // Exported, it runs the folder's test split on every runtime alike, and classifies files.
+    let onnx = dir.path().join("shapes.onnx");
+    let o = common::run(
+        "stn-export",
+        &[
+            onnx.to_str().unwrap(),
+            "--checkpoint",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let m = onnx.to_str().unwrap();
+    let d = data.to_str().unwrap();
+    let o = common::run(
+        "stn-infer",
+        &[
+            "--model",
+            m,
+            "--data",
+            d,
+            "--compare",
+            "tract,ort,dfdx,fused",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["images"], 60);
+    for p in report["pairs"].as_array().unwrap() {
+        assert_eq!(p["allclose"], true, "{p}");
+    }
+    let o = common::run(
+        "stn-infer",
+        &["--model", m, "--data", d, "--runtime", "fused", "--json"],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let infer_acc = summary["accuracy"].as_f64().unwrap();
+    assert!(
+        (infer_acc - acc).abs() < 1e-9,
+        "stn-infer {infer_acc} vs stn-train {acc}"
+    );
+    let column = data.join("test/column/000.png");
+    let o = common::run(
+        "stn-infer",
+        &[
+            "--model",
+            m,
+            "--images",
+            column.to_str().unwrap(),
+            "--runtime",
+            "fused",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["predictions"][0]["class"], 1, "{summary}");
+
     // Without --spec: the seed network, grey 28×28, with the folder's 3 classes.
     let out2 = dir.path().join("seed.safetensors");
     let o = train(

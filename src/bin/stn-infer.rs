@@ -1,4 +1,5 @@
-//! stn-infer: runs an ONNX model of the seed network on tract, ONNX Runtime, our dfdx model or its fused CPU forward.
+//! stn-infer: runs an ONNX model of an stn network on tract, ONNX Runtime, our dfdx model or its
+//! fused CPU forward.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,9 +15,10 @@ use stn_runtime::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Run an ONNX model of the seed network (stn-export's, or PyTorch's export) on tract, ONNX
-/// Runtime or our own model (dfdx, fused): accuracy and speed on the MNIST test set (--data), the digit in
-/// image files (--images), or the agreement between runtimes (--compare).
+/// Run an ONNX model of an stn network (stn-export's of any model spec, or PyTorch's export of the
+/// seed) on tract, ONNX Runtime or our own model (dfdx, fused): accuracy and speed on a test set
+/// (--data: MNIST, another IDX set, or an image folder's test/), the class of image files
+/// (--images), or the agreement between runtimes (--compare).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -40,13 +42,20 @@ struct Args {
     /// Images per run [1 to 100000]
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = stn::usize_in(1, 100_000))]
     batch: usize,
-    /// Evaluate on the MNIST test set in DIR [default: $STN_DATA, else data/mnist]
+    /// Evaluate on the test set in DIR: MNIST's t10k files, another IDX set's (--dataset idx), or an
+    /// image folder's DIR/test/<class>/* [default: $STN_DATA, else data/mnist]
     #[arg(long, value_name = "DIR", conflicts_with = "images")]
     data: Option<PathBuf>,
+    /// What --data holds: mnist, idx, image-folder, or auto (image-folder when DIR/test is a
+    /// folder, else mnist)
+    #[arg(long, default_value = "auto", value_name = "KIND")]
+    dataset: DatasetKind,
     /// Never download MNIST
     #[arg(long)]
     offline: bool,
-    /// Classify these image files (PNG, PGM/PPM, JPEG; any size), prepared like MNIST unless --raw
+    /// Classify these image files (PNG, PGM/PPM, JPEG; any size): for a model of 28×28 grey digits
+    /// prepared like MNIST (unless --raw), for any other model converted to its channels and
+    /// resized to its input as an image folder's images are
     #[arg(long, num_args = 1.., value_name = "FILE")]
     images: Vec<PathBuf>,
     /// The images are already 28×28 MNIST-like digits (light on black): only normalise them
@@ -60,7 +69,7 @@ struct Args {
     /// output: stn-export --outputs log_probs,warped)
     #[arg(long, value_name = "FILE.png")]
     visualize: Option<PathBuf>,
-    /// Write every input's log-probs as a float32 array [N, 10] (NumPy .npy)
+    /// Write every input's log-probs as a float32 array [N, classes] (NumPy .npy)
     #[arg(long, value_name = "FILE.npy")]
     save_logprobs: Option<PathBuf>,
     /// ONNX Runtime's shared library [default: $ORT_DYLIB_PATH, else what scripts/fetch-onnxruntime.sh fetched]
@@ -79,6 +88,14 @@ enum RuntimeArg {
     #[value(name = "dfdx-f64")]
     DfdxF64,
     Fused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DatasetKind {
+    Auto,
+    Mnist,
+    Idx,
+    ImageFolder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -163,7 +180,7 @@ fn run_all(
     batch: usize,
 ) -> anyhow::Result<(Vec<f32>, f64, usize)> {
     let px: usize = r.input_dims().iter().product();
-    let mut out = Vec::with_capacity(n * 10);
+    let mut out = Vec::new();
     let mut secs = 0.0;
     let mut runs = 0;
     for start in (0..n).step_by(batch.max(1)) {
@@ -183,8 +200,8 @@ fn argmax(row: &[f32]) -> usize {
         .fold(0, |a, (i, &v)| if v > row[a] { i } else { a })
 }
 
-/// numpy's allclose(rtol=1e-5, atol=1e-5) and friends, for one pair of runtimes.
-fn compare(a: &[f32], b: &[f32]) -> serde_json::Value {
+/// numpy's allclose(rtol=1e-5, atol=1e-5) and friends, for one pair of runtimes' `[N, classes]`.
+fn compare(a: &[f32], b: &[f32], classes: usize) -> serde_json::Value {
     let (mut max_abs, mut max_rel, mut sum, mut close) = (0f64, 0f64, 0f64, true);
     for (&x, &y) in a.iter().zip(b) {
         let d = (x as f64 - y as f64).abs();
@@ -193,10 +210,10 @@ fn compare(a: &[f32], b: &[f32]) -> serde_json::Value {
         sum += d;
         close &= d <= 1e-5 + 1e-5 * (y as f64).abs();
     }
-    let rows = a.len() / 10;
+    let rows = a.len() / classes;
     let agree = a
-        .chunks(10)
-        .zip(b.chunks(10))
+        .chunks(classes)
+        .zip(b.chunks(classes))
         .filter(|(x, y)| argmax(x) == argmax(y))
         .count();
     serde_json::json!({
@@ -213,6 +230,11 @@ fn main() -> ExitCode {
         }
         // Outputs never over an input: the model, the images, the data, the ORT library.
         let data_dir = DataDir::resolve(args.data.as_deref());
+        let dataset = match args.dataset {
+            DatasetKind::Auto if data_dir.dir.join("test").is_dir() => DatasetKind::ImageFolder,
+            DatasetKind::Auto => DatasetKind::Mnist,
+            d => d,
+        };
         let mut inputs: Vec<(&str, PathBuf)> = vec![("--model", args.model.clone())];
         inputs.extend(args.images.iter().map(|p| ("--images", p.clone())));
         if args.images.is_empty() {
@@ -233,6 +255,18 @@ fn main() -> ExitCode {
         .filter_map(|(w, p)| p.clone().map(|p| (w, p)))
         .collect();
         stn::check_outputs(&inputs, &outputs)?;
+        if args.images.is_empty() && dataset == DatasetKind::ImageFolder {
+            for (what, p) in &outputs {
+                let root = data_dir.dir.join("test");
+                if stn::is_inside(p, &root) {
+                    bail!(
+                        "{what} {}: inside the image folder's test/ ({}); write it elsewhere",
+                        p.display(),
+                        root.display()
+                    );
+                }
+            }
+        }
         for (what, p) in &outputs {
             if p.parent()
                 .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
@@ -266,51 +300,51 @@ fn main() -> ExitCode {
             for &which in args.compare.iter().skip(1) {
                 others.push(load(&args, which, &bytes)?);
             }
-            let side = match first.input_dims() {
-                [1, h, w] if h == w => h,
-                [c, h, w] => bail!(
-                    "{}: the model takes {c}×{h}×{w} images; stn-infer reads models of square grey images only (for now)",
-                    args.model.display()
-                ),
+            let dims = first.input_dims();
+            let [channels, h, w] = dims;
+            let plane = h * w;
+            let classes = meta.params.net.plan().classes;
+            // The normalisation: the spec's (per channel); a file without one, MNIST's.
+            let (mean, std): (Vec<f32>, Vec<f32>) = match meta.params.net.spec().normalization() {
+                Some((m, s)) => (m.to_vec(), s.to_vec()),
+                None => (vec![MNIST_MEAN; channels], vec![MNIST_STD; channels]),
             };
-            let mean: f32 = meta
-                .meta("stn.normalize.mean")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(MNIST_MEAN);
-            let std: f32 = meta
-                .meta("stn.normalize.std")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(MNIST_STD);
+            let mnist_digits = dims == [1, 28, 28];
 
-            // Inputs: image files, or the MNIST test set.
+            // Inputs: image files, or a test set.
             let (images, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if !args
                 .images
                 .is_empty()
             {
-                if side != 28 {
-                    bail!("--images: the model takes {side}×{side} inputs; image files are prepared as 28×28 MNIST digits");
+                if args.raw && !mnist_digits {
+                    bail!("--raw: the model takes {channels}×{h}×{w} images, --raw is for 28×28 grey digits");
                 }
                 let mut px = Vec::new();
                 for f in &args.images {
-                    // The error names the file.
-                    let img = stn::preprocess::read_grey(f, args.raw).context("--images")?;
-                    let d = if args.raw {
-                        if img.dimensions() != (28, 28) {
-                            bail!(
-                                "--images {} --raw: {}×{} pixels, --raw needs 28×28",
-                                f.display(),
-                                img.width(),
-                                img.height()
-                            );
+                    let bytes: Vec<u8> = if mnist_digits {
+                        // The error names the file.
+                        let img = stn::preprocess::read_grey(f, args.raw).context("--images")?;
+                        let d = if args.raw {
+                            if img.dimensions() != (28, 28) {
+                                bail!(
+                                    "--images {} --raw: {}×{} pixels, --raw needs 28×28",
+                                    f.display(),
+                                    img.width(),
+                                    img.height()
+                                );
+                            }
+                            img
+                        } else {
+                            stn::preprocess::mnist_like(&img)
+                        };
+                        if d.pixels().all(|p| p[0] == 0) {
+                            eprintln!("warning: --images {}: no digit found (the image is blank); it is classified as an empty image", f.display());
                         }
-                        img
+                        d.into_raw()
                     } else {
-                        stn::preprocess::mnist_like(&img)
+                        stn_data::prepare_image(f, dims).context("--images")?
                     };
-                    if d.pixels().all(|p| p[0] == 0) {
-                        eprintln!("warning: --images {}: no digit found (the image is blank); it is classified as an empty image", f.display());
-                    }
-                    px.extend(d.pixels().map(|p| (p[0] as f32 / 255.0 - mean) / std));
+                    px.extend(stn_data::normalize_planes(&bytes, plane, &mean, &std));
                 }
                 (
                     px,
@@ -320,18 +354,46 @@ fn main() -> ExitCode {
                         .map(|p| p.display().to_string())
                         .collect(),
                 )
-            } else {
-                let test = Mnist::load_test(&data_dir, args.offline)?;
-                if test.rows != side {
+            } else if dataset == DatasetKind::ImageFolder {
+                let (test, found) =
+                    stn_data::ImageFolder::split(&data_dir.dir, "test", dims, None)?;
+                if found.len() > classes {
                     bail!(
-                        "the model takes {side}×{side} inputs, MNIST is {}×{}",
+                        "{}: {} class folders, the model has {classes} classes",
+                        data_dir.dir.join("test").display(),
+                        found.len()
+                    );
+                }
+                (
+                    stn_data::normalize_planes(&test.images, plane, &mean, &std),
+                    Some(test.labels),
+                    vec![],
+                )
+            } else {
+                let test = if dataset == DatasetKind::Idx {
+                    Mnist::load_idx(&data_dir.dir)?.test
+                } else {
+                    Mnist::load_test(&data_dir, args.offline)?
+                };
+                if [1, test.rows, test.cols] != dims {
+                    bail!(
+                        "the model takes {channels}×{h}×{w} inputs, the test set is 1×{}×{}",
                         test.rows,
                         test.cols
                     );
                 }
-                (normalize(&test.images), Some(test.labels), vec![])
+                if let Some(&l) = test.labels.iter().max().filter(|&&l| l as usize >= classes) {
+                    bail!("the test set has label {l}, the model {classes} classes");
+                }
+                let x =
+                    if (mean.as_slice(), std.as_slice()) == (&[MNIST_MEAN][..], &[MNIST_STD][..]) {
+                        normalize(&test.images)
+                    } else {
+                        stn_data::normalize_planes(&test.images, plane, &mean, &std)
+                    };
+                (x, Some(test.labels), vec![])
             };
-            let n = images.len() / (side * side);
+            let n = images.len() / (channels * plane);
             if args.visualize.is_some() && !meta.outputs.iter().any(|o| o == "warped") {
                 bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
             }
@@ -347,7 +409,7 @@ fn main() -> ExitCode {
                 let mut pairs = Vec::new();
                 for i in 0..results.len() {
                     for j in i + 1..results.len() {
-                        let mut c = compare(&results[i].1, &results[j].1);
+                        let mut c = compare(&results[i].1, &results[j].1, classes);
                         c["a"] = results[i].0.clone().into();
                         c["b"] = results[j].0.clone().into();
                         println!(
@@ -373,25 +435,34 @@ fn main() -> ExitCode {
 
             let (lp, secs, runs) = run_all(first.as_mut(), &images, n, args.batch)?;
             if let Some(path) = &args.visualize {
+                let Some([ho, wo]) = meta.params.net.spec().transform.output() else {
+                    bail!(
+                        "--visualize: {} has no spatial transformer",
+                        args.model.display()
+                    );
+                };
+                if channels != 1 || h != w || ho != wo {
+                    bail!("--visualize draws square grey images only; this model takes {channels}×{h}×{w} and samples {ho}×{wo}");
+                }
                 let k = n.min(32);
-                let out = first.run(&images[..k * side * side], k)?;
+                let out = first.run(&images[..k * plane], k)?;
                 let Some(warped) = out.warped else {
                     bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
                 };
                 let to_u8 = |v: &[f32]| -> Vec<u8> {
                     v.iter()
-                        .map(|&x| ((x * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8)
+                        .map(|&x| ((x * std[0] + mean[0]) * 255.0).round().clamp(0.0, 255.0) as u8)
                         .collect()
                 };
-                let (before, after) = (to_u8(&images[..k * side * side]), to_u8(&warped));
-                let l: Vec<&[u8]> = before.chunks(side * side).collect();
-                let r: Vec<&[u8]> = after.chunks(28 * 28).collect();
-                stn_data::side_by_side_png(&l, side, &r, 28, 8, path)
+                let (before, after) = (to_u8(&images[..k * plane]), to_u8(&warped));
+                let l: Vec<&[u8]> = before.chunks(plane).collect();
+                let r: Vec<&[u8]> = after.chunks(ho * wo).collect();
+                stn_data::side_by_side_png(&l, h, &r, ho, 8, path)
                     .with_context(|| format!("--visualize {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
             if let Some(p) = &args.save_logprobs {
-                stn::write_npy(p, &lp, n, 10)
+                stn::write_npy(p, &lp, n, classes)
                     .with_context(|| format!("--save-logprobs {}", p.display()))?;
             }
             let mut summary = serde_json::json!({
@@ -402,7 +473,7 @@ fn main() -> ExitCode {
             match &labels {
                 Some(labels) => {
                     let correct = lp
-                        .chunks(10)
+                        .chunks(classes)
                         .zip(labels)
                         .filter(|(row, &y)| argmax(row) == y as usize)
                         .count();
@@ -419,12 +490,12 @@ fn main() -> ExitCode {
                 }
                 None => {
                     let mut files = Vec::new();
-                    for (name, row) in names.iter().zip(lp.chunks(10)) {
+                    for (name, row) in names.iter().zip(lp.chunks(classes)) {
                         let d = argmax(row);
                         println!("{name}: {d} (p = {:.3})", row[d].exp());
-                        files.push(
-                        serde_json::json!({"file": name, "digit": d, "probability": row[d].exp()}),
-                    );
+                        files.push(serde_json::json!({
+                            "file": name, "class": d, "digit": d, "probability": row[d].exp()
+                        }));
                     }
                     summary["predictions"] = files.into();
                 }

@@ -140,9 +140,10 @@ fn class_files(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
     Ok(files)
 }
 
-/// One image as the network's `[C, H, W]` bytes: RGB (alpha dropped, as PIL's `convert("RGB")`),
-/// PIL's `L` luma for one channel, resized with the triangle filter.
-fn prepare(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<u8>, FolderError> {
+/// One image file as a network's `[C, H, W]` bytes (planar), as an image folder's images are
+/// prepared: RGB (alpha dropped, as PIL's `convert("RGB")`), PIL's `L` luma for one channel,
+/// resized with the triangle filter (PIL's bilinear).
+pub fn prepare_image(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<u8>, FolderError> {
     let rgb = decode_image(path)?.to_rgb8();
     let rgb = if (rgb.width() as usize, rgb.height() as usize) == (w, h) {
         rgb
@@ -242,7 +243,7 @@ impl ImageFolder {
         }
         let images: Vec<Vec<u8>> = files
             .par_iter()
-            .map(|p| prepare(p, dims))
+            .map(|p| prepare_image(p, dims))
             .collect::<Result<_, _>>()?;
         Ok((
             FolderSplit {

@@ -26,7 +26,7 @@ pub use decode::{decode_image, ImageError, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE}
 pub use distort::{distort_split, Distortion};
 pub use files::{read_regular, write_atomic, ReadError};
 pub use idx::{IdxArray, IdxReader};
-pub use image_folder::{FolderError, FolderSplit, ImageFolder, MAX_FOLDER_CLASSES};
+pub use image_folder::{prepare_image, FolderError, FolderSplit, ImageFolder, MAX_FOLDER_CLASSES};
 pub use mnist::{
     channel_stats, epoch_order, mnist_paths, normalize, normalize_planes, DataDir, Mnist,
     MnistFile, MnistSplit, MAX_IDX_BYTES, MNIST_FILES, MNIST_MEAN, MNIST_STD,
