@@ -1,5 +1,5 @@
 //! Networks of other model specs than the seed's — RGB 32×32, a non-square 24×40, a bigger
-//! backbone — trained a little, exported at opset 16 and 20, pass the reference ONNX checker
+//! backbone, strided and padded convs with average pools — trained a little, exported at opset 16 and 20, pass the reference ONNX checker
 //! (full_check) and give the same outputs on tract, ONNX Runtime, dfdx, fused and dfdx in f64,
 //! within numpy's allclose(1e-5, 1e-5); rebuilt in PyTorch from the same spec
 //! (`scripts/spec_torch.py`), they give ONNX Runtime's outputs too.
@@ -72,6 +72,21 @@ fn specs() -> Vec<(&'static str, String)> {
                 lin(128),
                 lin(64),
                 lin(10)
+            ),
+        ),
+        (
+            "strided",
+            format!(
+                r#"{{"input": {{"channels": 3, "height": 30, "width": 26, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}},
+                    "localization": [{{"op": "conv2d", "out": 8, "kernel": 5, "stride": 2, "padding": 2}}, {relu},
+                                     {{"op": "avg_pool2d", "kernel": 3, "stride": 2}}, {flat}, {}, {relu}],
+                    "transform": {{"kind": "affine", "output": [24, 24]}},
+                    "classifier": [{{"op": "conv2d", "out": 12, "kernel": 3, "padding": 1}}, {relu},
+                                   {{"op": "avg_pool2d", "kernel": 2}}, {{"op": "conv2d", "out": 16, "kernel": 3, "stride": 2}},
+                                   {relu}, {pool}, {flat}, {}],
+                    "classes": 6}}"#,
+                lin(16),
+                lin(6)
             ),
         ),
     ]

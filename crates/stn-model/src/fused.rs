@@ -13,7 +13,8 @@
 use rayon::prelude::*;
 use stn_ops::op::Buf;
 use stn_ops::{
-    AffineGrid, Conv2d, ConvPoolRelu, CustomOp, GridSample, MaxPool2d, PackedWeights, Real,
+    AffineGrid, AvgPool2d, Conv2d, ConvPoolRelu, CustomOp, GridSample, MaxPool2d, PackedWeights,
+    Real, StridedConv2d,
 };
 
 use crate::spec::{Layer, PlannedLayer, Shape, Transform};
@@ -33,12 +34,19 @@ enum Step<E> {
         w: PackedWeights<E>,
         b: Vec<E>,
     },
-    /// Any other conv the ops run, on `[1, C, H, W]`.
+    /// Any other conv, on `[1, C, H, W]`: stride 1 unpadded by [`Conv2d`], others by
+    /// [`StridedConv2d`].
     Conv {
+        op: StridedConv2d,
         dims: [usize; 4],
         wdims: [usize; 4],
         w: Vec<E>,
         b: Vec<E>,
+    },
+    /// An average pool on `[1, C, H, W]`.
+    AvgPool {
+        op: AvgPool2d,
+        dims: [usize; 4],
     },
     /// A max-pool (with the ReLU after it when there is one) on `[1, C, H, W]`.
     MaxPool {
@@ -132,19 +140,21 @@ impl<E: Real> FusedNet<E> {
                         Layer::Conv2d {
                             out: o,
                             kernel,
-                            stride: 1,
-                            padding: 0,
+                            stride,
+                            padding,
                         },
                         Shape::Map { c, h, w },
                     ) => {
                         let (wn, bn) = l.params.as_ref().expect("a conv has parameters");
-                        let pool2 = matches!(
-                            next(1),
-                            Some(Layer::MaxPool2d {
-                                kernel: 2,
-                                stride: None | Some(2)
-                            })
-                        );
+                        let plain = (stride, padding) == (1, 0);
+                        let pool2 = plain
+                            && matches!(
+                                next(1),
+                                Some(Layer::MaxPool2d {
+                                    kernel: 2,
+                                    stride: None | Some(2)
+                                })
+                            );
                         if pool2 && relu_at(2) {
                             let op = ConvPoolRelu::new(c, h, w, o, kernel);
                             let step = Step::ConvPoolRelu {
@@ -155,6 +165,7 @@ impl<E: Real> FusedNet<E> {
                             (step, 3)
                         } else {
                             let step = Step::Conv {
+                                op: StridedConv2d { stride, padding },
                                 dims: [1, c, h, w],
                                 wdims: [o, c, kernel, kernel],
                                 w: get(wn)?,
@@ -175,6 +186,19 @@ impl<E: Real> FusedNet<E> {
                                 dims: [1, c, h, w],
                             },
                             1 + op.relu as usize,
+                        )
+                    }
+                    (Layer::AvgPool2d { kernel, stride }, Shape::Map { c, h, w }) => {
+                        let op = AvgPool2d {
+                            kernel,
+                            stride: stride.unwrap_or(kernel),
+                        };
+                        (
+                            Step::AvgPool {
+                                op,
+                                dims: [1, c, h, w],
+                            },
+                            1,
                         )
                     }
                     (Layer::Relu, _) => (Step::Relu, 1),
@@ -394,8 +418,14 @@ fn run_steps<'a, E: Real>(
     for ((step, _), out) in steps.iter().zip(bufs.iter_mut()) {
         match step {
             Step::ConvPoolRelu { op, w, b } => op.run(input, w, b, work, out),
-            Step::Conv { dims, wdims, w, b } => Conv2d.cpu_fwd(
-                &[
+            Step::Conv {
+                op,
+                dims,
+                wdims,
+                w,
+                b,
+            } => {
+                let bufs = [
                     Buf { data: input, dims },
                     Buf {
                         data: w,
@@ -405,9 +435,14 @@ fn run_steps<'a, E: Real>(
                         data: b,
                         dims: &[wdims[0]],
                     },
-                ],
-                out,
-            ),
+                ];
+                if (op.stride, op.padding) == (1, 0) {
+                    Conv2d.cpu_fwd(&bufs, out)
+                } else {
+                    op.cpu_fwd(&bufs, out)
+                }
+            }
+            Step::AvgPool { op, dims } => op.cpu_fwd(&[Buf { data: input, dims }], out),
             Step::MaxPool { op, dims } => op.cpu_fwd(&[Buf { data: input, dims }], out),
             Step::Relu => {
                 for (o, &v) in out.iter_mut().zip(input) {

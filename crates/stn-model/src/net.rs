@@ -6,8 +6,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
-    affine_grid, affine_sample, conv2d, conv_pool_relu, conv_pool_relu_scaled, grid_sample,
-    max_pool2d, max_pool2d_relu, Dyn4, OpDevice, OpError, Real,
+    affine_grid, affine_sample, avg_pool2d, conv2d, conv_pool_relu, conv_pool_relu_scaled,
+    grid_sample, max_pool2d, max_pool2d_relu, strided_conv2d, Dyn4, OpDevice, OpError, Real,
 };
 
 use crate::spec::{
@@ -347,6 +347,10 @@ where
                 (Act::Map(max_pool2d(x, kernel, s)?), 1)
             }
         }
+        (Layer::AvgPool2d { kernel, stride }, Act::Map(x)) => (
+            Act::Map(avg_pool2d(x, kernel, stride.unwrap_or(kernel))?),
+            1,
+        ),
         (Layer::Relu, Act::Map(x)) => (Act::Map(x.try_relu().map_err(dev_err("relu"))?), 1),
         (Layer::Relu, Act::Flat(x)) => (Act::Flat(x.try_relu().map_err(dev_err("relu"))?), 1),
         (Layer::Dropout { .. }, Act::Map(x)) => match ctx.mask(*x.shape())? {
@@ -424,7 +428,16 @@ where
             }
             Ok((Act::Map(conv2d(x, w, b)?), 1))
         }
-        (layer @ Layer::Conv2d { .. }, _) => Err(unsupported(format!("{layer:?}"))),
+        (
+            Layer::Conv2d {
+                stride, padding, ..
+            },
+            Act::Map(x),
+        ) => {
+            let w = ctx.take(wn, |s| (s[0], s[1], s[2], s[3]))?;
+            let b = ctx.take_flat(bn)?;
+            Ok((Act::Map(strided_conv2d(x, w, b, stride, padding)?), 1))
+        }
         (Layer::Linear { out }, Act::Flat(x)) => {
             let (w, b) = (ctx.take_flat(wn)?, ctx.take_flat(bn)?);
             // The first layer of a part may see the untraced input: it joins the tape here (only a

@@ -395,6 +395,18 @@ fn the_forward_of_any_spec_has_the_gradient_of_finite_differences() {
     };
     gradcheck(&rgb, Some(&masks));
     gradcheck(&rgb, None);
+    // Strided and padded convs and average pools, in the localisation net and the classifier.
+    let strided = net(&json(
+        r#"{"channels": 2, "height": 11, "width": 9}"#,
+        r#"{"op": "conv2d", "out": 3, "kernel": 3, "stride": 2, "padding": 1}, {"op": "relu"},
+           {"op": "avg_pool2d", "kernel": 2, "stride": 1}, {"op": "flatten"}, {"op": "linear", "out": 5}"#,
+        r#"{"kind": "affine", "output": [8, 7]}"#,
+        r#"{"op": "conv2d", "out": 4, "kernel": 3, "padding": 1}, {"op": "avg_pool2d", "kernel": 2},
+           {"op": "relu"}, {"op": "conv2d", "out": 3, "kernel": 2, "stride": 2}, {"op": "flatten"},
+           {"op": "linear", "out": 3}"#,
+        3,
+    ));
+    gradcheck(&strided, None);
     // No transformer, and a linear layer first (it reads the untraced input).
     let mlp = net(&json(
         r#"{"channels": 2, "height": 4, "width": 5}"#,

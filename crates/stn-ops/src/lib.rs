@@ -5,6 +5,7 @@
 //! * [`grid_sample`] — `torch.nn.functional.grid_sample(input, grid, mode="bilinear", padding_mode,
 //!   align_corners)`, with gradients for the input and the grid;
 //! * [`conv2d`] — stride 1, no padding, with bias;
+//! * [`strided_conv2d`] — any stride and zero padding (direct loops, CPU); [`avg_pool2d`];
 //! * [`max_pool2d`] — kernel 2, stride 2 (floor), the first maximum of a window wins on ties;
 //!   [`max_pool2d_relu`] is it followed by dfdx's ReLU, as one op on the CPU;
 //! * [`affine_sample`] — `affine_grid` then zero-padding `grid_sample` as one op on the CPU (the
@@ -41,6 +42,7 @@
 
 mod affine_grid;
 mod affine_sample;
+mod avg_pool2d;
 mod awake;
 mod conv2d;
 mod conv_pool_relu;
@@ -53,9 +55,11 @@ pub mod kernels_host;
 mod linalg;
 mod max_pool2d;
 pub mod op;
+mod strided_conv2d;
 
 pub use affine_grid::{affine_grid, AffineGrid};
 pub use affine_sample::{affine_sample, AffineSampler};
+pub use avg_pool2d::{avg_pool2d, AvgPool2d};
 pub use awake::with_awake_workers;
 pub use conv2d::{conv2d, Conv2d};
 pub use conv_pool_relu::{conv_pool_relu, conv_pool_relu_scaled, ConvPoolReluOp};
@@ -63,6 +67,7 @@ pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, GridSample, Padding};
 pub use max_pool2d::{max_pool2d, max_pool2d_relu, MaxPool2d};
 pub use op::{CustomOp, OpDevice, OpError, Real};
+pub use strided_conv2d::{strided_conv2d, StridedConv2d};
 
 /// The dynamic 4-d shape the ops produce (`[N, C, H, W]`, or `[N, H, W, 2]` for grids).
 pub type Dyn4 = (usize, usize, usize, usize);

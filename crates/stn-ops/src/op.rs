@@ -770,23 +770,35 @@ pub trait CustomOp<E: Real>: Clone + 'static {
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]);
     /// Accumulates the inputs' gradients from the output's.
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]);
-    /// The CUDA forward: writes `out` (zeroed) on the device (feature `cuda`).
+    /// The CUDA forward: writes `out` (zeroed) on the device (feature `cuda`). By default an op
+    /// has no CUDA kernel: an error saying so.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        k: &crate::cuda::CudaKernels,
-        inputs: &[crate::cuda::CudaBuf],
-        out: &mut cudarc::driver::CudaSlice<f32>,
-    ) -> Result<(), OpError>;
-    /// The CUDA backward: accumulates into the gradients asked for (feature `cuda`).
+        _k: &crate::cuda::CudaKernels,
+        _inputs: &[crate::cuda::CudaBuf],
+        _out: &mut cudarc::driver::CudaSlice<f32>,
+    ) -> Result<(), OpError> {
+        Err(OpError::cpu_only(
+            Self::NAME,
+            "there is no CUDA kernel for it yet",
+        ))
+    }
+    /// The CUDA backward: accumulates into the gradients asked for (feature `cuda`); by default
+    /// an error, as the forward.
     #[cfg(feature = "cuda")]
     fn cuda_bwd(
         &self,
-        k: &crate::cuda::CudaKernels,
-        inputs: &[crate::cuda::CudaBuf],
-        grad_out: &cudarc::driver::CudaSlice<f32>,
-        grads: &mut [Option<&mut cudarc::driver::CudaSlice<f32>>],
-    ) -> Result<(), OpError>;
+        _k: &crate::cuda::CudaKernels,
+        _inputs: &[crate::cuda::CudaBuf],
+        _grad_out: &cudarc::driver::CudaSlice<f32>,
+        _grads: &mut [Option<&mut cudarc::driver::CudaSlice<f32>>],
+    ) -> Result<(), OpError> {
+        Err(OpError::cpu_only(
+            Self::NAME,
+            "there is no CUDA kernel for it yet",
+        ))
+    }
 }
 
 /// Finds (allocating if needed) the gradient buffer of one input in the tape's gradients.
