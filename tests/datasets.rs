@@ -194,6 +194,33 @@ fn an_rgb_image_folder_trains_well_above_chance() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(summary["predictions"][0]["class"], 1, "{summary}");
+    // The class names travel from the folder through the checkpoint into the ONNX file.
+    assert_eq!(summary["predictions"][0]["label"], "column", "{summary}");
+    // A test folder with other classes than the model's is refused, not misread.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join("test")).unwrap();
+    for (from, to) in [("bar", "bar"), ("column", "columns"), ("square", "square")] {
+        std::fs::create_dir_all(other.join("test").join(to)).unwrap();
+        std::fs::copy(
+            data.join("test").join(from).join("000.png"),
+            other.join("test").join(to).join("0.png"),
+        )
+        .unwrap();
+    }
+    let o = common::run(
+        "stn-infer",
+        &[
+            "--model",
+            m,
+            "--data",
+            other.to_str().unwrap(),
+            "--runtime",
+            "fused",
+        ],
+    );
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(e.contains("differ from") && e.contains("columns"), "{e}");
 
     // Without --spec: the seed network, grey 28×28, with the folder's 3 classes.
     let out2 = dir.path().join("seed.safetensors");

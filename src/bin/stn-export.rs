@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             .and_then(|h| h.last())
             .cloned()
             .unwrap_or_default();
-        let metadata = vec![
+        let mut metadata = vec![
             ("stn.train.epochs".to_string(), ck.epoch.to_string()),
             (
                 "stn.train.test_accuracy".to_string(),
@@ -78,6 +78,10 @@ fn main() -> ExitCode {
             ),
             ("stn.train.run".to_string(), ck.run.to_string()),
         ];
+        // An image folder's class names, for stn-infer to name its predictions.
+        if let Some(names) = ck.run.get("class_names").filter(|n| n.is_array()) {
+            metadata.push(("stn.classes".to_string(), names.to_string()));
+        }
         let model = export(
             &ck.params,
             &ExportOptions {

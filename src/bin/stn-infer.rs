@@ -310,6 +310,11 @@ fn main() -> ExitCode {
                 None => (vec![MNIST_MEAN; channels], vec![MNIST_STD; channels]),
             };
             let mnist_digits = dims == [1, 28, 28];
+            // The class names an image-folder model carries (stn.classes).
+            let class_names: Option<Vec<String>> = meta
+                .meta("stn.classes")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .filter(|v: &Vec<String>| v.len() <= classes);
 
             // Inputs: image files, or a test set.
             let (images, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if !args
@@ -355,8 +360,12 @@ fn main() -> ExitCode {
                         .collect(),
                 )
             } else if dataset == DatasetKind::ImageFolder {
-                let (test, found) =
-                    stn_data::ImageFolder::split(&data_dir.dir, "test", dims, None)?;
+                let (test, found) = stn_data::ImageFolder::split(
+                    &data_dir.dir,
+                    "test",
+                    dims,
+                    class_names.as_deref(),
+                )?;
                 if found.len() > classes {
                     bail!(
                         "{}: {} class folders, the model has {classes} classes",
@@ -492,10 +501,18 @@ fn main() -> ExitCode {
                     let mut files = Vec::new();
                     for (name, row) in names.iter().zip(lp.chunks(classes)) {
                         let d = argmax(row);
-                        println!("{name}: {d} (p = {:.3})", row[d].exp());
-                        files.push(serde_json::json!({
+                        let label = class_names.as_ref().and_then(|c| c.get(d));
+                        match label {
+                            Some(l) => println!("{name}: {l} (class {d}, p = {:.3})", row[d].exp()),
+                            None => println!("{name}: {d} (p = {:.3})", row[d].exp()),
+                        }
+                        let mut p = serde_json::json!({
                             "file": name, "class": d, "digit": d, "probability": row[d].exp()
-                        }));
+                        });
+                        if let Some(l) = label {
+                            p["label"] = l.clone().into();
+                        }
+                        files.push(p);
                     }
                     summary["predictions"] = files.into();
                 }

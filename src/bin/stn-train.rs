@@ -457,9 +457,24 @@ fn main() -> ExitCode {
                 bail!("--fresh-distortions needs --distort r, rts or t");
             }
             let mut plain_train = None;
+            // An image folder's class names, kept in the checkpoint (and the ONNX file) so that
+            // inference names classes and refuses a folder whose classes differ.
+            let stored_names: Option<Vec<String>> = resumed
+                .as_ref()
+                .and_then(|ck| serde_json::from_value(ck.run["class_names"].clone()).ok());
+            let mut class_names: Option<Vec<String>> = None;
             let (mut train, test, classes): (Split, Split, usize) = if image_folder {
                 let folder = stn_data::ImageFolder::load(&data.dir, net.input_dims())?;
                 let k = folder.classes.len();
+                if let Some(stored) = stored_names.as_ref().filter(|s| **s != folder.classes) {
+                    bail!(
+                        "--resume: {} was trained on the classes {stored:?}, {} has {:?}",
+                        args.out.display(),
+                        data.dir.display(),
+                        folder.classes
+                    );
+                }
+                class_names = Some(folder.classes.clone());
                 if spec_net.is_none() && resumed.is_none() && net.plan().classes != k {
                     // The seed network for the folder's classes, normalised with the folder's
                     // own statistics (MNIST's would be wrong for photos).
@@ -780,6 +795,10 @@ fn main() -> ExitCode {
                     "clutter": args.clutter, "fresh_distortions": args.fresh_distortions, "limit": args.limit, "clip": args.clip,
                     "schedule": format!("{:?}", args.schedule).to_lowercase(), "history": history,
                 });
+                let mut run = run;
+                if let Some(names) = &class_names {
+                    run["class_names"] = serde_json::json!(names);
+                }
                 let ck = Checkpoint {
                     params: trainer.params.clone(),
                     optimizer: trainer.optimizer.clone(),

@@ -223,7 +223,7 @@ impl ImageFolder {
             if found != want {
                 return Err(layout(
                     &root,
-                    format!("its classes {found:?} differ from the training split's {want:?}"),
+                    format!("its classes {found:?} differ from the training split's (the model's) {want:?}"),
                 ));
             }
         }

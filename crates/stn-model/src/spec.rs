@@ -446,6 +446,13 @@ impl ModelSpec {
                 return Err(SpecError(format!("input: {what} {v} (1 to {MAX_SIDE})")));
             }
         }
+        let values = inp.channels * inp.height * inp.width;
+        if values > MAX_ACTIVATION {
+            return Err(SpecError(format!(
+                "input: {}×{}×{} is {values} values per image, more than {MAX_ACTIVATION}",
+                inp.channels, inp.height, inp.width
+            )));
+        }
         for (what, v) in [("mean", &inp.mean), ("std", &inp.std)] {
             if let Some(v) = v {
                 if v.len() != inp.channels {

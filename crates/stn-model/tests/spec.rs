@@ -238,6 +238,16 @@ fn specs_that_do_not_fit_name_the_layer() {
         ),
         (
             json(
+                r#"{"channels": 4096, "height": 16384, "width": 16384}"#,
+                loc,
+                affine,
+                cls,
+                10,
+            ),
+            &["input: 4096×16384×16384", "values per image"],
+        ),
+        (
+            json(
                 grey,
                 loc,
                 r#"{"kind": "affine", "output": [0, 28]}"#,
