@@ -25,8 +25,9 @@ fn load_err(path: &str, e: impl std::fmt::Display) -> RuntimeError {
 
 /// Registers stn's ONNX operators into a tract ONNX parser, for any model (not only stn's):
 ///
-/// * `AffineGrid` (opset 20), which tract 0.23 lacks: PyTorch's `affine_grid`, 2-D, with a size
-///   known when the model is planned;
+/// * `AffineGrid` (opset 20), which tract 0.23 lacks: PyTorch's `affine_grid`, 2-D and 3-D, its
+///   `size` a constant (expanded into tract's ops) or a run-time input (computed when it runs);
+///   the ONNX standard's node tests pass (`tests/onnx_node.rs`);
 /// * `GridSample` (opset 16 to 20): bilinear (`bilinear`/`linear`) on 4-D f32 tensors, every
 ///   padding mode and `align_corners`, by our kernel (tract's is scalar and unthreaded); the other
 ///   modes by tract's;
