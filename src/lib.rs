@@ -269,3 +269,17 @@ pub fn is_inside(path: &Path, dir: &Path) -> bool {
         _ => false,
     }
 }
+
+/// Normalised planar images (`plane` values per channel, channels cycling per plane) back to bytes
+/// with the per-channel `mean` and `std`: for pictures.
+pub fn denormalize_planes(v: &[f32], plane: usize, mean: &[f32], std: &[f32]) -> Vec<u8> {
+    let c = mean.len().max(1);
+    v.chunks(plane.max(1))
+        .enumerate()
+        .flat_map(|(i, p)| {
+            let (m, s) = (mean[i % c], std[i % c]);
+            p.iter()
+                .map(move |&x| ((x * s + m) * 255.0).round().clamp(0.0, 255.0) as u8)
+        })
+        .collect()
+}

@@ -98,6 +98,7 @@ fn an_rgb_image_folder_trains_well_above_chance() {
     let spec = dir.path().join("rgb.json");
     std::fs::write(&spec, RGB_SPEC).unwrap();
     let out = dir.path().join("shapes.safetensors");
+    let (sheet, warped) = (dir.path().join("sheet.png"), dir.path().join("warped.png"));
     // Detected from the layout (DIR/train is a folder); normalisation from the training images.
     let o = train(
         &data,
@@ -113,10 +114,25 @@ fn an_rgb_image_folder_trains_well_above_chance() {
             "adam",
             "--lr",
             "0.003",
+            "--contact-sheet",
+            sheet.to_str().unwrap(),
+            "--visualize",
+            warped.to_str().unwrap(),
         ],
     );
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
+    // The pictures are RGB where the input is: 64 training images 8 to a row (32 px and a 2 px
+    // gutter), and 32 test images beside their 28×28 samples.
+    let img = image::open(&sheet).unwrap();
+    assert_eq!(img.color(), image::ColorType::Rgb8);
+    assert_eq!((img.width(), img.height()), (8 * 34 + 2, 8 * 34 + 2));
+    let img = image::open(&warped).unwrap();
+    assert_eq!(img.color(), image::ColorType::Rgb8);
+    assert_eq!(
+        (img.width(), img.height()),
+        (8 * 34 + 2 + 12 + 8 * 30 + 2, 4 * 34 + 2)
+    );
     assert!(
         err.contains(
             "240 training and 60 test images of 3 classes (bar, column, square), as 3×32×32"

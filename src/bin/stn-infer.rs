@@ -450,23 +450,17 @@ fn main() -> ExitCode {
                         args.model.display()
                     );
                 };
-                if channels != 1 || h != w || ho != wo {
-                    bail!("--visualize draws square grey images only; this model takes {channels}×{h}×{w} and samples {ho}×{wo}");
-                }
                 let k = n.min(32);
-                let out = first.run(&images[..k * plane], k)?;
+                let len = channels * plane;
+                let out = first.run(&images[..k * len], k)?;
                 let Some(warped) = out.warped else {
                     bail!("--visualize: {} has no `warped` output (export it with --outputs log_probs,warped)", args.model.display());
                 };
-                let to_u8 = |v: &[f32]| -> Vec<u8> {
-                    v.iter()
-                        .map(|&x| ((x * std[0] + mean[0]) * 255.0).round().clamp(0.0, 255.0) as u8)
-                        .collect()
-                };
-                let (before, after) = (to_u8(&images[..k * plane]), to_u8(&warped));
-                let l: Vec<&[u8]> = before.chunks(plane).collect();
-                let r: Vec<&[u8]> = after.chunks(ho * wo).collect();
-                stn_data::side_by_side_png(&l, h, &r, ho, 8, path)
+                let before = stn::denormalize_planes(&images[..k * len], plane, &mean, &std);
+                let after = stn::denormalize_planes(&warped, ho * wo, &mean, &std);
+                let l: Vec<&[u8]> = before.chunks(len).collect();
+                let r: Vec<&[u8]> = after.chunks(channels * ho * wo).collect();
+                stn_data::side_by_side_png(&l, dims, &r, [channels, ho, wo], 8, path)
                     .with_context(|| format!("--visualize {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }

@@ -324,14 +324,15 @@ fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
 }
 
 /// Normalised grey pixels back to bytes, with the network's normalisation.
-fn denormalize(v: &[f32], net: &Network) -> Vec<u8> {
+fn denormalize(v: &[f32], plane: usize, net: &Network) -> Vec<u8> {
+    let c = net.input_dims()[0];
     let (mean, std) = net
         .spec()
         .normalization()
-        .map_or((MNIST_MEAN, MNIST_STD), |(m, s)| (m[0], s[0]));
-    v.iter()
-        .map(|&x| ((x * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8)
-        .collect()
+        .map_or((vec![MNIST_MEAN; c], vec![MNIST_STD; c]), |(m, s)| {
+            (m.to_vec(), s.to_vec())
+        });
+    stn::denormalize_planes(v, plane, &mean, &std)
 }
 
 fn main() -> ExitCode {
@@ -588,11 +589,8 @@ fn main() -> ExitCode {
             let [channels, h, w] = dims;
             let plane = h * w;
             if let Some(path) = &args.contact_sheet {
-                if channels != 1 || h != w {
-                    bail!("--contact-sheet draws square grey images; these are {channels}×{h}×{w}");
-                }
-                let imgs: Vec<&[u8]> = train.images.chunks(plane).take(64).collect();
-                contact_sheet_png(&imgs, h, 8, path)
+                let imgs: Vec<&[u8]> = train.images.chunks(channels * plane).take(64).collect();
+                contact_sheet_png(&imgs, dims, 8, path)
                     .with_context(|| format!("--contact-sheet {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
@@ -836,17 +834,13 @@ fn main() -> ExitCode {
                 let Some([ho, wo]) = net.spec().transform.output() else {
                     bail!("--visualize needs the spatial transformer (drop --no-stn)");
                 };
-                if ho != wo || h != w || channels != 1 {
-                    bail!("--visualize draws square grey images only; this network takes {channels}×{h}×{w} and samples {ho}×{wo}");
-                }
-                let side = h;
                 let k = test.len().min(32);
                 let (_, _, warped) = predict(&trainer.params, &test, 0, k)?;
-                let before: Vec<u8> = denormalize(&test_x[..k * side * side], &net);
-                let after: Vec<u8> = denormalize(&warped, &net);
-                let l: Vec<&[u8]> = before.chunks(side * side).collect();
-                let r: Vec<&[u8]> = after.chunks(ho * wo).collect();
-                side_by_side_png(&l, side, &r, ho, 8, path)
+                let before: Vec<u8> = denormalize(&test_x[..k * channels * plane], plane, &net);
+                let after: Vec<u8> = denormalize(&warped, ho * wo, &net);
+                let l: Vec<&[u8]> = before.chunks(channels * plane).collect();
+                let r: Vec<&[u8]> = after.chunks(channels * ho * wo).collect();
+                side_by_side_png(&l, dims, &r, [channels, ho, wo], 8, path)
                     .with_context(|| format!("--visualize {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
