@@ -15,7 +15,10 @@ use cudarc::driver::CudaSlice;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AffineGrid {
     /// The output size `[N, C, H, W]` (C is not used, as in PyTorch).
+    /// The sampled batch `[N, C, H, W]` (only N, H and W matter).
     pub size: [usize; 4],
+    /// PyTorch's `align_corners`: the extreme coordinates ±1 at the corner pixels' centres (true)
+    /// or at their outer edges (false).
     pub align_corners: bool,
 }
 

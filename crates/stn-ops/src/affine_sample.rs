@@ -27,6 +27,7 @@ use cudarc::driver::CudaSlice;
 pub struct AffineSampler {
     /// The sampled size `(Ho, Wo)`.
     pub out_hw: (usize, usize),
+    /// PyTorch's `align_corners`, of the grid and the sampler.
     pub align_corners: bool,
 }
 

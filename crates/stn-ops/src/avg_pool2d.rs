@@ -10,7 +10,9 @@ use crate::Dyn4;
 /// `torch.nn.functional.avg_pool2d(x, kernel, stride)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AvgPool2d {
+    /// Window side.
     pub kernel: usize,
+    /// Step between windows.
     pub stride: usize,
 }
 

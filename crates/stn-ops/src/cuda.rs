@@ -36,7 +36,9 @@ const KERNELS: [&str; 9] = [
 
 /// A device input as the CUDA ops see it.
 pub struct CudaBuf<'a> {
+    /// The values on the device, row-major.
     pub data: &'a CudaSlice<f32>,
+    /// The dimensions.
     pub dims: &'a [usize],
 }
 
@@ -65,6 +67,7 @@ impl CudaKernels {
         Ok(CudaKernels { dev })
     }
 
+    /// The kernel `name` of `stn_kernels.cu`.
     pub fn func(&self, name: &'static str) -> Result<CudaFunction, OpError> {
         self.dev
             .get_func(MODULE, name)

@@ -23,6 +23,7 @@ pub struct ConvPoolRelu {
 }
 
 impl ConvPoolRelu {
+    /// The block of an `o×c×k×k` kernel on `c×h×w` images.
     pub fn new(c: usize, h: usize, w: usize, o: usize, k: usize) -> ConvPoolRelu {
         assert!(
             c > 0 && o > 0 && k > 0 && k <= h.min(w),
@@ -38,6 +39,7 @@ impl ConvPoolRelu {
         [self.g.o, self.g.ho / 2, self.g.wo / 2]
     }
 
+    /// Values of one image's pooled output.
     pub fn out_len(&self) -> usize {
         self.out_dims().iter().product()
     }

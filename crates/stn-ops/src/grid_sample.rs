@@ -23,8 +23,11 @@ use cudarc::driver::CudaSlice;
 /// What a sample outside the image reads, as PyTorch's `padding_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Padding {
+    /// Zeros outside the image.
     Zeros,
+    /// The nearest border pixel.
     Border,
+    /// The image mirrored at its borders.
     Reflection,
 }
 
@@ -45,7 +48,9 @@ impl FromStr for Padding {
 /// `torch.nn.functional.grid_sample(input, grid, mode="bilinear", padding_mode, align_corners)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GridSample {
+    /// What is sampled outside the image.
     pub padding: Padding,
+    /// PyTorch's `align_corners`.
     pub align_corners: bool,
 }
 

@@ -40,6 +40,7 @@
 //! Strided inputs (a broadcast or a permute) are made contiguous by dfdx first. f32 is the working
 //! type; f64 is supported on the CPU for gradient checks.
 
+#![warn(missing_docs)]
 mod affine_grid;
 mod affine_sample;
 mod avg_pool2d;

@@ -15,7 +15,9 @@ use cudarc::driver::CudaSlice;
 /// `torch.nn.functional.max_pool2d(x, kernel, stride)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2d {
+    /// Window side.
     pub kernel: usize,
+    /// Step between windows.
     pub stride: usize,
     /// Followed by a ReLU (dfdx's: `max(x, 0)`, gradient where `x > 0`) in the same op: the
     /// seed's every pool is, and as one op the ReLU costs neither a tensor nor a pass of its own.

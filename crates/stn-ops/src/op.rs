@@ -6,14 +6,30 @@ use dfdx::tensor::Gradients;
 /// Errors of the ops: shapes that do not fit (never a panic), or the device.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
+    /// Inputs whose shapes do not fit the op.
     #[error("{op}: {what}")]
-    Shape { op: &'static str, what: String },
+    Shape {
+        /// The op.
+        op: &'static str,
+        /// What does not fit.
+        what: String,
+    },
+    /// CUDA asked of a build without it.
     #[error(
         "{op}: not built with CUDA support (build with the `cuda` feature on a machine with CUDA)"
     )]
-    NoCuda { op: &'static str },
+    NoCuda {
+        /// The op.
+        op: &'static str,
+    },
+    /// The device failed, or the op has no kernel on it.
     #[error("{op}: device error: {what}")]
-    Device { op: &'static str, what: String },
+    Device {
+        /// The op.
+        op: &'static str,
+        /// The device's error.
+        what: String,
+    },
 }
 
 /// dfdx's CPU errors (out of memory, a wrong element count) as the ops' device error, so that a
@@ -28,6 +44,7 @@ impl From<dfdx::tensor::CpuError> for OpError {
 }
 
 impl OpError {
+    /// A shape error of `op`.
     pub fn shape(op: &'static str, what: impl Into<String>) -> Self {
         OpError::Shape {
             op,
@@ -48,9 +65,13 @@ impl OpError {
 /// point's top-left corner, and whether both of its coordinates are finite.
 #[derive(Clone, Copy)]
 pub struct Framed8<E: Real> {
+    /// Fractional parts of the x coordinates.
     pub fx: E::Lanes,
+    /// Fractional parts of the y coordinates.
     pub fy: E::Lanes,
+    /// Frame index of each point's top-left corner.
     pub base: [u32; 8],
+    /// Whether both coordinates are finite.
     pub ok: [bool; 8],
 }
 
@@ -58,8 +79,11 @@ pub struct Framed8<E: Real> {
 /// `g·scale + offset` on a side of `size` pixels.
 #[derive(Clone, Copy)]
 pub struct AxisMap<E> {
+    /// Pixels per normalised unit.
     pub scale: E,
+    /// The pixel of coordinate 0.
     pub offset: E,
+    /// The side in pixels.
     pub size: usize,
 }
 
@@ -69,20 +93,27 @@ pub struct AxisMap<E> {
 /// because LLVM does not reliably vectorise the register blocks of `linalg`), a plain array for f64,
 /// which only the gradient checks use.
 pub trait Real: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync + 'static {
+    /// Eight values as one vector.
     type Lanes: Copy + Send + Sync;
     /// The nearest value of this type (named so as not to clash with `num_traits`).
     fn of(v: f64) -> Self;
     /// `self as i32`, saturating, NaN to 0, without `num_traits`' checks.
     fn to_i32_sat(self) -> i32;
+    /// `v` in every lane.
     fn splat(v: Self) -> Self::Lanes;
+    /// `s[..8]`.
     fn load(s: &[Self]) -> Self::Lanes;
     /// `a·b + c`, lane-wise.
     fn fma(a: Self::Lanes, b: Self::Lanes, c: Self::Lanes) -> Self::Lanes;
+    /// The lanes as an array.
     fn lanes(v: Self::Lanes) -> [Self; 8];
     /// `dst[..8] += v`.
     fn add_into(dst: &mut [Self], v: Self::Lanes);
+    /// `a + b`, lane-wise.
     fn vadd(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
+    /// `a · b`, lane-wise.
     fn vmul(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
+    /// `a − b`, lane-wise.
     fn vsub(a: Self::Lanes, b: Self::Lanes) -> Self::Lanes;
     /// One output row of `relu(max_pool2d(conv + b))` with kernel and stride 2: `out[j]` from
     /// `r0[2j..2j+2]` and `r1[2j..2j+2]` (two rows of the conv's products without its bias).
@@ -753,7 +784,9 @@ impl Real for f64 {
 /// An op input as the CPU kernels see it: its data (row-major, contiguous) and its dimensions.
 #[derive(Clone, Copy)]
 pub struct Buf<'a, E> {
+    /// The values, row-major.
     pub data: &'a [E],
+    /// The dimensions.
     pub dims: &'a [usize],
 }
 
@@ -862,12 +895,14 @@ pub trait OpDevice<E: Real>: Device<E> {
     /// Reads a contiguous tensor's data.
     fn read<S: Shape>(&self, t: &Tensor<S, E, Self>)
         -> Result<Self::Buffer, <Self as HasErr>::Err>;
+    /// Runs `op`'s forward on `inputs` into a new tensor of `out_shape`.
     fn op_forward<Op: CustomOp<E>, S: Shape>(
         &self,
         op: &Op,
         inputs: &[(&Self::Buffer, &[usize])],
         out_shape: S,
     ) -> Result<Tensor<S, E, Self>, OpError>;
+    /// Accumulates `op`'s input gradients from `grad_out`.
     fn op_backward<Op: CustomOp<E>>(
         &self,
         op: &Op,
@@ -886,6 +921,7 @@ fn bufs<'a, E: Real>(inputs: &'a [(&'a HostCopy<E>, &'a [usize])]) -> Vec<Buf<'a
 
 /// Recycled host buffers: the pool of one element type.
 pub trait HostPool: Sized + 'static {
+    /// The pool of recycled buffers of this type.
     fn pool() -> &'static std::sync::Mutex<Vec<Vec<Self>>>;
 }
 static POOL_F32: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());

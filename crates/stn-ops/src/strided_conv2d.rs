@@ -13,7 +13,9 @@ use crate::Dyn4;
 /// `torch.nn.functional.conv2d(x, weight, bias, stride, padding)`, square kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StridedConv2d {
+    /// Step between output pixels' windows.
     pub stride: usize,
+    /// Zeros added on every side.
     pub padding: usize,
 }
 
