@@ -577,8 +577,9 @@ fn eval(
             }
             one(Expr::Conv(x, p, stride.unwrap_or(1), pad))
         }
-        "MaxPool" => {
-            only_attrs(node, &["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "storage_order"])?;
+        "MaxPool" | "AveragePool" => {
+            let extra = if op == "MaxPool" { "storage_order" } else { "count_include_pad" };
+            only_attrs(node, &["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", extra])?;
             n_inputs(1, 1)?;
             let x = expr(0)?;
             let k = square(node, "kernel_shape", 2)?.ok_or("no kernel_shape")?;
@@ -586,30 +587,19 @@ fn eval(
             want_ints(node, "pads", &[&[0, 0, 0, 0]])?;
             want_ints(node, "dilations", &[&[1, 1]])?;
             want_int(node, "ceil_mode", 0, &[0])?;
-            want_int(node, "storage_order", 0, &[0, 1])?;
+            // Either value: MaxPool's storage order concerns only its Indices output (which
+            // nothing may read), AveragePool's count_include_pad only padding (none here).
+            want_int(node, extra, 0, &[0, 1])?;
             if let Some(a) = attr_s(node, "auto_pad")? {
                 if a != "NOTSET" && a != "VALID" {
                     return Err(format!("auto_pad {a}; stn's pools are unpadded"));
                 }
             }
-            one(Expr::Pool(x, k, stride))
-        }
-        "AveragePool" => {
-            only_attrs(node, &["kernel_shape", "strides", "pads", "ceil_mode", "auto_pad", "count_include_pad", "dilations"])?;
-            n_inputs(1, 1)?;
-            let x = expr(0)?;
-            let k = square(node, "kernel_shape", 2)?.ok_or("no kernel_shape")?;
-            let stride = square(node, "strides", 2)?.unwrap_or(1);
-            want_ints(node, "pads", &[&[0, 0, 0, 0]])?;
-            want_ints(node, "dilations", &[&[1, 1]])?;
-            want_int(node, "ceil_mode", 0, &[0])?;
-            want_int(node, "count_include_pad", 0, &[0, 1])?;
-            if let Some(a) = attr_s(node, "auto_pad")? {
-                if a != "NOTSET" && a != "VALID" {
-                    return Err(format!("auto_pad {a}; stn's pools are unpadded"));
-                }
-            }
-            one(Expr::AvgPool(x, k, stride))
+            one(if op == "MaxPool" {
+                Expr::Pool(x, k, stride)
+            } else {
+                Expr::AvgPool(x, k, stride)
+            })
         }
         "Relu" => {
             only_attrs(node, &[])?;

@@ -12,6 +12,15 @@ use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_hir::internal::*;
 
+/// A 1-D integer tensor's values (AffineGrid's `size`).
+fn ints(t: &Tensor) -> TractResult<Vec<i64>> {
+    Ok(t.cast_to::<i64>()?
+        .to_plain_array_view::<i64>()?
+        .iter()
+        .copied()
+        .collect())
+}
+
 /// The `OpBuilder` of `AffineGrid`.
 pub fn affine_grid(
     ctx: &ParsingContext,
@@ -68,12 +77,7 @@ impl Expansion for AffineGridExpansion {
             Ok(())
         })?;
         s.given(&inputs[1].value, move |s, size| {
-            let size: Vec<i64> = size
-                .cast_to::<i64>()?
-                .to_plain_array_view::<i64>()?
-                .iter()
-                .copied()
-                .collect();
+            let size = ints(&size)?;
             for (i, &d) in size[2..].iter().enumerate() {
                 s.equals(&outputs[0].shape[i + 1], d.to_dim())?;
             }
@@ -88,15 +92,7 @@ impl Expansion for AffineGridExpansion {
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
         let size = model.outlet_fact(inputs[1])?.konst.clone();
-        let size: Option<Vec<i64>> = size
-            .map(|t| -> TractResult<Vec<i64>> {
-                Ok(t.cast_to::<i64>()?
-                    .to_plain_array_view::<i64>()?
-                    .iter()
-                    .copied()
-                    .collect())
-            })
-            .transpose()?;
+        let size: Option<Vec<i64>> = size.map(|t| ints(&t)).transpose()?;
         let len = model.outlet_fact(inputs[1])?.shape[0].to_usize()?;
         let Some(size) = size.clone().filter(|s| s.len() == 4) else {
             // Run time: the spatial sizes from `size` when known now, else the symbols.
@@ -169,12 +165,7 @@ impl EvalOp for AffineGridOp {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (theta, size) = args_2!(inputs);
-        let size: Vec<i64> = size
-            .cast_to::<i64>()?
-            .to_plain_array_view::<i64>()?
-            .iter()
-            .copied()
-            .collect();
+        let size = ints(&size)?;
         let k = size.len() - 2;
         let theta = theta.cast_to::<f32>()?;
         let t = theta.to_plain_array_view::<f32>()?;
