@@ -433,6 +433,14 @@ fn main() -> ExitCode {
             }
             .into();
             let mut net = match (&spec_net, &resumed) {
+                // A spec without normalisation resumes with the one its first run computed.
+                (Some(n), Some(ck)) if n.spec().normalization().is_none() => {
+                    let mut spec = n.spec().clone();
+                    let stored = ck.params.net.spec();
+                    (spec.input.mean, spec.input.std) =
+                        (stored.input.mean.clone(), stored.input.std.clone());
+                    Network::new(spec)?
+                }
                 (Some(n), _) => n.clone(),
                 (None, Some(ck)) => ck.params.net.clone(),
                 (None, None) => preset,
