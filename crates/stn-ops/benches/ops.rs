@@ -34,7 +34,7 @@ impl CustomOp<f32> for SumAll {
             .data
             .par_chunks(4096)
             // 8 partial sums per chunk, so the loop vectorises (a plain fold is a serial chain).
-            .map(<f32 as stn_ops::Real>::sum)
+            .map(<f32 as stn_ops::Simd>::sum)
             .sum();
     }
     fn cpu_bwd(&self, _inputs: &[Buf<f32>], grad_out: &[f32], grads: &mut [Option<&mut [f32]>]) {

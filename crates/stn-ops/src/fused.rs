@@ -155,7 +155,7 @@ fn conv_rows<E: Real, const R: usize>(g: &Geom, xp: &[E], wpm: &[E], conv: &mut 
 
 #[cfg(test)]
 mod tests {
-    use crate::Real;
+    use crate::op::PoolKernels;
 
     /// `relu(max_pool2d(·) + b)` of one output, by `max_pool2d`'s rule and dfdx's ReLU.
     fn reference(w: [f32; 4], b: f32) -> f32 {

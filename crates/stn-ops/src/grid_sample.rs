@@ -4,6 +4,8 @@
 //! out-of-image corners contribute zero, border/reflection clip (and reflect) the coordinate, and
 //! the gradient through a clip is zero where the clip is active.
 
+pub(crate) mod kernels;
+
 use std::str::FromStr;
 
 use dfdx::prelude::*;
@@ -541,7 +543,7 @@ pub(crate) fn paired_len(c: usize, h: usize, w: usize) -> usize {
 
 /// Copies the planes of `x` into zero frames 2 pixels wide (`(H+4) × (W+4)`), stored row-paired:
 /// element `2i` is frame pixel `i` and `2i + 1` the pixel below it, so a sample's four corners are
-/// four adjacent values (`[nw, sw, ne, se]` from `2·(top-left corner)`; [`Real::corners`]).
+/// four adjacent values (`[nw, sw, ne, se]` from `2·(top-left corner)`; [`crate::op::SampleKernels::corners`]).
 /// `paired` (`paired_len`) must hold zeros where the frame is, as a fresh buffer does: only the
 /// image's pixels are written, so a scratch buffer can be reused for images of the same size.
 pub(crate) fn pair_rows<E: Real>(x: &[E], h: usize, w: usize, paired: &mut [E]) {
@@ -576,7 +578,7 @@ pub(crate) fn pair_rows<E: Real>(x: &[E], h: usize, w: usize, paired: &mut [E]) 
 }
 
 /// The points `q0..q0+8` of `g` (x, y pairs; lanes past the end repeat the last point) in a framed
-/// image ([`Real::framed8`]: fractional parts, frame index of each top-left corner, finiteness).
+/// image ([`crate::op::SampleKernels::framed8`]: fractional parts, frame index of each top-left corner, finiteness).
 #[inline(always)]
 fn framed_points<E: Real>(g: &[E], q0: usize, ax: &Axis<E>, ay: &Axis<E>) -> Framed8<E> {
     let p = g.len() / 2;
@@ -671,7 +673,7 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
 /// `out [C, P]`.
 ///
 /// The planes are first copied into row-paired frames with a 2-pixel zero border ([`pair_rows`]),
-/// and each coordinate's floor is clamped to [−2, W] (resp. H) ([`Real::framed8`]): then a
+/// and each coordinate's floor is clamped to [−2, W] (resp. H) ([`crate::op::SampleKernels::framed8`]): then a
 /// sample's four corners are always inside the frame, an outside corner reads a zero, and no corner
 /// needs a mask or a clamp of its own — half the work of the general sampler. The arithmetic is the
 /// general path's (`((p0·w0 + p1·w1) + p2·w2) + p3·w3` with the same weights), so the result is the

@@ -18,6 +18,13 @@
 //! with output-shape checking, a CPU forward and backward, and (feature `cuda`) a CUDA forward and
 //! backward, in one file per op; the CUDA kernels of all ops are one source,
 //! `cuda/stn_kernels.cu`, also compiled for the host so that tests check them without a GPU.
+//! One concern per file: `tape.rs` (the [`CustomOp`] trait, [`op::Input`], [`OpDevice`],
+//! [`op::apply`], [`forward_cpu`]), `host_pool.rs` (recycled host buffers), `simd.rs` (the
+//! vector primitives, [`Simd`], and [`Real`], the bound of every op), `error.rs`; each op in its
+//! own file, with the pool's and the sampler's SIMD kernels beside theirs
+//! (`max_pool2d/kernels.rs`, `grid_sample/kernels.rs`). [`forward_cpu`] runs an op's CPU forward
+//! on plain slices (tract's op table uses it); `op` re-exports the plumbing.
+//!
 //! [`op::apply`] plugs any op into dfdx's tape through its public API (`split_tape`, `put_tape`,
 //! `Tape::add_backward_op`, `ghost()`, `Gradients::get_or_alloc_mut`). dfdx keeps a tensor's buffer
 //! private, so on the CPU each input is copied once (`copy_into`, a memcpy) and the output is
@@ -49,14 +56,18 @@ mod conv2d;
 mod conv_pool_relu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod error;
 mod fused;
 mod grid_sample;
+mod host_pool;
 #[doc(hidden)]
 pub mod kernels_host;
 mod linalg;
 mod max_pool2d;
 pub mod op;
+mod simd;
 mod strided_conv2d;
+mod tape;
 
 pub use affine_grid::{affine_grid, AffineGrid};
 pub use affine_sample::{affine_sample, AffineSampler};
@@ -67,7 +78,7 @@ pub use conv_pool_relu::{conv_pool_relu, conv_pool_relu_scaled, ConvPoolReluOp};
 pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, GridSample, Padding};
 pub use max_pool2d::{max_pool2d, max_pool2d_relu, MaxPool2d};
-pub use op::{CustomOp, OpDevice, OpError, Real};
+pub use op::{forward_cpu, CustomOp, OpDevice, OpError, Real, Simd};
 pub use strided_conv2d::{strided_conv2d, StridedConv2d};
 
 /// The dynamic 4-d shape the ops produce (`[N, C, H, W]`, or `[N, H, W, 2]` for grids).

@@ -1,6 +1,8 @@
 //! `max_pool2d(x [N,C,H,W], kernel, stride)` (floor mode, no padding), PyTorch's tie rule: the first
 //! maximum of a window in row-major order wins, and a NaN wins over numbers.
 
+pub(crate) mod kernels;
+
 use dfdx::prelude::*;
 use rayon::prelude::*;
 

@@ -16,7 +16,6 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
 use stn_ops::op::Buf;
-use stn_ops::CustomOp;
 
 type OpBuilder =
     fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
@@ -148,10 +147,6 @@ impl EvalOp for StnConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (x, w, b) = args_3!(inputs);
         let dims = [x.shape().to_vec(), w.shape().to_vec(), b.shape().to_vec()];
-        let op = stn_ops::Conv2d;
-        let out_dims =
-            <stn_ops::Conv2d as CustomOp<f32>>::out_dims(&op, &[&dims[0], &dims[1], &dims[2]])
-                .map_err(|e| format_err!("{e}"))?;
         let (x, w, b) = (
             x.try_as_plain_ram()?,
             w.try_as_plain_ram()?,
@@ -167,8 +162,8 @@ impl EvalOp for StnConv {
             .zip(&dims)
             .map(|(data, dims)| Buf { data, dims })
             .collect();
-        let mut out = vec![0f32; out_dims.iter().product()];
-        op.cpu_fwd(&bufs, &mut out);
+        let (out, out_dims) =
+            stn_ops::forward_cpu(&stn_ops::Conv2d, &bufs).map_err(|e| format_err!("{e}"))?;
         let out = tract_ndarray::ArrayD::from_shape_vec(out_dims, out)?;
         Ok(tvec!(out.into_tensor().into_tvalue()))
     }

@@ -15,7 +15,7 @@ use tract_onnx::tract_core::ops::nn::grid_sample::{
 use tract_onnx::tract_hir::internal::*;
 
 use stn_ops::op::Buf;
-use stn_ops::{CustomOp, Padding};
+use stn_ops::Padding;
 
 /// The `OpBuilder` of `GridSample`: the same attributes and checks as tract's own builder.
 pub fn grid_sample(
@@ -133,12 +133,10 @@ impl EvalOp for StnGridSample {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (x, grid) = args_2!(inputs);
         let (xs, gs) = (x.shape().to_vec(), grid.shape().to_vec());
-        let out_dims = <stn_ops::GridSample as CustomOp<f32>>::out_dims(&self.0, &[&xs, &gs])
-            .map_err(|e| format_err!("{e}"))?;
         let (x, grid) = (x.try_as_plain_ram()?, grid.try_as_plain_ram()?);
         let (x, grid) = (x.as_slice::<f32>()?, grid.as_slice::<f32>()?);
-        let mut out = vec![0f32; out_dims.iter().product()];
-        self.0.cpu_fwd(
+        let (out, out_dims) = stn_ops::forward_cpu(
+            &self.0,
             &[
                 Buf { data: x, dims: &xs },
                 Buf {
@@ -146,8 +144,8 @@ impl EvalOp for StnGridSample {
                     dims: &gs,
                 },
             ],
-            &mut out,
-        );
+        )
+        .map_err(|e| format_err!("{e}"))?;
         let out = tract_ndarray::ArrayD::from_shape_vec(out_dims, out)?;
         Ok(tvec!(out.into_tensor().into_tvalue()))
     }
