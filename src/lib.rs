@@ -45,17 +45,20 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
             return x.dev() == y.dev() && x.ino() == y.ino();
         }
     }
-    let abs = |p: &Path| -> Option<PathBuf> {
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
-    };
-    match (abs(a), abs(b)) {
+    match (absolute(a), absolute(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
+}
+
+/// `path` made absolute through its directory (which must exist; the file need not): the
+/// canonical directory joined with the file name.
+fn absolute(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
 /// Refuses outputs that are the same file as an input or as another output, before anything
@@ -254,17 +257,8 @@ pub fn spec_file_text(name: &str) -> anyhow::Result<String> {
 
 /// Whether `path` lies inside the directory `dir` (both made absolute; `path` need not exist).
 pub fn is_inside(path: &Path, dir: &Path) -> bool {
-    let abs = |p: &Path| -> Option<PathBuf> {
-        if let Ok(c) = std::fs::canonicalize(p) {
-            return Some(c);
-        }
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
-    };
-    match (abs(path), std::fs::canonicalize(dir)) {
+    let abs = std::fs::canonicalize(path).ok().or_else(|| absolute(path));
+    match (abs, std::fs::canonicalize(dir)) {
         (Some(p), Ok(d)) => p.starts_with(&d),
         _ => false,
     }
@@ -282,4 +276,29 @@ pub fn denormalize_planes(v: &[f32], plane: usize, mean: &[f32], std: &[f32]) ->
                 .map(move |&x| ((x * s + m) * 255.0).round().clamp(0.0, 255.0) as u8)
         })
         .collect()
+}
+
+/// What `--data` holds (stn-train's and stn-infer's `--dataset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetKind {
+    /// An image folder when `DIR/<split>` is a folder, else MNIST.
+    Auto,
+    /// The four MNIST files, verified (downloaded when missing).
+    Mnist,
+    /// Any MNIST-format set of IDX files, not verified.
+    Idx,
+    /// torchvision's `ImageFolder` layout.
+    ImageFolder,
+}
+
+impl DatasetKind {
+    /// `Auto` decided for `dir`, by whether it holds the `split` folder (`train` for training,
+    /// `test` for inference) of an image folder.
+    pub fn resolve(self, dir: &Path, split: &str) -> DatasetKind {
+        match self {
+            DatasetKind::Auto if dir.join(split).is_dir() => DatasetKind::ImageFolder,
+            DatasetKind::Auto => DatasetKind::Mnist,
+            d => d,
+        }
+    }
 }

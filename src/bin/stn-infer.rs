@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use stn_data::{normalize, DataDir, Mnist, MNIST_MEAN, MNIST_STD};
+use stn_data::{DataDir, Mnist, MNIST_MEAN, MNIST_STD};
 use stn_runtime::{
     find_ort_library, Device, DfdxRunner, FusedRunner, OrtRunner, Runner, TractRunner,
 };
@@ -49,7 +49,7 @@ struct Args {
     /// What --data holds: mnist, idx, image-folder, or auto (image-folder when DIR/test is a
     /// folder, else mnist)
     #[arg(long, default_value = "auto", value_name = "KIND")]
-    dataset: DatasetKind,
+    dataset: stn::DatasetKind,
     /// Never download MNIST
     #[arg(long)]
     offline: bool,
@@ -88,14 +88,6 @@ enum RuntimeArg {
     #[value(name = "dfdx-f64")]
     DfdxF64,
     Fused,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DatasetKind {
-    Auto,
-    Mnist,
-    Idx,
-    ImageFolder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,11 +222,7 @@ fn main() -> ExitCode {
         }
         // Outputs never over an input: the model, the images, the data, the ORT library.
         let data_dir = DataDir::resolve(args.data.as_deref());
-        let dataset = match args.dataset {
-            DatasetKind::Auto if data_dir.dir.join("test").is_dir() => DatasetKind::ImageFolder,
-            DatasetKind::Auto => DatasetKind::Mnist,
-            d => d,
-        };
+        let dataset = args.dataset.resolve(&data_dir.dir, "test");
         let mut inputs: Vec<(&str, PathBuf)> = vec![("--model", args.model.clone())];
         inputs.extend(args.images.iter().map(|p| ("--images", p.clone())));
         if args.images.is_empty() {
@@ -255,7 +243,7 @@ fn main() -> ExitCode {
         .filter_map(|(w, p)| p.clone().map(|p| (w, p)))
         .collect();
         stn::check_outputs(&inputs, &outputs)?;
-        if args.images.is_empty() && dataset == DatasetKind::ImageFolder {
+        if args.images.is_empty() && dataset == stn::DatasetKind::ImageFolder {
             for (what, p) in &outputs {
                 let root = data_dir.dir.join("test");
                 if stn::is_inside(p, &root) {
@@ -359,7 +347,7 @@ fn main() -> ExitCode {
                         .map(|p| p.display().to_string())
                         .collect(),
                 )
-            } else if dataset == DatasetKind::ImageFolder {
+            } else if dataset == stn::DatasetKind::ImageFolder {
                 let (test, found) = stn_data::ImageFolder::split(
                     &data_dir.dir,
                     "test",
@@ -379,7 +367,7 @@ fn main() -> ExitCode {
                     vec![],
                 )
             } else {
-                let test = if dataset == DatasetKind::Idx {
+                let test = if dataset == stn::DatasetKind::Idx {
                     Mnist::load_idx(&data_dir.dir)?.test
                 } else {
                     Mnist::load_test(&data_dir, args.offline)?
@@ -394,12 +382,7 @@ fn main() -> ExitCode {
                 if let Some(&l) = test.labels.iter().max().filter(|&&l| l as usize >= classes) {
                     bail!("the test set has label {l}, the model {classes} classes");
                 }
-                let x =
-                    if (mean.as_slice(), std.as_slice()) == (&[MNIST_MEAN][..], &[MNIST_STD][..]) {
-                        normalize(&test.images)
-                    } else {
-                        stn_data::normalize_planes(&test.images, plane, &mean, &std)
-                    };
+                let x = stn_data::normalize_planes(&test.images, plane, &mean, &std);
                 (x, Some(test.labels), vec![])
             };
             let n = images.len() / (channels * plane);

@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use stn_data::{
-    contact_sheet_png, distort_split, normalize, side_by_side_png, DataDir, Distortion, Mnist,
-    MNIST_MEAN, MNIST_STD,
+    contact_sheet_png, distort_split, side_by_side_png, DataDir, Distortion, Mnist, MNIST_MEAN,
+    MNIST_STD,
 };
 use stn_model::{
     evaluate, predict, Arch, Batch, Checkpoint, Network, Optimizer, OptimizerKind, Params,
@@ -43,7 +43,7 @@ struct Args {
     /// ImageFolder layout, resized to the network's input), or auto (image-folder when DIR/train
     /// is a folder, else mnist)
     #[arg(long, default_value = "auto", value_name = "KIND")]
-    dataset: DatasetKind,
+    dataset: stn::DatasetKind,
     /// Never download: fail if the files are not there
     #[arg(long)]
     offline: bool,
@@ -135,14 +135,6 @@ struct Args {
     /// Print one JSON object with the run's figures as the last line of stdout
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DatasetKind {
-    Auto,
-    Mnist,
-    Idx,
-    ImageFolder,
 }
 
 /// A split as bytes: planar `[N, C, H, W]` images and labels.
@@ -354,11 +346,7 @@ fn main() -> ExitCode {
         // Before anything is read or written: which files are inputs, which outputs, and whether
         // an existing --out may be replaced.
         let data = DataDir::resolve(args.data.as_deref());
-        let dataset = match args.dataset {
-            DatasetKind::Auto if data.dir.join("train").is_dir() => DatasetKind::ImageFolder,
-            DatasetKind::Auto => DatasetKind::Mnist,
-            d => d,
-        };
+        let dataset = args.dataset.resolve(&data.dir, "train");
         let mut inputs: Vec<(&str, PathBuf)> = stn_data::mnist_paths(&data.dir)
             .into_iter()
             .map(|p| ("the MNIST file", p))
@@ -382,7 +370,7 @@ fn main() -> ExitCode {
             }
         }
         stn::check_outputs(&inputs, &outputs)?;
-        if dataset == DatasetKind::ImageFolder {
+        if dataset == stn::DatasetKind::ImageFolder {
             // An output inside the folder's splits would overwrite (or become) a training image.
             for (what, p) in &outputs {
                 for split in ["train", "test"] {
@@ -458,7 +446,7 @@ fn main() -> ExitCode {
 
             // Data: loaded and verified before any training.
             let t0 = Instant::now();
-            let image_folder = dataset == DatasetKind::ImageFolder;
+            let image_folder = dataset == stn::DatasetKind::ImageFolder;
             if image_folder && args.distort != Distortion::None {
                 bail!("--distort makes distorted MNIST; it does not apply to an image folder (--dataset image-folder)");
             }
@@ -522,7 +510,7 @@ fn main() -> ExitCode {
                     k,
                 )
             } else {
-                let mut mnist = if dataset == DatasetKind::Idx {
+                let mut mnist = if dataset == stn::DatasetKind::Idx {
                     Mnist::load_idx(&data.dir)?
                 } else {
                     Mnist::load(&data, args.offline)?
@@ -547,7 +535,7 @@ fn main() -> ExitCode {
                         "--spec {}: the network takes {c}×{nh}×{nw} images, the data is 1×{h}×{w} ({}{}); \
                          make the spec's input match it",
                         args.spec.as_deref().unwrap_or(""),
-                        if dataset == DatasetKind::Idx { "IDX files" } else { "MNIST" },
+                        if dataset == stn::DatasetKind::Idx { "IDX files" } else { "MNIST" },
                         match args.distort {
                             Distortion::None => String::new(),
                             d => format!(" with --distort {}", format!("{d:?}").to_lowercase()),
@@ -564,7 +552,7 @@ fn main() -> ExitCode {
                     .unwrap_or(0);
                 eprintln!(
                     "{} from {}: {} training and {} test images of {h}×{w}, ready in {:.2}s",
-                    if dataset == DatasetKind::Idx {
+                    if dataset == stn::DatasetKind::Idx {
                         "IDX set"
                     } else {
                         "MNIST"
@@ -619,13 +607,7 @@ fn main() -> ExitCode {
                 let (m, s) = net.spec().normalization().expect("set above");
                 (m.to_vec(), s.to_vec())
             };
-            let norm = |px: &[u8]| -> Vec<f32> {
-                if (mean.as_slice(), std.as_slice()) == (&[MNIST_MEAN][..], &[MNIST_STD][..]) {
-                    normalize(px)
-                } else {
-                    stn_data::normalize_planes(px, plane, &mean, &std)
-                }
-            };
+            let norm = |px: &[u8]| stn_data::normalize_planes(px, plane, &mean, &std);
             let (mut train_x, test_x) = (norm(&train.images), norm(&test.images));
             // The bytes are not needed past here (fresh distortions start from plain_train).
             train.images = Vec::new();

@@ -52,8 +52,8 @@ impl Arch {
     /// needs a 2.6 million-input `fc_loc.0`.
     pub const MAX_CANVAS: usize = 1024;
 
-    /// Checks that the layers fit the canvas (28 ≤ side ≤ [`Arch::MAX_CANVAS`]), so the shape
-    /// arithmetic below cannot wrap: a checkpoint or model claiming another canvas is refused.
+    /// Checks that the tutorial's layers fit the canvas (28 ≤ side ≤ [`Arch::MAX_CANVAS`]): a
+    /// checkpoint or model claiming another canvas is refused.
     pub fn check(&self) -> Result<(), String> {
         if !(SAMPLED..=Self::MAX_CANVAS).contains(&self.canvas) {
             return Err(format!(
@@ -63,31 +63,6 @@ impl Arch {
             ));
         }
         Ok(())
-    }
-
-    /// Side of the localisation net's last feature map (3 for 28×28).
-    pub fn loc_side(&self) -> usize {
-        ((self.canvas - 6) / 2 - 4) / 2
-    }
-    /// Side of the classifier's input.
-    pub fn classifier_input(&self) -> usize {
-        if self.stn {
-            SAMPLED
-        } else {
-            self.canvas
-        }
-    }
-    /// Side of the classifier's last feature map (4 for 28×28).
-    pub fn cls_side(&self) -> usize {
-        ((self.classifier_input() - 4) / 2 - 4) / 2
-    }
-    /// Inputs of `fc1` (the classifier's flattened feature map).
-    pub fn fc1_in(&self) -> usize {
-        20 * self.cls_side() * self.cls_side()
-    }
-    /// Inputs of `fc_loc.0` (the localisation net's flattened feature map).
-    pub fn fc_loc_in(&self) -> usize {
-        10 * self.loc_side() * self.loc_side()
     }
 
     /// The spec of this architecture: the tutorial's layers, named as its `Net` names them.
@@ -152,33 +127,6 @@ impl Arch {
             classes: 10,
             names: Naming::Tutorial,
         }
-    }
-
-    /// Parameter names and shapes in PyTorch's `state_dict` order.
-    pub fn param_specs(&self) -> Vec<(&'static str, Vec<usize>)> {
-        let mut v = vec![
-            ("conv1.weight", vec![10, 1, 5, 5]),
-            ("conv1.bias", vec![10]),
-            ("conv2.weight", vec![20, 10, 5, 5]),
-            ("conv2.bias", vec![20]),
-            ("fc1.weight", vec![50, self.fc1_in()]),
-            ("fc1.bias", vec![50]),
-            ("fc2.weight", vec![10, 50]),
-            ("fc2.bias", vec![10]),
-        ];
-        if self.stn {
-            v.extend([
-                ("localization.0.weight", vec![8, 1, 7, 7]),
-                ("localization.0.bias", vec![8]),
-                ("localization.3.weight", vec![10, 8, 5, 5]),
-                ("localization.3.bias", vec![10]),
-                ("fc_loc.0.weight", vec![32, self.fc_loc_in()]),
-                ("fc_loc.0.bias", vec![32]),
-                ("fc_loc.2.weight", vec![6, 32]),
-                ("fc_loc.2.bias", vec![6]),
-            ]);
-        }
-        v
     }
 }
 

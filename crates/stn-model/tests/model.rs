@@ -80,31 +80,18 @@ fn reproduces_pytorch_theta_warped_and_log_probs() {
 
 #[test]
 fn state_dict_names_order_and_bad_shapes() {
-    let specs: Vec<&str> = Arch::SEED
-        .param_specs()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(specs[0], "conv1.weight");
-    assert_eq!(specs.last(), Some(&"fc_loc.2.bias"));
-    assert_eq!(Arch::SEED.fc1_in(), 320);
-    assert_eq!(Arch::SEED.fc_loc_in(), 90);
-    assert_eq!(
-        Arch {
-            canvas: 42,
-            stn: true
-        }
-        .fc_loc_in(),
-        490
-    );
-    assert_eq!(
-        Arch {
-            canvas: 42,
-            stn: false
-        }
-        .fc1_in(),
-        980
-    );
+    let shape = |arch: Arch, name: &str| -> Vec<usize> {
+        let plan = stn_model::Network::from(arch).plan().clone();
+        plan.params.into_iter().find(|(n, _)| n == name).unwrap().1
+    };
+    let plan = stn_model::Network::from(Arch::SEED).plan().clone();
+    assert_eq!(plan.params[0].0, "conv1.weight");
+    assert_eq!(plan.params.last().unwrap().0, "fc_loc.2.bias");
+    assert_eq!(shape(Arch::SEED, "fc1.weight"), vec![50, 320]);
+    assert_eq!(shape(Arch::SEED, "fc_loc.0.weight"), vec![32, 90]);
+    let rts = |stn| Arch { canvas: 42, stn };
+    assert_eq!(shape(rts(true), "fc_loc.0.weight"), vec![32, 490]);
+    assert_eq!(shape(rts(false), "fc1.weight"), vec![50, 980]);
     let (f, _) = seed_net();
     let mut named: Vec<(String, Vec<usize>, Vec<f32>)> = f
         .params

@@ -4,6 +4,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use crate::max_pool2d::{pool_out_dims, pool_out_hw};
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::Dyn4;
 
@@ -18,10 +19,7 @@ pub struct AvgPool2d {
 
 impl AvgPool2d {
     fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h - self.kernel) / self.stride + 1,
-            (w - self.kernel) / self.stride + 1,
-        )
+        pool_out_hw(self.kernel, self.stride, h, w)
     }
 }
 
@@ -29,26 +27,7 @@ impl<E: Real> CustomOp<E> for AvgPool2d {
     const NAME: &'static str = "avg_pool2d";
 
     fn out_dims(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, OpError> {
-        let [x] = inputs else {
-            return Err(OpError::shape("avg_pool2d", "expects one input"));
-        };
-        if x.len() != 4 {
-            return Err(OpError::shape(
-                "avg_pool2d",
-                format!("input must be N×C×H×W, got {x:?}"),
-            ));
-        }
-        if self.kernel == 0 || self.stride == 0 || x[2] < self.kernel || x[3] < self.kernel {
-            return Err(OpError::shape(
-                "avg_pool2d",
-                format!(
-                    "kernel {} stride {} does not fit input {x:?}",
-                    self.kernel, self.stride
-                ),
-            ));
-        }
-        let (ho, wo) = self.out_hw(x[2], x[3]);
-        Ok(vec![x[0], x[1], ho, wo])
+        pool_out_dims("avg_pool2d", self.kernel, self.stride, inputs)
     }
 
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {

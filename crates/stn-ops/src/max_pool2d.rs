@@ -26,12 +26,41 @@ pub struct MaxPool2d {
     pub relu: bool,
 }
 
+/// A pool's output `(Ho, Wo)`: floor mode, no padding.
+pub(crate) fn pool_out_hw(kernel: usize, stride: usize, h: usize, w: usize) -> (usize, usize) {
+    ((h - kernel) / stride + 1, (w - kernel) / stride + 1)
+}
+
+/// A pool's output dimensions `[N, C, Ho, Wo]` for its one input `[N, C, H, W]`, or the error
+/// naming `op` when the input is not 4-D or the window does not fit.
+pub(crate) fn pool_out_dims(
+    op: &'static str,
+    kernel: usize,
+    stride: usize,
+    inputs: &[&[usize]],
+) -> Result<Vec<usize>, OpError> {
+    let [x] = inputs else {
+        return Err(OpError::shape(op, "expects one input"));
+    };
+    if x.len() != 4 {
+        return Err(OpError::shape(
+            op,
+            format!("input must be N×C×H×W, got {x:?}"),
+        ));
+    }
+    if kernel == 0 || stride == 0 || x[2] < kernel || x[3] < kernel {
+        return Err(OpError::shape(
+            op,
+            format!("kernel {kernel} stride {stride} does not fit input {x:?}"),
+        ));
+    }
+    let (ho, wo) = pool_out_hw(kernel, stride, x[2], x[3]);
+    Ok(vec![x[0], x[1], ho, wo])
+}
+
 impl MaxPool2d {
     fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h - self.kernel) / self.stride + 1,
-            (w - self.kernel) / self.stride + 1,
-        )
+        pool_out_hw(self.kernel, self.stride, h, w)
     }
 
     /// Index (in the input plane) of each output's maximum.
@@ -61,26 +90,7 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
     const NAME: &'static str = "max_pool2d";
 
     fn out_dims(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, OpError> {
-        let [x] = inputs else {
-            return Err(OpError::shape("max_pool2d", "expects one input"));
-        };
-        if x.len() != 4 {
-            return Err(OpError::shape(
-                "max_pool2d",
-                format!("input must be N×C×H×W, got {x:?}"),
-            ));
-        }
-        if self.kernel == 0 || self.stride == 0 || x[2] < self.kernel || x[3] < self.kernel {
-            return Err(OpError::shape(
-                "max_pool2d",
-                format!(
-                    "kernel {} stride {} does not fit input {x:?}",
-                    self.kernel, self.stride
-                ),
-            ));
-        }
-        let (ho, wo) = self.out_hw(x[2], x[3]);
-        Ok(vec![x[0], x[1], ho, wo])
+        pool_out_dims("max_pool2d", self.kernel, self.stride, inputs)
     }
 
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
