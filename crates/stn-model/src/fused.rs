@@ -237,6 +237,7 @@ impl<E: Real> FusedNet<E> {
                     align_corners,
                 },
                 sampler: GridSample {
+                    mode: stn_ops::Mode::Bilinear,
                     padding: padding.op(),
                     align_corners,
                 },

@@ -253,6 +253,7 @@ fn block_kernels(wanted: impl Fn(&str) -> bool) {
 /// with the grid's gradient only (as in the STN), on the grid of a random theta.
 fn sampler_kernels() {
     let op = stn_ops::GridSample {
+        mode: stn_ops::Mode::Bilinear,
         padding: Padding::Zeros,
         align_corners: false,
     };

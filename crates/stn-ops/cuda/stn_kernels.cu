@@ -55,6 +55,75 @@ KERNEL void affine_grid_bwd(const float* grad_grid, float* grad_theta, long n, l
     }
 }
 
+// The projective grid's clamp of w away from 0 (ProjectiveGrid::MIN_W in projective_grid.rs):
+// returns the w divided by, and sets *clamped.
+#ifdef __CUDACC__
+__device__
+#endif
+static inline float clamp_w(float w, int* clamped) {
+    const float MIN_W = 1e-3f;
+    *clamped = !(fabsf(w) >= MIN_W) && w == w;
+    if (!*clamped) return w;
+    return w < 0.0f ? -MIN_W : MIN_W;
+}
+
+// grid[b, i, j, :] = (u / w, v / w) of the homography h[b] (8 values, h[8] = 1); one item per point.
+KERNEL void projective_grid_fwd(const float* h, float* grid, long n, long hh, long w, int align_corners) {
+    for (long t = FIRST; t < n * hh * w; t += STEP) {
+        long b = t / (hh * w), i = (t / w) % hh, j = t % w;
+        float x = base_coord(j, w, align_corners), y = base_coord(i, hh, align_corners);
+        const float* m = h + 8 * b;
+        int clamped;
+        float d = clamp_w(x * m[6] + y * m[7] + 1.0f, &clamped);
+        grid[2 * t] = (x * m[0] + y * m[1] + m[2]) / d;
+        grid[2 * t + 1] = (x * m[3] + y * m[4] + m[5]) / d;
+    }
+}
+
+// grad_h[b] += the homography's gradient from grad_grid; one item per grid point (atomics).
+KERNEL void projective_grid_bwd(const float* h, const float* grad_grid, float* grad_h, long n, long hh, long w,
+                                int align_corners) {
+    for (long t = FIRST; t < n * hh * w; t += STEP) {
+        long b = t / (hh * w), i = (t / w) % hh, j = t % w;
+        float x = base_coord(j, w, align_corners), y = base_coord(i, hh, align_corners);
+        const float* m = h + 8 * b;
+        float u = x * m[0] + y * m[1] + m[2], v = x * m[3] + y * m[4] + m[5];
+        int clamped;
+        float d = clamp_w(x * m[6] + y * m[7] + 1.0f, &clamped);
+        float gx = grad_grid[2 * t], gy = grad_grid[2 * t + 1];
+        float gu = gx / d, gv = gy / d, gw = clamped ? 0.0f : -(gx * u + gy * v) / (d * d);
+        float* g = grad_h + 8 * b;
+        ATOMIC_ADD(g + 0, gu * x); ATOMIC_ADD(g + 1, gu * y); ATOMIC_ADD(g + 2, gu);
+        ATOMIC_ADD(g + 3, gv * x); ATOMIC_ADD(g + 4, gv * y); ATOMIC_ADD(g + 5, gv);
+        ATOMIC_ADD(g + 6, gw * x); ATOMIC_ADD(g + 7, gw * y);
+    }
+}
+
+// grid[b, q, :] = Σ_k matrix[q, k] · points[b, k, :] (the thin-plate spline); one item per (b, q).
+KERNEL void tps_grid_fwd(const float* points, const float* matrix, float* grid, long n, long k, long p) {
+    for (long t = FIRST; t < n * p; t += STEP) {
+        long b = t / p, q = t % p;
+        float gx = 0.0f, gy = 0.0f;
+        for (long kk = 0; kk < k; kk++) {
+            float m = matrix[q * k + kk];
+            gx += m * points[(b * k + kk) * 2];
+            gy += m * points[(b * k + kk) * 2 + 1];
+        }
+        grid[2 * t] = gx;
+        grid[2 * t + 1] = gy;
+    }
+}
+
+// grad_points[b, k, d] += Σ_q matrix[q, k] · grad_grid[b, q, d]; one item per (b, k, d).
+KERNEL void tps_grid_bwd(const float* matrix, const float* grad_grid, float* grad_points, long n, long k, long p) {
+    for (long t = FIRST; t < n * k * 2; t += STEP) {
+        long b = t / (2 * k), kk = (t / 2) % k, d = t % 2;
+        float acc = 0.0f;
+        for (long q = 0; q < p; q++) acc += matrix[q * k + kk] * grad_grid[(b * p + q) * 2 + d];
+        grad_points[t] += acc;
+    }
+}
+
 // Source coordinate and its derivative; padding 0 zeros, 1 border, 2 reflection.
 #ifdef __CUDACC__
 __device__
@@ -103,30 +172,168 @@ static inline struct Corners corners(float gx, float gy, long h, long w, int pad
     return c;
 }
 
-// out[b, ch, q] = Σ_k input[b, ch, idx_k] · wt_k; one item per (b, q), all channels.
+// PyTorch's clip, and reflection into [lo/2, hi/2], on a coordinate (no gradient).
+#ifdef __CUDACC__
+__device__
+#endif
+static inline float pad_coord(float x, long size, int padding, int align_corners) {
+    float sz = (float)size;
+    if (padding == 2) {
+        float lo = align_corners ? 0.0f : -1.0f, hi = align_corners ? 2.0f * (sz - 1.0f) : 2.0f * sz - 1.0f;
+        if (lo == hi) return 0.0f;
+        float mn = lo / 2.0f, span = (hi - lo) / 2.0f, v = fabsf(x - mn);
+        float extra = fmodf(v, span), flips = FLOORF(v / span);
+        x = fmodf(flips, 2.0f) == 0.0f ? extra + mn : span - extra + mn;
+    }
+    if (padding >= 1) {  // as `clip` in grid_sample.rs: NaN stays NaN (and reads nothing)
+        if (x <= 0.0f) x = 0.0f;
+        else if (x >= sz - 1.0f) x = sz - 1.0f;
+    }
+    return x;
+}
+
+// nearbyint: half to even (PyTorch's nearest mode).
+#ifdef __CUDACC__
+__device__
+#endif
+static inline float round_even(float x) {
+    float f = FLOORF(x), d = x - f;
+    if (d > 0.5f) return f + 1.0f;
+    if (d < 0.5f) return f;
+    return FLOORF(f / 2.0f) * 2.0f == f ? f : f + 1.0f;
+}
+
+// The flat index a nearest-mode point reads, -1 outside.
+#ifdef __CUDACC__
+__device__
+#endif
+static inline long nearest_index(float gx, float gy, long h, long w, int padding, int align_corners) {
+    float d;
+    float x = round_even(source(gx, w, padding, align_corners, &d));
+    float y = round_even(source(gy, h, padding, align_corners, &d));
+    int in = x >= 0.0f && x < (float)w && y >= 0.0f && y < (float)h;  // false for NaN
+    return in ? (long)y * w + (long)x : -1;
+}
+
+// Cubic convolution weights (A = -0.75) of taps -1..2 at fraction t, and their derivatives.
+#ifdef __CUDACC__
+__device__
+#endif
+static inline void cubic_weights(float t, float* c, float* d) {
+    const float A = -0.75f;
+    float s = 1.0f - t, u = t + 1.0f, v = s + 1.0f;
+    c[0] = ((A * u - 5.0f * A) * u + 8.0f * A) * u - 4.0f * A;
+    c[1] = ((A + 2.0f) * t - (A + 3.0f)) * t * t + 1.0f;
+    c[2] = ((A + 2.0f) * s - (A + 3.0f)) * s * s + 1.0f;
+    c[3] = ((A * v - 5.0f * A) * v + 8.0f * A) * v - 4.0f * A;
+    d[0] = (3.0f * A * u - 10.0f * A) * u + 8.0f * A;
+    d[1] = (3.0f * (A + 2.0f) * t - 2.0f * (A + 3.0f)) * t;
+    d[2] = -(3.0f * (A + 2.0f) * s - 2.0f * (A + 3.0f)) * s;
+    d[3] = -((3.0f * A * v - 10.0f * A) * v + 8.0f * A);
+}
+
+// A bicubic point: the 16 taps' flat indices (-1 outside; padding applied to each tap), the
+// weights by axis and their derivatives, and the unnormalisation's scales.
+struct Cubic { long idx[16]; float wx[4], wy[4], dwx[4], dwy[4], sx, sy; };
+
+#ifdef __CUDACC__
+__device__
+#endif
+static inline struct Cubic cubic(float gx, float gy, long h, long w, int padding, int align_corners) {
+    struct Cubic c;
+    float fw = (float)w, fh = (float)h;
+    c.sx = align_corners ? (fw - 1.0f) / 2.0f : fw / 2.0f;
+    c.sy = align_corners ? (fh - 1.0f) / 2.0f : fh / 2.0f;
+    float x = gx * c.sx + (fw - 1.0f) / 2.0f, y = gy * c.sy + (fh - 1.0f) / 2.0f;
+    float x0 = FLOORF(x), y0 = FLOORF(y);
+    cubic_weights(x - x0, c.wx, c.dwx);
+    cubic_weights(y - y0, c.wy, c.dwy);
+    for (int i = 0; i < 4; i++) {
+        float yy = pad_coord(y0 + (float)(i - 1), h, padding, align_corners);
+        for (int j = 0; j < 4; j++) {
+            float xx = pad_coord(x0 + (float)(j - 1), w, padding, align_corners);
+            int in = xx >= 0.0f && xx < fw && yy >= 0.0f && yy < fh;  // false for NaN
+            c.idx[4 * i + j] = in ? (long)yy * w + (long)xx : -1;
+        }
+    }
+    return c;
+}
+
+// out[b, ch, q]; one item per (b, q), all channels. `mode`: 0 bilinear, 1 nearest, 2 bicubic.
 KERNEL void grid_sample_fwd(const float* input, const float* grid, float* out, long n, long c, long h, long w, long p,
-                            int padding, int align_corners) {
+                            int padding, int align_corners, int mode) {
     for (long t = FIRST; t < n * p; t += STEP) {
         long b = t / p, q = t % p;
-        struct Corners s = corners(grid[2 * t], grid[2 * t + 1], h, w, padding, align_corners);
-        for (long ch = 0; ch < c; ch++) {
-            const float* plane = input + (b * c + ch) * h * w;
-            float v = 0.0f;
-            for (int k = 0; k < 4; k++) if (s.idx[k] >= 0) v += plane[s.idx[k]] * s.wt[k];
-            out[(b * c + ch) * p + q] = v;
+        float gx = grid[2 * t], gy = grid[2 * t + 1];
+        if (mode == 1) {
+            long i = nearest_index(gx, gy, h, w, padding, align_corners);
+            for (long ch = 0; ch < c; ch++)
+                out[(b * c + ch) * p + q] = i >= 0 ? input[(b * c + ch) * h * w + i] : 0.0f;
+        } else if (mode == 2) {
+            struct Cubic s = cubic(gx, gy, h, w, padding, align_corners);
+            for (long ch = 0; ch < c; ch++) {
+                const float* plane = input + (b * c + ch) * h * w;
+                float v = 0.0f;
+                for (int i = 0; i < 4; i++) {
+                    float row = 0.0f;
+                    for (int j = 0; j < 4; j++) if (s.idx[4 * i + j] >= 0) row += plane[s.idx[4 * i + j]] * s.wx[j];
+                    v += row * s.wy[i];
+                }
+                out[(b * c + ch) * p + q] = v;
+            }
+        } else {
+            struct Corners s = corners(gx, gy, h, w, padding, align_corners);
+            for (long ch = 0; ch < c; ch++) {
+                const float* plane = input + (b * c + ch) * h * w;
+                float v = 0.0f;
+                for (int k = 0; k < 4; k++) if (s.idx[k] >= 0) v += plane[s.idx[k]] * s.wt[k];
+                out[(b * c + ch) * p + q] = v;
+            }
         }
     }
 }
 
 // grad_input (atomically: samples share pixels) and grad_grid. `flags`: padding (bits 0-1),
-// align_corners (bit 2), want grad_input (bit 3), want grad_grid (bit 4) -- packed because a
-// launch takes at most 12 parameters.
+// align_corners (bit 2), want grad_input (bit 3), want grad_grid (bit 4), mode (bits 5-6) --
+// packed because a launch takes at most 12 parameters.
 KERNEL void grid_sample_bwd(const float* input, const float* grid, const float* grad_out, float* grad_input,
                             float* grad_grid, long n, long c, long h, long w, long p, int flags) {
     int padding = flags & 3, align_corners = (flags >> 2) & 1, want_input = (flags >> 3) & 1, want_grid = (flags >> 4) & 1;
+    int mode = (flags >> 5) & 3;
     for (long t = FIRST; t < n * p; t += STEP) {
         long b = t / p, q = t % p;
-        struct Corners s = corners(grid[2 * t], grid[2 * t + 1], h, w, padding, align_corners);
+        float gx = grid[2 * t], gy = grid[2 * t + 1];
+        if (mode == 1) {
+            // The grid's gradient is zero.
+            long i = nearest_index(gx, gy, h, w, padding, align_corners);
+            if (want_input && i >= 0)
+                for (long ch = 0; ch < c; ch++)
+                    ATOMIC_ADD(grad_input + (b * c + ch) * h * w + i, grad_out[(b * c + ch) * p + q]);
+            continue;
+        }
+        if (mode == 2) {
+            struct Cubic s = cubic(gx, gy, h, w, padding, align_corners);
+            float dgx = 0.0f, dgy = 0.0f;
+            for (long ch = 0; ch < c; ch++) {
+                float go = grad_out[(b * c + ch) * p + q];
+                const float* plane = input + (b * c + ch) * h * w;
+                float* g = grad_input + (b * c + ch) * h * w;
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++) {
+                        long k = s.idx[4 * i + j];
+                        if (k < 0) continue;
+                        if (want_input) ATOMIC_ADD(g + k, go * s.wx[j] * s.wy[i]);
+                        if (want_grid) {
+                            float v = plane[k] * go;
+                            dgx += v * s.dwx[j] * s.wy[i];
+                            dgy += v * s.dwy[i] * s.wx[j];
+                        }
+                    }
+            }
+            if (want_grid) { grad_grid[2 * t] += dgx * s.sx; grad_grid[2 * t + 1] += dgy * s.sy; }
+            continue;
+        }
+        struct Corners s = corners(gx, gy, h, w, padding, align_corners);
         float dgx = 0.0f, dgy = 0.0f;
         for (long ch = 0; ch < c; ch++) {
             float go = grad_out[(b * c + ch) * p + q];

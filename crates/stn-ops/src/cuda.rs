@@ -22,9 +22,13 @@ use crate::op::{CustomOp, OpDevice, OpError};
 /// The kernels' source, one file for the GPU and the host tests.
 const SOURCE: &str = include_str!("../cuda/stn_kernels.cu");
 const MODULE: &str = "stn_kernels";
-const KERNELS: [&str; 9] = [
+const KERNELS: [&str; 13] = [
     "affine_grid_fwd",
     "affine_grid_bwd",
+    "projective_grid_fwd",
+    "projective_grid_bwd",
+    "tps_grid_fwd",
+    "tps_grid_bwd",
     "grid_sample_fwd",
     "grid_sample_bwd",
     "conv2d_fwd",

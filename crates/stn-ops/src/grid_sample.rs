@@ -5,6 +5,9 @@
 //! the gradient through a clip is zero where the clip is active.
 
 pub(crate) mod kernels;
+mod modes;
+
+pub use modes::Mode;
 
 use std::str::FromStr;
 
@@ -47,9 +50,11 @@ impl FromStr for Padding {
     }
 }
 
-/// `torch.nn.functional.grid_sample(input, grid, mode="bilinear", padding_mode, align_corners)`.
+/// `torch.nn.functional.grid_sample(input, grid, mode, padding_mode, align_corners)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GridSample {
+    /// How samples are interpolated.
+    pub mode: Mode,
     /// What is sampled outside the image.
     pub padding: Padding,
     /// PyTorch's `align_corners`.
@@ -305,6 +310,13 @@ impl<E: Real> CustomOp<E> for GridSample {
             Axis::new(w, self.align_corners),
             Axis::new(h, self.align_corners),
         );
+        if self.mode != Mode::Bilinear {
+            return out
+                .par_chunks_mut(c * p)
+                .zip(x.par_chunks(c * h * w))
+                .zip(grid.par_chunks(p * 2))
+                .for_each(|((o, x), g)| self.modes_fwd_image(x, g, &ax, &ay, o));
+        }
         if self.padding == Padding::Zeros {
             return out
                 .par_chunks_mut(c * p)
@@ -352,6 +364,27 @@ impl<E: Real> CustomOp<E> for GridSample {
         let [gi, gg] = grads else {
             unreachable!("two inputs")
         };
+        if self.mode != Mode::Bilinear {
+            let (gi, gg) = (
+                per_image(gi.as_deref_mut(), n, c * h * w),
+                per_image(gg.as_deref_mut(), n, p * 2),
+            );
+            return gi
+                .into_par_iter()
+                .zip(gg)
+                .enumerate()
+                .for_each(|(b, (gi, gg))| {
+                    self.modes_bwd_image(
+                        &x[b * c * h * w..(b + 1) * c * h * w],
+                        &grid[b * p * 2..(b + 1) * p * 2],
+                        &grad_out[b * c * p..(b + 1) * c * p],
+                        &ax,
+                        &ay,
+                        gi,
+                        gg,
+                    )
+                });
+        }
         if self.padding == Padding::Zeros && gi.is_none() {
             // The STN's case: only the grid's gradient (the images are data).
             let Some(gg) = gg.as_deref_mut() else {
@@ -456,6 +489,7 @@ impl<E: Real> CustomOp<E> for GridSample {
                     p,
                     pad,
                     self.align_corners as i32,
+                    self.mode.code(),
                 ),
             )
         }
@@ -477,7 +511,8 @@ impl<E: Real> CustomOp<E> for GridSample {
         let flags = self.padding as i32
             | (self.align_corners as i32) << 2
             | (gi.is_some() as i32) << 3
-            | (gg.is_some() as i32) << 4;
+            | (gg.is_some() as i32) << 4
+            | self.mode.code() << 5;
         let (mut d1, mut d2) = (k.dummy()?, k.dummy()?);
         let gi = gi.as_deref_mut().unwrap_or(&mut d1);
         let gg = gg.as_deref_mut().unwrap_or(&mut d2);
@@ -505,9 +540,8 @@ impl<E: Real> CustomOp<E> for GridSample {
     }
 }
 
-/// `grid_sample(input, grid, padding, align_corners)` (bilinear). The output carries the grid's
-/// tape, merged with the input's: the input's gradient is computed only when it has a tape of its
-/// own (the images fed to an STN usually have none).
+/// `grid_sample(input, grid, "bilinear", padding, align_corners)`: [`grid_sample_with`] in the
+/// STN's usual mode.
 pub fn grid_sample<S1, S2, E, D, T1, T2>(
     input: Tensor<S1, E, D, T1>,
     grid: Tensor<S2, E, D, T2>,
@@ -522,18 +556,37 @@ where
     T1: Tape<E, D>,
     T2: Tape<E, D> + Merge<T1>,
 {
-    let dev = grid.device().clone();
-    let (input, t1) = Input::new("grid_sample", input)?;
-    let (grid, t2) = Input::new("grid_sample", grid)?;
-    apply(
+    grid_sample_with(
+        input,
+        grid,
         GridSample {
+            mode: Mode::Bilinear,
             padding,
             align_corners,
         },
-        &dev,
-        vec![input, grid],
-        t2.merge(t1),
     )
+}
+
+/// `grid_sample(input, grid, mode, padding, align_corners)` as `op` says. The output carries the
+/// grid's tape, merged with the input's: the input's gradient is computed only when it has a tape
+/// of its own (the images fed to an STN usually have none).
+pub fn grid_sample_with<S1, S2, E, D, T1, T2>(
+    input: Tensor<S1, E, D, T1>,
+    grid: Tensor<S2, E, D, T2>,
+    op: GridSample,
+) -> Result<Tensor<Dyn4, E, D, T2>, OpError>
+where
+    S1: Shape,
+    S2: Shape,
+    E: Real,
+    D: OpDevice<E>,
+    T1: Tape<E, D>,
+    T2: Tape<E, D> + Merge<T1>,
+{
+    let dev = grid.device().clone();
+    let (input, t1) = Input::new("grid_sample", input)?;
+    let (grid, t2) = Input::new("grid_sample", grid)?;
+    apply(op, &dev, vec![input, grid], t2.merge(t1))
 }
 
 /// Scratch length of [`pair_rows`] for `c` planes of `h × w`.
@@ -837,6 +890,7 @@ mod tests {
             .collect();
         for align in [false, true] {
             let op = GridSample {
+                mode: Mode::Bilinear,
                 padding: Padding::Zeros,
                 align_corners: align,
             };

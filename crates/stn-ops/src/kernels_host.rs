@@ -33,6 +33,7 @@ extern "C" {
         p: c_long,
         padding: c_int,
         align_corners: c_int,
+        mode: c_int,
     );
     pub fn grid_sample_bwd(
         input: *const f32,
@@ -46,6 +47,39 @@ extern "C" {
         w: c_long,
         p: c_long,
         flags: c_int,
+    );
+    pub fn projective_grid_fwd(
+        h: *const f32,
+        grid: *mut f32,
+        n: c_long,
+        hh: c_long,
+        w: c_long,
+        align_corners: c_int,
+    );
+    pub fn projective_grid_bwd(
+        h: *const f32,
+        grad_grid: *const f32,
+        grad_h: *mut f32,
+        n: c_long,
+        hh: c_long,
+        w: c_long,
+        align_corners: c_int,
+    );
+    pub fn tps_grid_fwd(
+        points: *const f32,
+        matrix: *const f32,
+        grid: *mut f32,
+        n: c_long,
+        k: c_long,
+        p: c_long,
+    );
+    pub fn tps_grid_bwd(
+        matrix: *const f32,
+        grad_grid: *const f32,
+        grad_points: *mut f32,
+        n: c_long,
+        k: c_long,
+        p: c_long,
     );
     pub fn conv2d_fwd(
         x: *const f32,

@@ -8,6 +8,10 @@
 //! * [`strided_conv2d`] — any stride and zero padding (direct loops, CPU); [`avg_pool2d`];
 //! * [`max_pool2d`] — kernel 2, stride 2 (floor), the first maximum of a window wins on ties;
 //!   [`max_pool2d_relu`] is it followed by dfdx's ReLU, as one op on the CPU;
+//! * [`projective_grid`] — the grid of a homography (8 parameters, `|w|` clamped away from 0);
+//! * [`tps_grid`] — the grid of a thin-plate spline through g×g control points (a constant
+//!   matrix times the predicted points, the matrix solved once in f64);
+//! * [`grid_sample_with`] — every mode: bilinear, nearest and bicubic (A = −0.75);
 //! * [`affine_sample`] — `affine_grid` then zero-padding `grid_sample` as one op on the CPU (the
 //!   STN's transformer without a grid tensor), bit-identical to the two;
 //! * [`conv_pool_relu`] — `relu(max_pool2d(conv2d(x, w, b), 2, 2))` as one op on the CPU (no conv
@@ -65,9 +69,11 @@ pub mod kernels_host;
 mod linalg;
 mod max_pool2d;
 pub mod op;
+mod projective_grid;
 mod simd;
 mod strided_conv2d;
 mod tape;
+mod tps_grid;
 
 pub use affine_grid::{affine_grid, AffineGrid};
 pub use affine_sample::{affine_sample, AffineSampler};
@@ -76,10 +82,12 @@ pub use awake::with_awake_workers;
 pub use conv2d::{conv2d, Conv2d};
 pub use conv_pool_relu::{conv_pool_relu, conv_pool_relu_scaled, ConvPoolReluOp};
 pub use fused::{ConvPoolRelu, PackedWeights};
-pub use grid_sample::{grid_sample, GridSample, Padding};
+pub use grid_sample::{grid_sample, grid_sample_with, GridSample, Mode, Padding};
 pub use max_pool2d::{max_pool2d, max_pool2d_relu, MaxPool2d};
 pub use op::{forward_cpu, CustomOp, OpDevice, OpError, Real, Simd};
+pub use projective_grid::{projective_grid, ProjectiveGrid};
 pub use strided_conv2d::{strided_conv2d, StridedConv2d};
+pub use tps_grid::{tps_grid, TpsGrid};
 
 /// The dynamic 4-d shape the ops produce (`[N, C, H, W]`, or `[N, H, W, 2]` for grids).
 pub type Dyn4 = (usize, usize, usize, usize);

@@ -9,7 +9,7 @@ use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use stn_ops::kernels_host as k;
-use stn_ops::{affine_grid, conv2d, grid_sample, max_pool2d, Padding};
+use stn_ops::{affine_grid, conv2d, grid_sample_with, max_pool2d, GridSample, Mode, Padding};
 
 use common::assert_close_scaled as close;
 
@@ -22,6 +22,7 @@ fn padding_code(p: Padding) -> i32 {
 }
 
 /// affine_grid → grid_sample forward and backward, kernel vs CPU op.
+#[allow(clippy::too_many_arguments)]
 fn check_stn(
     x: &[f32],
     theta: &[f32],
@@ -30,6 +31,7 @@ fn check_stn(
     (ho, wo): (usize, usize),
     pad: Padding,
     ac: bool,
+    mode: Mode,
 ) {
     let dev = Cpu::default();
     let xt = dev.tensor_from_vec(x.to_vec(), (n, c, h, w));
@@ -37,7 +39,12 @@ fn check_stn(
     let got = dev.tensor_from_vec(go.to_vec(), (n, c, ho, wo));
     let grid = affine_grid(tt.leaky_trace(), [n, c, ho, wo], ac).unwrap();
     let grid_v = grid.as_vec();
-    let out = grid_sample(xt.leaky_trace(), grid, pad, ac).unwrap();
+    let op = GridSample {
+        mode,
+        padding: pad,
+        align_corners: ac,
+    };
+    let out = grid_sample_with(xt.leaky_trace(), grid, op).unwrap();
     let out_v = out.as_vec();
     let grads = (out * got).sum::<Rank0, _>().backward();
     let (gx_cpu, gt_cpu) = (grads.get(&xt).as_vec(), grads.get(&tt).as_vec());
@@ -64,6 +71,7 @@ fn check_stn(
             p as _,
             pc,
             a,
+            mode.code(),
         );
         k::grid_sample_bwd(
             x.as_ptr(),
@@ -76,11 +84,11 @@ fn check_stn(
             h as _,
             w as _,
             p as _,
-            pc | (a << 2) | (1 << 3) | (1 << 4),
+            pc | (a << 2) | (1 << 3) | (1 << 4) | (mode.code() << 5),
         );
         k::affine_grid_bwd(gg.as_ptr(), gt.as_mut_ptr(), n as _, ho as _, wo as _, a);
     }
-    let tag = format!("{pad:?} ac={ac} {:?}", (n, c, h, w));
+    let tag = format!("{mode:?} {pad:?} ac={ac} {:?}", (n, c, h, w));
     close(&format!("grid {tag}"), &g, &grid_v);
     close(&format!("output {tag}"), &o, &out_v);
     close(&format!("grad_input {tag}"), &gi, &gx_cpu);
@@ -110,6 +118,7 @@ fn stn_kernels_match_the_cpu_ops_on_the_fixture_cases() {
             (c.out_size[2], c.out_size[3]),
             c.padding_mode.parse().unwrap(),
             c.align_corners,
+            Mode::Bilinear,
         );
     }
 }
@@ -117,7 +126,7 @@ fn stn_kernels_match_the_cpu_ops_on_the_fixture_cases() {
 #[test]
 fn stn_kernels_match_the_cpu_ops_on_random_shapes() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    for trial in 0..12 {
+    for trial in 0..36 {
         let (n, c, h, w) = (
             rng.gen_range(1..4),
             rng.gen_range(1..4),
@@ -133,7 +142,10 @@ fn stn_kernels_match_the_cpu_ops_on_random_shapes() {
             .map(|_| rng.gen_range(-1.0..1.0))
             .collect();
         let pad = [Padding::Zeros, Padding::Border, Padding::Reflection][trial % 3];
-        check_stn(&x, &theta, &go, (n, c, h, w), (ho, wo), pad, trial % 2 == 0);
+        // Every mode with every padding and both align_corners over the 36 trials.
+        let mode = [Mode::Bilinear, Mode::Nearest, Mode::Bicubic][(trial / 3) % 3];
+        let ac = (trial / 9) % 2 == 0;
+        check_stn(&x, &theta, &go, (n, c, h, w), (ho, wo), pad, ac, mode);
     }
 }
 

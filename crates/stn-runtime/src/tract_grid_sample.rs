@@ -3,8 +3,8 @@
 //! Why: tract's own GridSample is a generic n-d sampler that builds index vectors per output
 //! element through ndarray's dynamic indexing; on the seed network it was ~40% of tract's time
 //! (perf: `sample_nd`, `pixel_at_nd`, `index_checked` and their allocations). Ours samples a 2-d
-//! plane with 8-wide SIMD and no allocation per element. The 2-d bilinear f32 case (what our
-//! exporter and PyTorch's writes) takes this route; anything else falls back to tract's op.
+//! plane with 8-wide SIMD and no allocation per element. The 2-d f32 case of every mode (what our
+//! exporter and PyTorch's write) takes this route; anything else falls back to tract's op.
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -95,8 +95,7 @@ impl Expansion for GridSampleExpansion {
         let x = model.outlet_fact(inputs[0])?;
         let ours = x.rank() == 4
             && x.datum_type == f32::datum_type()
-            && model.outlet_fact(inputs[1])?.datum_type == f32::datum_type()
-            && self.0.mode == InterpolationMode::Bilinear;
+            && model.outlet_fact(inputs[1])?.datum_type == f32::datum_type();
         if !ours {
             return model.wire_node(name, self.0.clone(), inputs);
         }
@@ -108,6 +107,11 @@ impl Expansion for GridSampleExpansion {
         model.wire_node(
             name,
             StnGridSample(stn_ops::GridSample {
+                mode: match self.0.mode {
+                    InterpolationMode::Bilinear => stn_ops::Mode::Bilinear,
+                    InterpolationMode::Nearest => stn_ops::Mode::Nearest,
+                    InterpolationMode::Bicubic => stn_ops::Mode::Bicubic,
+                },
                 padding,
                 align_corners: self.0.align_corners,
             }),

@@ -1,0 +1,310 @@
+//! The sampler's `nearest` and `bicubic` modes, with PyTorch's CPU semantics
+//! (`GridSamplerKernel.cpp`), one image at a time:
+//!
+//! * `nearest`: the source coordinate (padding applied, as bilinear) rounded half to even
+//!   (`nearbyint`); outside the image reads zero. The input's gradient goes to that pixel; the
+//!   grid's gradient is zero (the output is piecewise constant in the grid).
+//! * `bicubic`: cubic convolution with A = −0.75 over the 4×4 pixels around the unnormalised
+//!   coordinate; padding applies to each of the 16 taps (border clips the tap, reflection reflects
+//!   then clips it, zeros reads zero outside), so the grid's gradient is the unnormalisation's
+//!   scale times the derivative of the cubic weights — PyTorch's, which does not differentiate
+//!   the taps' padding either.
+//!
+//! The per-point work (coordinates, weights, tap indices) is done once and reused by every
+//! channel. Scalar code, generic over the element type; the bilinear mode keeps its SIMD kernels.
+
+use super::{clip, reflect, Axis, GridSample, Padding};
+use crate::op::Real;
+
+/// PyTorch's cubic convolution constant.
+const A: f64 = -0.75;
+
+/// `nearbyint`: round half to even, as PyTorch's nearest mode.
+#[inline]
+pub(crate) fn round_half_even<E: Real>(x: E) -> E {
+    let f = x.floor();
+    let d = x - f;
+    let half = E::of(0.5);
+    if d > half {
+        f + E::one()
+    } else if d < half {
+        f
+    } else {
+        // A tie: the even neighbour.
+        let two = E::of(2.0);
+        if (f / two).floor() * two == f {
+            f
+        } else {
+            f + E::one()
+        }
+    }
+}
+
+/// The weights of taps −1, 0, 1, 2 at fraction `t` (PyTorch's `get_cubic_upsample_coefficients`).
+#[inline]
+pub(crate) fn cubic_weights<E: Real>(t: E) -> [E; 4] {
+    let (a, one) = (E::of(A), E::one());
+    let c1 = |x: E| ((a + E::of(2.0)) * x - (a + E::of(3.0))) * x * x + one;
+    let c2 = |x: E| ((a * x - E::of(5.0) * a) * x + E::of(8.0) * a) * x - E::of(4.0) * a;
+    let s = one - t;
+    [c2(t + one), c1(t), c1(s), c2(s + one)]
+}
+
+/// d(weights)/dt of [`cubic_weights`].
+#[inline]
+pub(crate) fn cubic_weight_derivatives<E: Real>(t: E) -> [E; 4] {
+    let a = E::of(A);
+    let (two, three, five, eight) = (E::of(2.0), E::of(3.0), E::of(5.0), E::of(8.0));
+    // c1'(x) = 3(A+2)x² − 2(A+3)x; c2'(x) = 3A x² − 10A x + 8A.
+    let d1 = |x: E| (three * (a + two) * x - two * (a + three)) * x;
+    let d2 = |x: E| (three * a * x - two * five * a) * x + eight * a;
+    let s = E::one() - t;
+    // Taps 2 and 3 are functions of 1 − t: their derivatives change sign.
+    [d2(t + E::one()), d1(t), -d1(s), -d2(s + E::one())]
+}
+
+/// A tap's integer coordinate after padding (PyTorch's `compute_coordinates`), and whether it
+/// reads a pixel: border clips, reflection reflects then clips, zeros reads nothing outside.
+#[inline]
+fn tap<E: Real>(v: E, ax: &Axis<E>, padding: Padding, align_corners: bool) -> Option<usize> {
+    let v = match padding {
+        Padding::Zeros => v,
+        Padding::Border => clip(v, ax.size_e).0,
+        Padding::Reflection => {
+            let two = E::of(2.0);
+            let r = if align_corners {
+                reflect(v, E::zero(), two * (ax.size_e - E::one())).0
+            } else {
+                reflect(v, -E::one(), two * ax.size_e - E::one()).0
+            };
+            clip(r, ax.size_e).0
+        }
+    };
+    // Finite and inside: a NaN or an infinity reads nothing.
+    if v >= E::zero() && v < ax.size_e {
+        Some(E::to_i32_sat(v) as usize)
+    } else {
+        None
+    }
+}
+
+/// A bicubic point: the 4 × 4 taps' flat indices (None outside), their weights by axis, the
+/// weights' derivatives, and the unnormalisation's scales.
+struct Cubic<E> {
+    idx: [[Option<usize>; 4]; 4],
+    wx: [E; 4],
+    wy: [E; 4],
+    dwx: [E; 4],
+    dwy: [E; 4],
+}
+
+impl GridSample {
+    /// The flat index a nearest-mode point reads, if inside the image.
+    #[inline]
+    fn nearest_index<E: Real>(&self, gx: E, gy: E, ax: &Axis<E>, ay: &Axis<E>) -> Option<usize> {
+        let x = round_half_even(self.source(gx, ax).0);
+        let y = round_half_even(self.source(gy, ay).0);
+        let inside = |v: E, a: &Axis<E>| v >= E::zero() && v < a.size_e;
+        (inside(x, ax) && inside(y, ay))
+            .then(|| E::to_i32_sat(y) as usize * ax.size + E::to_i32_sat(x) as usize)
+    }
+
+    #[inline]
+    fn cubic<E: Real>(&self, gx: E, gy: E, ax: &Axis<E>, ay: &Axis<E>) -> Cubic<E> {
+        let (x, y) = (gx * ax.scale + ax.offset, gy * ay.scale + ay.offset);
+        let (x0, y0) = (x.floor(), y.floor());
+        let (tx, ty) = (x - x0, y - y0);
+        let mut idx = [[None; 4]; 4];
+        for (i, row) in idx.iter_mut().enumerate() {
+            let yy = tap(
+                y0 + E::of(i as f64 - 1.0),
+                ay,
+                self.padding,
+                self.align_corners,
+            );
+            for (j, slot) in row.iter_mut().enumerate() {
+                let xx = tap(
+                    x0 + E::of(j as f64 - 1.0),
+                    ax,
+                    self.padding,
+                    self.align_corners,
+                );
+                *slot = match (yy, xx) {
+                    (Some(yy), Some(xx)) => Some(yy * ax.size + xx),
+                    _ => None,
+                };
+            }
+        }
+        Cubic {
+            idx,
+            wx: cubic_weights(tx),
+            wy: cubic_weights(ty),
+            dwx: cubic_weight_derivatives(tx),
+            dwy: cubic_weight_derivatives(ty),
+        }
+    }
+
+    /// Nearest or bicubic forward of one image `x [C, H·W]` at the points of `g` into
+    /// `out [C, P]`.
+    pub(crate) fn modes_fwd_image<E: Real>(
+        &self,
+        x: &[E],
+        g: &[E],
+        ax: &Axis<E>,
+        ay: &Axis<E>,
+        out: &mut [E],
+    ) {
+        let p = g.len() / 2;
+        let hw = ax.size * ay.size;
+        let c = x.len() / hw;
+        match self.mode {
+            Mode::Bilinear => unreachable!("bilinear has its own kernels"),
+            Mode::Nearest => {
+                for q in 0..p {
+                    let i = self.nearest_index(g[2 * q], g[2 * q + 1], ax, ay);
+                    for ch in 0..c {
+                        out[ch * p + q] = i.map_or(E::zero(), |i| x[ch * hw + i]);
+                    }
+                }
+            }
+            Mode::Bicubic => {
+                for q in 0..p {
+                    let s = self.cubic(g[2 * q], g[2 * q + 1], ax, ay);
+                    for ch in 0..c {
+                        let plane = &x[ch * hw..(ch + 1) * hw];
+                        let mut v = E::zero();
+                        for i in 0..4 {
+                            let mut row = E::zero();
+                            for j in 0..4 {
+                                if let Some(k) = s.idx[i][j] {
+                                    row = row + plane[k] * s.wx[j];
+                                }
+                            }
+                            v = v + row * s.wy[i];
+                        }
+                        out[ch * p + q] = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Nearest or bicubic backward of one image: `gi [C, H·W] +=` the input's gradient and
+    /// `gg [P, 2] +=` the grid's, each where asked for.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn modes_bwd_image<E: Real>(
+        &self,
+        x: &[E],
+        g: &[E],
+        go: &[E],
+        ax: &Axis<E>,
+        ay: &Axis<E>,
+        mut gi: Option<&mut [E]>,
+        mut gg: Option<&mut [E]>,
+    ) {
+        let p = g.len() / 2;
+        let hw = ax.size * ay.size;
+        let c = x.len() / hw;
+        match self.mode {
+            Mode::Bilinear => unreachable!("bilinear has its own kernels"),
+            Mode::Nearest => {
+                // The grid's gradient is zero: nothing to add.
+                if let Some(gi) = gi.as_deref_mut() {
+                    for q in 0..p {
+                        if let Some(i) = self.nearest_index(g[2 * q], g[2 * q + 1], ax, ay) {
+                            for ch in 0..c {
+                                gi[ch * hw + i] += go[ch * p + q];
+                            }
+                        }
+                    }
+                }
+            }
+            Mode::Bicubic => {
+                for q in 0..p {
+                    let s = self.cubic(g[2 * q], g[2 * q + 1], ax, ay);
+                    let (mut dx, mut dy) = (E::zero(), E::zero());
+                    for ch in 0..c {
+                        let o = go[ch * p + q];
+                        if let Some(gi) = gi.as_deref_mut() {
+                            let plane = &mut gi[ch * hw..(ch + 1) * hw];
+                            for i in 0..4 {
+                                for j in 0..4 {
+                                    if let Some(k) = s.idx[i][j] {
+                                        plane[k] += o * s.wx[j] * s.wy[i];
+                                    }
+                                }
+                            }
+                        }
+                        if gg.is_some() {
+                            let plane = &x[ch * hw..(ch + 1) * hw];
+                            for i in 0..4 {
+                                for j in 0..4 {
+                                    if let Some(k) = s.idx[i][j] {
+                                        let v = plane[k] * o;
+                                        dx = dx + v * s.dwx[j] * s.wy[i];
+                                        dy = dy + v * s.dwy[i] * s.wx[j];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if let Some(gg) = gg.as_deref_mut() {
+                        gg[2 * q] += dx * ax.scale;
+                        gg[2 * q + 1] += dy * ay.scale;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How the sampler interpolates, as PyTorch's `grid_sample` `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The four nearest pixels, weighted by distance (the default).
+    #[default]
+    Bilinear = 0,
+    /// The nearest pixel (ties to even); no gradient for the grid.
+    Nearest = 1,
+    /// Cubic convolution over 4 × 4 pixels (A = −0.75).
+    Bicubic = 2,
+}
+
+impl Mode {
+    /// The CUDA kernels' code of the mode (0 bilinear, 1 nearest, 2 bicubic).
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The name PyTorch and ONNX opsets 16–19 use (`bilinear`, `nearest`, `bicubic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Bilinear => "bilinear",
+            Mode::Nearest => "nearest",
+            Mode::Bicubic => "bicubic",
+        }
+    }
+
+    /// ONNX opset 20's spelling (`linear`, `nearest`, `cubic`).
+    pub fn onnx20_name(self) -> &'static str {
+        match self {
+            Mode::Bilinear => "linear",
+            Mode::Nearest => "nearest",
+            Mode::Bicubic => "cubic",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bilinear" | "linear" => Ok(Mode::Bilinear),
+            "nearest" => Ok(Mode::Nearest),
+            "bicubic" | "cubic" => Ok(Mode::Bicubic),
+            o => Err(format!(
+                "unknown sampling mode '{o}': expected bilinear, nearest or bicubic"
+            )),
+        }
+    }
+}
