@@ -41,22 +41,22 @@ def tensor(d):
     return torch.tensor(d["data"], dtype=D).reshape(d["shape"])
 
 
-def base_grid(h, w, align):
+def base_grid(h, w, align, dtype=D):
     """affine_grid's base points (x, y) of an h x w grid, [h*w, 2]."""
-    eye = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]], dtype=D)
+    eye = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]], dtype=dtype)
     return F.affine_grid(eye, [1, 1, h, w], align_corners=align).reshape(h * w, 2)
 
 
 def projective_grid(hm, h, w, align):
-    """hm [N, 8] -> grid [N, h, w, 2]."""
-    n = hm.shape[0]
-    full = torch.cat([hm, torch.ones(n, 1, dtype=D)], dim=1).reshape(n, 3, 3)
-    b = base_grid(h, w, align)
-    pts = torch.cat([b, torch.ones(h * w, 1, dtype=D)], dim=1)  # [P, 3]
+    """hm [N, 8] -> grid [N, h, w, 2] (in hm's dtype)."""
+    n, dt = hm.shape[0], hm.dtype
+    full = torch.cat([hm, torch.ones(n, 1, dtype=dt)], dim=1).reshape(n, 3, 3)
+    b = base_grid(h, w, align, dt)
+    pts = torch.cat([b, torch.ones(h * w, 1, dtype=dt)], dim=1)  # [P, 3]
     uvw = torch.einsum("nij,pj->npi", full, pts)  # [N, P, 3]
     wv = uvw[..., 2:]
     small = wv.abs() < MIN_W
-    sign = torch.where(wv < 0, -1.0, 1.0).to(D)
+    sign = torch.where(wv < 0, -1.0, 1.0).to(dt)
     # The clamp: the value replaced, no gradient through it.
     wc = torch.where(small, (sign * MIN_W).detach(), wv)
     return (uvw[..., :2] / wc).reshape(n, h, w, 2)

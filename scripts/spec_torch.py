@@ -12,6 +12,7 @@ This is what a PyTorch user does to take an stn network on: the same spec, the s
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -20,6 +21,20 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_transforms import projective_grid, tps_matrix  # noqa: E402
+
+# Each head's parameter count, and for attention/similarity the basis expanding it to theta.
+BASES = {
+    "attention": [[1, 0, 0, 0, 1, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]],
+    "similarity": [[1, 0, 0, 0, 1, 0], [0, -1, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]],
+}
+
+
+def n_params(t):
+    return {"affine": 6, "attention": 3, "similarity": 4, "projective": 8}.get(
+        t["kind"], 2 * t.get("grid", 4) ** 2)
 
 
 def layer(spec, shape):
@@ -58,7 +73,7 @@ def sequential(layers, shape):
 
 
 class SpecNet(nn.Module):
-    """A spec's network: localisation net + regressor, affine grid and sampler, classifier."""
+    """A spec's network: localisation net + regressor, the head's grid and sampler, classifier."""
 
     def __init__(self, spec):
         super().__init__()
@@ -67,23 +82,37 @@ class SpecNet(nn.Module):
         t = spec["transform"]
         self.t = t
         shape = (i["channels"], i["height"], i["width"])
-        if t["kind"] == "affine":
+        if t["kind"] != "none":
             ho, wo = t["output"]
             loc, feats = sequential(spec["localization"], shape)
             # The regressor: the next index of the Sequential, as stn names it.
-            self.localization = nn.Sequential(*loc, nn.Linear(feats[0], 6))
+            self.localization = nn.Sequential(*loc, nn.Linear(feats[0], n_params(t)))
             shape = (i["channels"], ho, wo)
+            if t["kind"] == "tps":
+                align = t.get("align_corners", False)
+                self.tps = tps_matrix(t.get("grid", 4), ho, wo, align).float()
         self.classifier, _ = sequential(spec["classifier"], shape)
 
     def forward(self, x):
         warped = None
-        if self.t["kind"] == "affine":
+        kind = self.t["kind"]
+        if kind != "none":
             ho, wo = self.t["output"]
             align = self.t.get("align_corners", False)
-            theta = self.localization(x).view(-1, 2, 3)
-            grid = F.affine_grid(theta, [x.shape[0], self.c, ho, wo], align_corners=align)
+            p = self.localization(x)
+            if kind in BASES:
+                p = p @ torch.tensor(BASES[kind], dtype=p.dtype)
+            if kind in ("affine", "attention", "similarity"):
+                grid = F.affine_grid(p.view(-1, 2, 3), [x.shape[0], self.c, ho, wo],
+                                     align_corners=align)
+            elif kind == "projective":
+                grid = projective_grid(p, ho, wo, align)
+            else:
+                pts = p.view(x.shape[0], -1, 2)
+                grid = torch.einsum("pk,nkd->npd", self.tps, pts).reshape(-1, ho, wo, 2)
             x = warped = F.grid_sample(
-                x, grid, padding_mode=self.t.get("padding", "zeros"), align_corners=align
+                x, grid, mode=self.t.get("mode", "bilinear"),
+                padding_mode=self.t.get("padding", "zeros"), align_corners=align
             )
         return F.log_softmax(self.classifier(x), dim=1), warped
 
@@ -99,9 +128,10 @@ def main():
     if spec.get("names", "sequential") != "sequential":
         raise SystemExit(f"{path}: this script builds nn.Sequential-named specs")
     net = SpecNet(spec).eval()
+    # The parameters: the initializers named as the network's (the grids' constants are not).
+    names = set(net.state_dict())
     state = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy())
-             for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
-             and t.name != "affine_base_grid"}
+             for t in model.graph.initializer if t.name in names}
     net.load_state_dict(state, strict=True)
     i = spec["input"]
     x = np.random.default_rng(0).standard_normal((n, i["channels"], i["height"], i["width"]),

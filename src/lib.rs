@@ -264,6 +264,31 @@ pub fn is_inside(path: &Path, dir: &Path) -> bool {
     }
 }
 
+/// The sampling grid of each of `n` images (`[N, C, H, W]`, normalised) as lines over the input:
+/// where the spatial transformer takes its samples from, for `--visualize` (the head's parameters
+/// computed by the fused forward; empty without a transformer).
+pub fn sampling_lines(
+    params: &stn_model::Params,
+    images: &[f32],
+    n: usize,
+) -> Vec<stn_data::Polylines> {
+    let net = &params.net;
+    let (Some(smp), Ok(fused)) = (
+        net.plan().transform.sampler(),
+        stn_model::FusedNet::<f32>::new(params),
+    ) else {
+        return vec![];
+    };
+    let out = fused.forward_with(images, n, false);
+    let p = net.plan().transform.n_params();
+    let [_, h, w] = net.input_dims();
+    out.theta
+        .chunks(p.max(1))
+        .filter_map(|t| stn_model::sampling_grid(net, t))
+        .map(|g| stn_data::grid_lines(&g, smp.output, [h, w], smp.align_corners))
+        .collect()
+}
+
 /// Normalised planar images (`plane` values per channel, channels cycling per plane) back to bytes
 /// with the per-channel `mean` and `std`: for pictures.
 pub fn denormalize_planes(v: &[f32], plane: usize, mean: &[f32], std: &[f32]) -> Vec<u8> {

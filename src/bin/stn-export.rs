@@ -8,13 +8,20 @@ use clap::Parser;
 use stn_model::Checkpoint;
 use stn_onnx::{export, to_bytes, ExportOptions, Output};
 
-/// Write a trained seed network (a stn-train checkpoint) as an ONNX model that any ONNX runtime
-/// runs: GridSample for the spatial transformer, initializers under PyTorch's parameter names, the
-/// input normalisation and the training summary in the model's metadata.
+/// Write a trained network (a stn-train checkpoint) as an ONNX model that any ONNX runtime runs:
+/// GridSample for the spatial transformer, every head's grid from standard operators, initializers
+/// under PyTorch's parameter names, the model spec, the input normalisation and the training
+/// summary in the model's metadata.
 ///
 /// At opset 16 the affine grid is decomposed (constant base grid, Transpose, MatMul, Reshape) and
-/// GridSample uses mode "bilinear"; at opset 20 it is AffineGrid with GridSample mode "linear"
-/// (tract has no AffineGrid).
+/// GridSample's modes are spelled "bilinear"/"bicubic"/"nearest"; at opset 20 the affine heads use
+/// AffineGrid and the modes are "linear"/"cubic"/"nearest". The projective head's grid is MatMul,
+/// Add, Where and Div; the thin-plate spline's a MatMul by its constant matrix.
+///
+/// --target picks the opset for where the model will run: ONNX Runtime's CUDA provider has no
+/// AffineGrid kernel (opset 16 keeps the whole graph on the GPU), TensorRT's ONNX parser reads
+/// opset 20's "linear" as nearest (opset 16), tract has no AffineGrid (opset 16); ONNX Runtime on
+/// the CPU runs both (opset 20, the form PyTorch exports); any: opset 16, which all of them run.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -24,10 +31,14 @@ struct Args {
     /// The stn-train checkpoint to export
     #[arg(long, value_name = "PATH", default_value = "models/stn.safetensors")]
     checkpoint: PathBuf,
-    /// ONNX opset: 16 or 20
-    #[arg(long, default_value_t = 16, value_parser = opset)]
-    opset: i64,
-    /// Graph outputs, comma-separated: log_probs (always), theta [N,2,3], warped [N,1,28,28]
+    /// ONNX opset: 16 or 20 [default: the --target's, 16 without one]
+    #[arg(long, value_parser = opset, conflicts_with = "target")]
+    opset: Option<i64>,
+    /// Where the model will run: ort-cuda, tensorrt, tract, ort (CPU) or any; picks the opset
+    #[arg(long, value_name = "RUNTIME", value_parser = target)]
+    target: Option<i64>,
+    /// Graph outputs, comma-separated: log_probs (always), theta (the head's parameters: theta
+    /// [N,2,3] for affine, transform [N,P] for the other heads), warped [N,C,Ho,Wo]
     #[arg(
         long,
         value_delimiter = ',',
@@ -35,6 +46,17 @@ struct Args {
         value_name = "NAMES"
     )]
     outputs: Vec<Output>,
+}
+
+/// The opset a serving target needs (see the command's help).
+fn target(s: &str) -> Result<i64, String> {
+    match s {
+        "ort-cuda" | "tensorrt" | "tract" | "any" => Ok(16),
+        "ort" => Ok(20),
+        _ => Err(format!(
+            "{s}: expected ort-cuda, tensorrt, tract, ort or any"
+        )),
+    }
 }
 
 fn opset(s: &str) -> Result<i64, String> {
@@ -52,6 +74,7 @@ fn main() -> ExitCode {
             &[("--checkpoint", &args.checkpoint)],
             &[("the output", &args.out)],
         )?;
+        let opset = args.opset.or(args.target).unwrap_or(16);
         let ck = Checkpoint::load(&args.checkpoint).context("--checkpoint")?;
         let bad = ck.params.non_finite();
         if !bad.is_empty() {
@@ -85,7 +108,7 @@ fn main() -> ExitCode {
         let model = export(
             &ck.params,
             &ExportOptions {
-                opset: args.opset,
+                opset,
                 outputs: args.outputs.clone(),
                 metadata,
             },
@@ -97,7 +120,7 @@ fn main() -> ExitCode {
             "wrote {} ({} bytes, opset {}, outputs {:?}, {})",
             args.out.display(),
             bytes.len(),
-            args.opset,
+            opset,
             args.outputs,
             ck.params.net
         );

@@ -443,8 +443,18 @@ fn main() -> ExitCode {
                 let after = stn::denormalize_planes(&warped, ho * wo, &mean, &std);
                 let l: Vec<&[u8]> = before.chunks(len).collect();
                 let r: Vec<&[u8]> = after.chunks(channels * ho * wo).collect();
-                stn_data::side_by_side_png(&l, dims, &r, [channels, ho, wo], 8, path)
-                    .with_context(|| format!("--visualize {}", path.display()))?;
+                // The sampling grid over each input, in red: where the transformer looked.
+                let lines = stn::sampling_lines(&meta.params, &images[..k * len], k);
+                stn_data::side_by_side_with_lines_png(
+                    &l,
+                    dims,
+                    &lines,
+                    &r,
+                    [channels, ho, wo],
+                    8,
+                    path,
+                )
+                .with_context(|| format!("--visualize {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
             if let Some(p) = &args.save_logprobs {

@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use stn_data::{
-    contact_sheet_png, distort_split, side_by_side_png, DataDir, Distortion, Mnist, MNIST_MEAN,
-    MNIST_STD,
+    contact_sheet_png, distort_split, side_by_side_with_lines_png, DataDir, Distortion, Mnist,
+    MNIST_MEAN, MNIST_STD,
 };
 use stn_model::{
     evaluate, predict, Arch, Batch, Checkpoint, Network, Optimizer, OptimizerKind, Params,
@@ -79,8 +79,9 @@ struct Args {
     /// Worker threads for the CPU kernels (0: all cores; more than the cores is lowered to them)
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
-    /// Distortion of train and test digits: none, r (rotated), rts (rotated, translated, scaled on
-    /// 42×42) or t (translated on 60×60). On a larger canvas the STN samples 28×28 for the classifier
+    /// Distortion of train and test digits, the STN paper's: none, r (rotated), rts (rotated,
+    /// translated, scaled on 42×42), t (translated on 60×60), p (projective) or e (elastic: a
+    /// random thin-plate spline). On a larger canvas the STN samples 28×28 for the classifier
     #[arg(long, default_value = "none", value_name = "KIND")]
     distort: Distortion,
     /// With --distort: draw the training set's distortions anew every epoch (seeded by --seed and
@@ -94,8 +95,10 @@ struct Args {
     /// The classifier alone on the input canvas, without the spatial transformer (the baseline)
     #[arg(long)]
     no_stn: bool,
-    /// The network: a preset (seed, seed-no-stn, rts, rts-no-stn, t, t-no-stn) or a model-spec
-    /// file (JSON or TOML) [default: the preset of --distort and --no-stn, `seed` without them]
+    /// The network: a preset (seed, seed-no-stn, rts, rts-no-stn, t, t-no-stn; the paper's
+    /// paper-cnn, paper-st-affine, paper-st-projective, paper-st-tps, each with -42 for RTS; see
+    /// --print-spec) or a model-spec file (JSON or TOML) [default: the preset of --distort and
+    /// --no-stn, `seed` without them]
     #[arg(long, value_name = "PRESET|FILE", conflicts_with = "no_stn")]
     spec: Option<String>,
     /// Print a preset's model spec (TOML) to start a spec file from, and exit
@@ -451,7 +454,7 @@ fn main() -> ExitCode {
                 bail!("--distort makes distorted MNIST; it does not apply to an image folder (--dataset image-folder)");
             }
             if args.fresh_distortions && args.distort == Distortion::None {
-                bail!("--fresh-distortions needs --distort r, rts or t");
+                bail!("--fresh-distortions needs --distort r, rts, t, p or e");
             }
             let mut plain_train = None;
             // An image folder's class names, kept in the checkpoint (and the ONNX file) so that
@@ -830,7 +833,10 @@ fn main() -> ExitCode {
                 let after: Vec<u8> = denormalize(&warped, ho * wo, &net);
                 let l: Vec<&[u8]> = before.chunks(channels * plane).collect();
                 let r: Vec<&[u8]> = after.chunks(channels * ho * wo).collect();
-                side_by_side_png(&l, dims, &r, [channels, ho, wo], 8, path)
+                // The sampling grid over each input, in red: where the transformer looked.
+                let lines =
+                    stn::sampling_lines(&trainer.params, &test_x[..k * channels * plane], k);
+                side_by_side_with_lines_png(&l, dims, &lines, &r, [channels, ho, wo], 8, path)
                     .with_context(|| format!("--visualize {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }

@@ -31,7 +31,9 @@ pub use mnist::{
     channel_stats, epoch_order, mnist_paths, normalize, normalize_planes, DataDir, Mnist,
     MnistFile, MnistSplit, MAX_IDX_BYTES, MNIST_FILES, MNIST_MEAN, MNIST_STD,
 };
-pub use sheet::{contact_sheet_png, side_by_side_png};
+pub use sheet::{
+    contact_sheet_png, grid_lines, side_by_side_png, side_by_side_with_lines_png, Polylines,
+};
 
 use std::path::PathBuf;
 

@@ -13,11 +13,11 @@
 use rayon::prelude::*;
 use stn_ops::op::Buf;
 use stn_ops::{
-    AffineGrid, AvgPool2d, Conv2d, ConvPoolRelu, CustomOp, GridSample, MaxPool2d, PackedWeights,
-    Real, StridedConv2d,
+    AvgPool2d, Conv2d, ConvPoolRelu, CustomOp, MaxPool2d, PackedWeights, Real, StridedConv2d,
 };
 
-use crate::spec::{Layer, PlannedLayer, Shape, Transform};
+use crate::heads::Warp;
+use crate::spec::{Layer, PlannedLayer, Shape};
 use crate::{Network, ParamError, Params};
 
 /// A dense layer's weights `[out, in]` and bias.
@@ -61,28 +61,21 @@ enum Step<E> {
     },
 }
 
-/// The transformer: the affine grid and the sampler of a `[1, C, H, W]` input.
-struct Sampler {
-    grid: AffineGrid,
-    sampler: GridSample,
-    input: [usize; 4],
-    out_hw: [usize; 2],
-}
-
 /// The network, ready for inference on the CPU in `E`.
 pub struct FusedNet<E> {
     net: Network,
     localization: Vec<(Step<E>, usize)>,
-    sampler: Option<Sampler>,
+    sampler: Option<Warp<E>>,
     classifier: Vec<(Step<E>, usize)>,
 }
 
-/// What [`FusedNet::forward`] returns: `log_probs [N, classes]`, and with an STN `theta [N, 2, 3]`
-/// and `warped [N, C, Ho, Wo]` (empty without).
+/// What [`FusedNet::forward`] returns: `log_probs [N, classes]`, and with an STN the head's
+/// parameters `theta [N, P]` (the affine maps' 2×3 row by row) and `warped [N, C, Ho, Wo]` (empty
+/// without).
 pub struct FusedOutputs<E> {
     /// `[N, classes]`.
     pub log_probs: Vec<E>,
-    /// `[N, 2, 3]` (empty without an STN).
+    /// `[N, P]`, the head's parameters (empty without an STN).
     pub theta: Vec<E>,
     /// `[N, C, Ho, Wo]` (empty without an STN).
     pub warped: Vec<E>,
@@ -224,27 +217,7 @@ impl<E: Real> FusedNet<E> {
             }
             Ok(out)
         };
-        let [c, h, w] = net.input_dims();
-        let sampler = match plan.transform {
-            Transform::None => None,
-            Transform::Affine {
-                output: [ho, wo],
-                padding,
-                align_corners,
-            } => Some(Sampler {
-                grid: AffineGrid {
-                    size: [1, c, ho, wo],
-                    align_corners,
-                },
-                sampler: GridSample {
-                    mode: stn_ops::Mode::Bilinear,
-                    padding: padding.op(),
-                    align_corners,
-                },
-                input: [1, c, h, w],
-                out_hw: [ho, wo],
-            }),
-        };
+        let sampler = Warp::new(plan);
         Ok(FusedNet {
             localization: steps(&plan.localization)?,
             classifier: steps(&plan.classifier)?,
@@ -311,7 +284,7 @@ impl<E: Real> FusedNet<E> {
         let sampled = self.warped_len();
         let classes = self.net.plan().classes;
         let keep_warped = keep_warped && self.sampler.is_some();
-        let n_theta = if self.sampler.is_some() { 6 } else { 0 };
+        let n_theta = self.sampler.as_ref().map_or(0, |s| s.n_params);
         let mut out = FusedOutputs {
             log_probs: vec![E::zero(); n * classes],
             theta: vec![E::zero(); n * n_theta],
@@ -344,7 +317,7 @@ impl<E: Real> FusedNet<E> {
         let thetas: Vec<&mut [E]> = if theta.is_empty() {
             (0..n).map(|_| <&mut [E]>::default()).collect()
         } else {
-            theta.chunks_mut(6).collect()
+            theta.chunks_mut(theta.len() / n).collect()
         };
         log_probs
             .par_chunks_mut(classes)
@@ -377,13 +350,7 @@ impl<E: Real> FusedNet<E> {
         let cls_in: &[E] = if let Some(s) = &self.sampler {
             let t = run_steps(&self.localization, &sc.x, &mut sc.loc, &mut sc.work);
             theta.copy_from_slice(t);
-            s.grid.cpu_fwd(
-                &[Buf {
-                    data: theta,
-                    dims: &[1, 2, 3],
-                }],
-                &mut sc.grid,
-            );
+            s.grid(theta, &mut sc.grid);
             let [ho, wo] = s.out_hw;
             s.sampler.cpu_fwd(
                 &[

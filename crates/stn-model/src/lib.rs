@@ -17,20 +17,24 @@
 
 mod checkpoint;
 mod fused;
+mod heads;
 mod net;
 mod optim;
+mod paper;
 mod params;
 mod spec;
 mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointError, MAX_EPOCHS};
 pub use fused::{FusedNet, FusedOutputs};
+pub use heads::sampling_grid;
 pub use net::{forward, Arch, DropoutMasks, Outputs, SAMPLED};
 pub use optim::{Optimizer, OptimizerKind};
+pub use paper::{paper_spec, PAPER_HEADS};
 pub use params::{ParamError, Params};
 pub use spec::{
-    InputSpec, Layer, ModelSpec, Naming, Network, Padding, Part, Plan, PlannedLayer, Shape,
-    SpecError, Transform, PRESETS,
+    InputSpec, Layer, ModelSpec, Naming, Network, Padding, Part, Plan, PlannedLayer, SampleMode,
+    Sampler, Shape, SpecError, TpsHead, TpsMatrix, Transform, PRESETS,
 };
 pub use train::{
     evaluate, predict, Batch, EpochStats, EvalStats, TrainDevice, TrainError, TrainOptions, Trainer,

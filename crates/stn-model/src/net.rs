@@ -7,11 +7,12 @@ use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
     affine_grid, affine_sample, avg_pool2d, conv2d, conv_pool_relu, conv_pool_relu_scaled,
-    grid_sample, max_pool2d, max_pool2d_relu, strided_conv2d, Dyn4, OpDevice, OpError, Real,
+    grid_sample_with, max_pool2d, max_pool2d_relu, projective_grid, strided_conv2d, tps_grid, Dyn4,
+    OpDevice, OpError, Real,
 };
 
 use crate::spec::{
-    InputSpec, Layer, ModelSpec, Naming, Plan, PlannedLayer, Shape as Dims, Transform,
+    InputSpec, Layer, ModelSpec, Naming, Plan, PlannedLayer, SampleMode, Shape as Dims, Transform,
 };
 
 /// Which variant of the seed network: the input canvas side (28 for MNIST, 42 for RTS, 60 for T)
@@ -104,11 +105,7 @@ impl Arch {
                     Layer::Linear { out: 32 },
                     Layer::Relu,
                 ],
-                Transform::Affine {
-                    output: [SAMPLED, SAMPLED],
-                    padding: crate::spec::Padding::Zeros,
-                    align_corners: false,
-                },
+                Transform::affine([SAMPLED, SAMPLED]),
             )
         } else {
             (vec![], Transform::None)
@@ -179,6 +176,67 @@ impl<E: Clone> DropoutMasks<E> {
 enum Act<E: Real, D: OpDevice<E>, T> {
     Map(Tensor<Dyn4, E, D, T>),
     Flat(Tensor<(usize, usize), E, D, T>),
+}
+
+/// The spatial transformer: the head's parameters `p [N, P]` to a grid, and `x` sampled on it.
+/// The affine family goes through θ (attention and similarity expanded by their basis, a
+/// matmul); with zero padding and bilinear sampling on the CPU as one op (no grid tensor).
+fn transform<E, D, T>(
+    x: Tensor<Dyn4, E, D>,
+    p: Tensor<(usize, usize), E, D, T>,
+    t: &Transform,
+    plan: &Plan,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError>
+where
+    E: Real,
+    D: OpDevice<E>,
+    T: Tape<E, D> + Merge<NoneTape>,
+{
+    let (n, c, _, _) = *x.shape();
+    let s = t.sampler().expect("a transformer samples");
+    let [ho, wo] = s.output;
+    let dev = x.device().clone();
+    let grid = match t {
+        Transform::Affine(_) | Transform::Attention(_) | Transform::Similarity(_) => {
+            let theta = match t.theta_basis() {
+                Some(rows) => {
+                    let basis: Vec<E> = rows.iter().flatten().map(|&v| E::of(v as f64)).collect();
+                    let basis = dev
+                        .try_tensor_from_vec(basis, (rows.len(), 6usize))
+                        .map_err(dev_err("forward"))?;
+                    p.try_matmul(basis).map_err(dev_err("matmul"))?
+                }
+                None => p,
+            };
+            let theta = theta
+                .try_reshape_like(&(n, 2usize, 3usize))
+                .map_err(dev_err("forward"))?;
+            if D::HOST && s.padding == crate::spec::Padding::Zeros && s.mode == SampleMode::Bilinear
+            {
+                return affine_sample(x, theta, (ho, wo), s.align_corners);
+            }
+            affine_grid(theta, [n, c, ho, wo], s.align_corners)?
+        }
+        Transform::Projective(_) => projective_grid(p, [n, ho, wo], s.align_corners)?,
+        Transform::Tps(h) => {
+            let k = h.grid * h.grid;
+            let m = plan
+                .tps_matrix()
+                .expect("a tps plan has its matrix")
+                .iter()
+                .map(|&v| E::of(v))
+                .collect();
+            let m = dev
+                .try_tensor_from_vec(m, (ho * wo, k))
+                .map_err(dev_err("forward"))?;
+            let pts = p
+                .try_reshape_like(&(n, k, 2usize))
+                .map_err(dev_err("forward"))?;
+            tps_grid(pts, m, [ho, wo])?
+        }
+        Transform::None => unreachable!("a transformer"),
+    };
+    grid_sample_with(x, grid, s.op())
 }
 
 /// A parameter as the forward takes it: flat, reshaped where used.
@@ -515,37 +573,19 @@ where
             None,
             None,
         ),
-        Transform::Affine {
-            output: [ho, wo],
-            padding,
-            align_corners,
-        } => {
-            let Act::Flat(theta) = run_part(Act::Map(x.clone()), &plan.localization, &mut ctx)?
-            else {
+        t => {
+            let Act::Flat(p) = run_part(Act::Map(x.clone()), &plan.localization, &mut ctx)? else {
                 return Err(OpError::shape(
                     "forward",
                     "the regressor's output is not flat",
                 ));
             };
-            let theta = theta
-                .try_reshape_like(&(n, 2usize, 3usize))
-                .map_err(dev_err("forward"))?;
-            let theta_out = theta
-                .retaped::<NoneTape>()
-                .try_reshape_like(&(n, 6usize))
-                .map_err(dev_err("forward"))?;
-            // The transformer: one op on the CPU with zero padding (no grid tensor), affine_grid
-            // then grid_sample otherwise.
-            let warped = if D::HOST && padding == crate::spec::Padding::Zeros {
-                affine_sample(x, theta, (ho, wo), align_corners)?
-            } else {
-                let grid = affine_grid(theta, [n, c, ho, wo], align_corners)?;
-                grid_sample(x, grid, padding.op(), align_corners)?
-            };
+            let p_out = p.retaped::<NoneTape>();
+            let warped = transform(x, p, &t, plan)?;
             let warped_out = warped.retaped::<NoneTape>();
             (
                 run_part(Act::Map(warped), &plan.classifier, &mut ctx)?,
-                Some(theta_out),
+                Some(p_out),
                 Some(warped_out),
             )
         }

@@ -150,51 +150,228 @@ impl Padding {
     }
 }
 
+/// How the sampler interpolates (`grid_sample`'s `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleMode {
+    /// The four nearest pixels (the tutorial's, and the paper's).
+    #[default]
+    Bilinear,
+    /// The nearest pixel (no gradient reaches the localisation net through the sampler's grid).
+    Nearest,
+    /// Cubic convolution over 4×4 pixels (A = −0.75, PyTorch's).
+    Bicubic,
+}
+
+impl SampleMode {
+    /// The ops' mode.
+    pub fn op(self) -> stn_ops::Mode {
+        match self {
+            SampleMode::Bilinear => stn_ops::Mode::Bilinear,
+            SampleMode::Nearest => stn_ops::Mode::Nearest,
+            SampleMode::Bicubic => stn_ops::Mode::Bicubic,
+        }
+    }
+    fn is_bilinear(&self) -> bool {
+        *self == SampleMode::Bilinear
+    }
+}
+
+/// A transform head's sampler: the sampled size and `grid_sample`'s options.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sampler {
+    /// Sampled height and width.
+    pub output: [usize; 2],
+    /// Outside the image.
+    #[serde(default)]
+    pub padding: Padding,
+    /// `align_corners` of the grid and of `grid_sample` (the tutorial's: false).
+    #[serde(default)]
+    pub align_corners: bool,
+    /// Interpolation (default bilinear).
+    #[serde(default, skip_serializing_if = "SampleMode::is_bilinear")]
+    pub mode: SampleMode,
+}
+
+impl Sampler {
+    /// Bilinear, zero padding, align_corners false, to `output` (the tutorial's sampler).
+    pub fn new(output: [usize; 2]) -> Sampler {
+        Sampler {
+            output,
+            padding: Padding::Zeros,
+            align_corners: false,
+            mode: SampleMode::Bilinear,
+        }
+    }
+    /// `grid_sample`'s options.
+    pub fn op(&self) -> stn_ops::GridSample {
+        stn_ops::GridSample {
+            mode: self.mode.op(),
+            padding: self.padding.op(),
+            align_corners: self.align_corners,
+        }
+    }
+}
+
+/// The thin-plate-spline head: a `grid × grid` control grid and its sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpsHead {
+    /// Control points per side (K = grid², default 4: the paper's 16).
+    #[serde(default = "four")]
+    pub grid: usize,
+    /// Sampled height and width.
+    pub output: [usize; 2],
+    /// Outside the image.
+    #[serde(default)]
+    pub padding: Padding,
+    /// `align_corners` of the grid and of `grid_sample`.
+    #[serde(default)]
+    pub align_corners: bool,
+    /// Interpolation (default bilinear).
+    #[serde(default, skip_serializing_if = "SampleMode::is_bilinear")]
+    pub mode: SampleMode,
+}
+
+fn four() -> usize {
+    4
+}
+
 /// The transform head: how the localisation net's output becomes a sampling grid. A head has a
 /// parameter count (the regressor's width), an identity (the regressor's initial bias, so that the
 /// untrained network samples the input unchanged) and a grid of the sampled size.
+///
+/// The heads of Jaderberg et al. (2015): `affine` (θ, 2×3, the tutorial's), its constrained forms
+/// `attention` (isotropic scale s and translation: θ = [s 0 tx; 0 s ty]) and `similarity` (a, b,
+/// tx, ty: θ = [a −b tx; b a ty], a = k·cos φ, b = k·sin φ), `projective` (a homography, 8
+/// parameters: the 3×3 matrix row by row with its last entry 1) and `tps` (a thin-plate spline
+/// through `grid × grid` control points: 2K parameters, where each control point lands in the
+/// input, x and y per point).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Transform {
     /// No spatial transformer: the classifier reads the input (the baseline).
     None,
-    /// A 2×3 affine map `theta` (`affine_grid` then bilinear `grid_sample`), the tutorial's.
-    Affine {
-        /// Sampled height and width.
-        output: [usize; 2],
-        /// Outside the image.
-        #[serde(default)]
-        padding: Padding,
-        /// `align_corners` of `affine_grid` and `grid_sample` (the tutorial's: false).
-        #[serde(default)]
-        align_corners: bool,
-    },
+    /// A 2×3 affine map `theta` (`affine_grid` then `grid_sample`), the tutorial's.
+    Affine(Sampler),
+    /// Scale and translation `(s, tx, ty)`, expanded to an affine θ.
+    Attention(Sampler),
+    /// Scale-rotation and translation `(a, b, tx, ty)`, expanded to an affine θ.
+    Similarity(Sampler),
+    /// A homography `h` (8 values): `projective_grid` then `grid_sample`.
+    Projective(Sampler),
+    /// A thin-plate spline: `tps_grid` then `grid_sample`.
+    Tps(TpsHead),
 }
 
 impl Transform {
+    /// The names of the heads, as a spec writes them.
+    pub const KINDS: [&'static str; 6] = [
+        "none",
+        "affine",
+        "attention",
+        "similarity",
+        "projective",
+        "tps",
+    ];
+
+    /// The tutorial's head: affine, bilinear, zero padding, sampling `output`.
+    pub fn affine(output: [usize; 2]) -> Transform {
+        Transform::Affine(Sampler::new(output))
+    }
+
     /// Whether there is a spatial transformer.
     pub fn is_some(&self) -> bool {
         !matches!(self, Transform::None)
     }
-    /// Number of transform parameters the regressor produces (6 for affine).
+    /// The head's name (`affine`, `tps`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transform::None => "none",
+            Transform::Affine(_) => "affine",
+            Transform::Attention(_) => "attention",
+            Transform::Similarity(_) => "similarity",
+            Transform::Projective(_) => "projective",
+            Transform::Tps(_) => "tps",
+        }
+    }
+    /// The sampler (none without a transformer).
+    pub fn sampler(&self) -> Option<Sampler> {
+        match *self {
+            Transform::None => None,
+            Transform::Affine(s)
+            | Transform::Attention(s)
+            | Transform::Similarity(s)
+            | Transform::Projective(s) => Some(s),
+            Transform::Tps(t) => Some(Sampler {
+                output: t.output,
+                padding: t.padding,
+                align_corners: t.align_corners,
+                mode: t.mode,
+            }),
+        }
+    }
+    /// Number of transform parameters the regressor produces.
     pub fn n_params(&self) -> usize {
         match self {
             Transform::None => 0,
-            Transform::Affine { .. } => 6,
+            Transform::Affine(_) => 6,
+            Transform::Attention(_) => 3,
+            Transform::Similarity(_) => 4,
+            Transform::Projective(_) => 8,
+            Transform::Tps(t) => 2 * t.grid * t.grid,
         }
     }
     /// The parameters of the identity transform (the regressor's initial bias).
     pub fn identity(&self) -> Vec<f32> {
         match self {
             Transform::None => vec![],
-            Transform::Affine { .. } => vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            Transform::Affine(_) => vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            Transform::Attention(_) => vec![1.0, 0.0, 0.0],
+            Transform::Similarity(_) => vec![1.0, 0.0, 0.0, 0.0],
+            Transform::Projective(_) => vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+            Transform::Tps(t) => stn_ops::TpsGrid::control_points(t.grid)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
         }
+    }
+    /// For the heads that are constrained affine maps (attention, similarity): θ = p · B, the
+    /// rows of B `[n_params, 6]` (θ row by row). None for the others (affine's parameters are θ).
+    pub fn theta_basis(&self) -> Option<Vec<[f32; 6]>> {
+        match self {
+            Transform::Attention(_) => Some(vec![
+                [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            ]),
+            Transform::Similarity(_) => Some(vec![
+                [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                [0.0, -1.0, 0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            ]),
+            _ => None,
+        }
+    }
+    /// Whether the grid is affine_grid's (affine, attention, similarity).
+    pub fn is_affine_family(&self) -> bool {
+        matches!(
+            self,
+            Transform::Affine(_) | Transform::Attention(_) | Transform::Similarity(_)
+        )
     }
     /// The sampled image's height and width.
     pub fn output(&self) -> Option<[usize; 2]> {
+        self.sampler().map(|s| s.output)
+    }
+    /// The name of the ONNX output (and of the runners' second output) that carries the head's
+    /// parameters: `theta` for affine (the tutorial's), `transform` for the others.
+    pub fn output_name(&self) -> &'static str {
         match self {
-            Transform::None => None,
-            Transform::Affine { output, .. } => Some(*output),
+            Transform::Affine(_) => "theta",
+            _ => "transform",
         }
     }
 }
@@ -312,9 +489,26 @@ pub struct Plan {
     pub params: Vec<(String, Vec<usize>)>,
     /// The regressor's weight and bias names (initialised to the identity transform).
     pub regressor: Option<(String, String)>,
+    /// The tps head's constant matrix (grid = M · points), solved once in f64.
+    pub tps: Option<TpsMatrix>,
+}
+
+/// The thin-plate-spline head's `M [Ho·Wo, K]` (`stn_ops::TpsGrid::matrix`), shared.
+#[derive(Clone, PartialEq)]
+pub struct TpsMatrix(pub std::sync::Arc<Vec<f64>>);
+
+impl fmt::Debug for TpsMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TpsMatrix({} values)", self.0.len())
+    }
 }
 
 impl Plan {
+    /// The tps head's matrix `M [Ho·Wo, K]` row-major (None for other heads).
+    pub fn tps_matrix(&self) -> Option<&[f64]> {
+        self.tps.as_ref().map(|m| m.0.as_slice())
+    }
+
     /// The dropout layers in forward order (localisation, then classifier), with the number of
     /// mask values per image: channels for `dropout2d`, values for `dropout`.
     pub fn dropouts(&self) -> Vec<(f32, usize)> {
@@ -363,6 +557,30 @@ pub const PRESETS: &[(&str, &str)] = &[
         "the STN on 60×60 translated, cluttered MNIST (--distort t)",
     ),
     ("t-no-stn", "the baseline on 60×60 (--distort t --no-stn)"),
+    (
+        "paper-cnn",
+        "the paper's CNN baseline on 28×28 (R, P, E; paper-cnn-42 for RTS)",
+    ),
+    (
+        "paper-st-affine",
+        "the paper's ST-CNN, affine head, 28×28 (-42 for RTS)",
+    ),
+    (
+        "paper-st-projective",
+        "the paper's ST-CNN, projective head, 28×28 (-42 for RTS)",
+    ),
+    (
+        "paper-st-tps",
+        "the paper's ST-CNN, 4×4 thin-plate-spline head, 28×28 (-42 for RTS)",
+    ),
+    (
+        "paper-st-attention",
+        "the ST-CNN with the attention head (scale, translation), 28×28 (-42)",
+    ),
+    (
+        "paper-st-similarity",
+        "the ST-CNN with the similarity head (scale, rotation, translation), 28×28 (-42)",
+    ),
 ];
 
 impl ModelSpec {
@@ -375,7 +593,7 @@ impl ModelSpec {
             "rts-no-stn" => (42, false),
             "t" => (60, true),
             "t-no-stn" => (60, false),
-            _ => return None,
+            _ => return crate::paper::paper_preset(name),
         };
         Some(crate::Arch { canvas, stn }.spec())
     }
@@ -499,12 +717,23 @@ impl ModelSpec {
                 }
                 (vec![], input, None)
             }
-            Transform::Affine { output, .. } => {
-                let [h, w] = output;
+            t => {
+                let [h, w] = t.output().expect("a transformer samples");
                 if h == 0 || w == 0 || h > MAX_SIDE || w > MAX_SIDE {
                     return Err(SpecError(format!(
                         "transform: output {h}×{w} (each side 1 to {MAX_SIDE})"
                     )));
+                }
+                if let Transform::Tps(tps) = t {
+                    let sides = stn_ops::TpsGrid::SIDES;
+                    if !sides.contains(&tps.grid) {
+                        return Err(SpecError(format!(
+                            "transform: a tps control grid of {g}×{g}: the side must be {} to {}",
+                            sides.start(),
+                            sides.end(),
+                            g = tps.grid
+                        )));
+                    }
                 }
                 let mut layers = self.localization.clone();
                 if layers.is_empty() {
@@ -581,6 +810,13 @@ impl ModelSpec {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(SpecError(format!("two parameters named {}", w[0])));
         }
+        let tps = match self.transform {
+            Transform::Tps(t) => Some(TpsMatrix(std::sync::Arc::new(
+                stn_ops::TpsGrid::matrix(t.grid, t.output, t.align_corners)
+                    .map_err(|e| SpecError(format!("transform: {e}")))?,
+            ))),
+            _ => None,
+        };
         Ok(Plan {
             input,
             transform: self.transform,
@@ -589,6 +825,7 @@ impl ModelSpec {
             classifier,
             params,
             regressor,
+            tps,
         })
     }
 }
@@ -777,11 +1014,9 @@ impl fmt::Display for ModelSpec {
             "the network on {}×{}×{} inputs",
             i.channels, i.height, i.width
         )?;
-        match self.transform {
-            Transform::None => write!(f, " (no STN)")?,
-            Transform::Affine { output: [h, w], .. } => {
-                write!(f, " (affine STN sampling {h}×{w})")?
-            }
+        match self.transform.output() {
+            None => write!(f, " (no STN)")?,
+            Some([h, w]) => write!(f, " ({} STN sampling {h}×{w})", self.transform.kind())?,
         }
         write!(f, ", {} classes", self.classes)
     }

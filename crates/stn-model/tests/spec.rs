@@ -79,7 +79,7 @@ fn tutorial_params(arch: Arch) -> Vec<(String, Vec<usize>)> {
 
 #[test]
 fn presets_are_the_seed_family() {
-    for (name, _) in PRESETS {
+    for (name, _) in PRESETS.iter().filter(|(n, _)| !n.starts_with("paper-")) {
         let spec = ModelSpec::preset(name).unwrap();
         let arch = spec.seed_arch().expect("a preset is of the seed family");
         let plan = spec.plan().unwrap();
@@ -93,6 +93,55 @@ fn presets_are_the_seed_family() {
     }
     assert_eq!(ModelSpec::preset("seed").unwrap(), Arch::SEED.spec());
     assert!(ModelSpec::preset("lenet").is_none());
+}
+
+#[test]
+fn the_papers_presets_have_its_layers_and_every_head() {
+    let count = |spec: &ModelSpec| -> usize {
+        spec.plan()
+            .unwrap()
+            .params
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    };
+    // The CNN: conv 9×9 32 → pool → conv 7×7 32 → pool → linear 10 (paper.rs).
+    let cnn = ModelSpec::preset("paper-cnn").unwrap();
+    assert_eq!(count(&cnn), 2624 + 50208 + 128 * 10 + 10);
+    let cnn42 = ModelSpec::preset("paper-cnn-42").unwrap();
+    assert_eq!(count(&cnn42), 2624 + 50208 + 800 * 10 + 10);
+    // The localisation net: conv 5×5 20 → pool → conv 5×5 20 → pool → linear 50, then the head's
+    // regressor; the classifier is the CNN's.
+    for (head, p) in [
+        ("affine", 6),
+        ("projective", 8),
+        ("tps", 32),
+        ("attention", 3),
+        ("similarity", 4),
+    ] {
+        for (suffix, cnn, loc_in) in [("", &cnn, 320), ("-42", &cnn42, 80)] {
+            let name = format!("paper-st-{head}{suffix}");
+            let spec = ModelSpec::preset(&name).unwrap();
+            assert!(
+                PRESETS
+                    .iter()
+                    .any(|(n, _)| *n == format!("paper-st-{head}")),
+                "{name}"
+            );
+            assert_eq!(spec.transform.kind(), head, "{name}");
+            assert_eq!(spec.transform.n_params(), p, "{name}");
+            assert_eq!(spec.classifier, cnn.classifier, "{name}");
+            let loc = 520 + 10020 + loc_in * 50 + 50 + 50 * p + p;
+            assert_eq!(count(&spec), count(cnn) + loc, "{name}");
+            assert_eq!(ModelSpec::parse(&spec.to_toml()).unwrap(), spec, "{name}");
+            assert_eq!(ModelSpec::parse(&spec.to_json()).unwrap(), spec, "{name}");
+            // The regressor starts at the head's identity.
+            let plan = spec.plan().unwrap();
+            assert!(plan.regressor.is_some());
+        }
+    }
+    assert!(ModelSpec::preset("paper-st-swirl").is_none());
+    assert!(ModelSpec::preset("paper-cnn-60").is_none());
 }
 
 #[test]

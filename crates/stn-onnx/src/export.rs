@@ -4,8 +4,10 @@
 use std::str::FromStr;
 
 use prost::Message;
-use stn_model::{Layer, Padding, Params, PlannedLayer, Shape, Transform};
-use stn_ops::AffineGrid;
+use stn_model::{
+    Layer, Padding, Params, Plan, PlannedLayer, SampleMode, Sampler, Shape, Transform,
+};
+use stn_ops::{AffineGrid, ProjectiveGrid};
 
 use crate::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
@@ -19,7 +21,8 @@ use crate::OnnxError;
 pub enum Output {
     /// `[N, 10]` log-probabilities (always the first output).
     LogProbs,
-    /// `[N, 2, 3]` the affine transforms of the STN.
+    /// The transform head's parameters: `theta [N, 2, 3]` for affine, `transform [N, P]` for
+    /// the other heads (the regressor's output).
     Theta,
     /// `[N, 1, 28, 28]` the images the STN samples for the classifier.
     Warped,
@@ -30,10 +33,10 @@ impl FromStr for Output {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "log_probs" => Ok(Output::LogProbs),
-            "theta" => Ok(Output::Theta),
+            "theta" | "transform" => Ok(Output::Theta),
             "warped" => Ok(Output::Warped),
             o => Err(format!(
-                "unknown output '{o}': expected log_probs, theta or warped"
+                "unknown output '{o}': expected log_probs, theta (or transform) or warped"
             )),
         }
     }
@@ -220,6 +223,171 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// The affine grid of theta `[N, 2, 3]`: opset 16 decomposed (a constant base grid `[H·W, 3]`
+    /// times thetaᵀ, with PyTorch's coordinates), opset 20 `AffineGrid`.
+    fn affine_grid(&mut self, theta: &str, smp: Sampler, opset: i64, c: usize) -> String {
+        let [ho, wo] = smp.output;
+        if opset == 16 {
+            let base = self.base_grid(smp, true);
+            let tt = self.node(
+                "Transpose",
+                &[theta],
+                "theta_t",
+                vec![attr_ints("perm", &[0, 2, 1])],
+            );
+            let g = self.node("MatMul", &[&base, &tt], "grid_flat", vec![]);
+            let shape = self.init_i64("grid_shape", &[-1, ho as i64, wo as i64, 2]);
+            return self.node("Reshape", &[&g, &shape], "grid", vec![]);
+        }
+        // AffineGrid's size input: [N, C, Ho, Wo], with N from the input's shape.
+        let shp = self.node("Shape", &["input"], "input_shape", vec![]);
+        let (st, en) = (
+            self.init_i64("slice_start", &[0]),
+            self.init_i64("slice_end", &[1]),
+        );
+        let n = self.node("Slice", &[&shp, &st, &en], "batch", vec![]);
+        let rest = self.init_i64("sampled_chw", &[c as i64, ho as i64, wo as i64]);
+        let size = self.node(
+            "Concat",
+            &[&n, &rest],
+            "grid_size",
+            vec![attr_int("axis", 0)],
+        );
+        self.node(
+            "AffineGrid",
+            &[theta, &size],
+            "grid",
+            vec![attr_int("align_corners", smp.align_corners as i64)],
+        )
+    }
+
+    /// affine_grid's base points of the sampler's grid, `[H·W, 3]` as `(x, y, 1)` (or `[H·W, 2]`
+    /// without the ones).
+    fn base_grid(&mut self, smp: Sampler, ones: bool) -> String {
+        let [ho, wo] = smp.output;
+        let (xs, ys) = (
+            AffineGrid::base::<f32>(wo, smp.align_corners),
+            AffineGrid::base::<f32>(ho, smp.align_corners),
+        );
+        let mut base = Vec::with_capacity(ho * wo * 3);
+        for &y in &ys {
+            for &x in &xs {
+                base.extend([x, y]);
+                if ones {
+                    base.push(1.0);
+                }
+            }
+        }
+        let cols = 2 + ones as usize;
+        let name = if ones {
+            "affine_base_grid"
+        } else {
+            "projective_base_xy"
+        };
+        self.init_f32(name, &[ho * wo, cols], &base)
+    }
+
+    /// `x[:, from..to]` of a `[N, P]` value.
+    fn slice_cols(&mut self, x: &str, from: i64, to: i64, out: &str) -> String {
+        let (s, e, a) = (
+            self.init_i64(&format!("{out}_start"), &[from]),
+            self.init_i64(&format!("{out}_end"), &[to]),
+            self.init_i64(&format!("{out}_axes"), &[1]),
+        );
+        self.node("Slice", &[x, &s, &e, &a], out, vec![])
+    }
+
+    /// The head's grid `[N, Ho, Wo, 2]` from its parameters `p [N, P]` (the regressor's output),
+    /// from standard ONNX operators only; the graph's `theta` (affine) or `transform` value holds
+    /// the parameters.
+    fn grid(&mut self, p: &str, t: Transform, plan: &Plan, opset: i64, c: usize) -> String {
+        let smp = t.sampler().expect("a transformer samples");
+        let [ho, wo] = smp.output;
+        match t {
+            Transform::Affine(_) => {
+                let shape = self.init_i64("theta_shape", &[-1, 2, 3]);
+                let theta = self.node("Reshape", &[p, &shape], "theta", vec![]);
+                self.affine_grid(&theta, smp, opset, c)
+            }
+            Transform::Attention(_) | Transform::Similarity(_) => {
+                let params = self.node("Identity", &[p], "transform", vec![]);
+                let rows = t.theta_basis().expect("a constrained affine head");
+                let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+                let basis = self.init_f32("theta_basis", &[rows.len(), 6], &flat);
+                let t6 = self.node("MatMul", &[&params, &basis], "theta_flat", vec![]);
+                let shape = self.init_i64("theta_shape", &[-1, 2, 3]);
+                let theta = self.node("Reshape", &[&t6, &shape], "theta", vec![]);
+                self.affine_grid(&theta, smp, opset, c)
+            }
+            Transform::Projective(_) => {
+                // (u, v) = the first two rows times (x, y, 1), as an affine grid's; w = (h6, h7)·(x,
+                // y) + 1, |w| clamped from below (stn_ops::ProjectiveGrid::MIN_W, sign kept, + at 0).
+                let params = self.node("Identity", &[p], "transform", vec![]);
+                let top = self.slice_cols(&params, 0, 6, "homography_top");
+                let shape = self.init_i64("homography_top_shape", &[-1, 2, 3]);
+                let top = self.node("Reshape", &[&top, &shape], "homography_uv", vec![]);
+                let tt = self.node(
+                    "Transpose",
+                    &[&top],
+                    "homography_uv_t",
+                    vec![attr_ints("perm", &[0, 2, 1])],
+                );
+                let base = self.base_grid(smp, true);
+                let uv = self.node("MatMul", &[&base, &tt], "grid_uv", vec![]);
+                let hw = self.slice_cols(&params, 6, 8, "homography_w");
+                let shape = self.init_i64("homography_w_shape", &[-1, 2, 1]);
+                let hw = self.node("Reshape", &[&hw, &shape], "homography_w_col", vec![]);
+                let xy = self.base_grid(smp, false);
+                let w0 = self.node("MatMul", &[&xy, &hw], "grid_w_linear", vec![]);
+                let one = self.init_f32("one", &[], &[1.0]);
+                let w = self.node("Add", &[&w0, &one], "grid_w", vec![]);
+                let min = ProjectiveGrid::MIN_W as f32;
+                let (zero, min_c, neg_c) = (
+                    self.init_f32("zero", &[], &[0.0]),
+                    self.init_f32("min_w", &[], &[min]),
+                    self.init_f32("neg_min_w", &[], &[-min]),
+                );
+                let abs = self.node("Abs", &[&w], "grid_w_abs", vec![]);
+                let small = self.node("Less", &[&abs, &min_c], "grid_w_small", vec![]);
+                let neg = self.node("Less", &[&w, &zero], "grid_w_negative", vec![]);
+                let clamp = self.node("Where", &[&neg, &neg_c, &min_c], "grid_w_clamp", vec![]);
+                let wc = self.node("Where", &[&small, &clamp, &w], "grid_w_clamped", vec![]);
+                let g = self.node("Div", &[&uv, &wc], "grid_flat", vec![]);
+                let shape = self.init_i64("grid_shape", &[-1, ho as i64, wo as i64, 2]);
+                self.node("Reshape", &[&g, &shape], "grid", vec![])
+            }
+            Transform::Tps(h) => {
+                // grid = M · points, M [Ho·Wo, K] the spline's constant matrix (solved in f64).
+                let params = self.node("Identity", &[p], "transform", vec![]);
+                let k = h.grid * h.grid;
+                let shape = self.init_i64("tps_points_shape", &[-1, k as i64, 2]);
+                let pts = self.node("Reshape", &[&params, &shape], "tps_points", vec![]);
+                let m: Vec<f32> = plan
+                    .tps_matrix()
+                    .expect("a tps plan has its matrix")
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let m = self.init_f32("tps_matrix", &[ho * wo, k], &m);
+                let g = self.node("MatMul", &[&m, &pts], "grid_flat", vec![]);
+                let shape = self.init_i64("grid_shape", &[-1, ho as i64, wo as i64, 2]);
+                self.node("Reshape", &[&g, &shape], "grid", vec![])
+            }
+            Transform::None => unreachable!("a transformer"),
+        }
+    }
+}
+
+/// GridSample's `padding_mode`.
+fn padding_name(p: Padding) -> &'static str {
+    match p {
+        Padding::Zeros => "zeros",
+        Padding::Border => "border",
+        Padding::Reflection => "reflection",
+    }
+}
+
 /// A per-channel list as metadata: one number, or numbers joined by commas.
 fn list(v: &[f32]) -> String {
     v.iter()
@@ -247,6 +415,16 @@ pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxE
             "theta and warped are outputs of the STN; this model has none (--no-stn)".into(),
         ));
     }
+    if let Some(smp) = plan.transform.sampler() {
+        if smp.mode == SampleMode::Bicubic && smp.padding != Padding::Zeros {
+            return Err(OnnxError::Options(format!(
+                "bicubic sampling with {} padding has no ONNX form: ONNX's GridSample pads the \
+                 coordinate before the cubic taps, PyTorch (and stn) pads each tap, so every ONNX \
+                 runtime would sample other images. Train with padding zeros, or mode bilinear",
+                padding_name(smp.padding)
+            )));
+        }
+    }
     let mut b = Builder {
         nodes: vec![],
         inits: vec![],
@@ -257,70 +435,17 @@ pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxE
     let [c, h, w] = net.input_dims();
     let classifier_in = match plan.transform {
         Transform::None => "input".to_string(),
-        Transform::Affine {
-            output: [ho, wo],
-            padding,
-            align_corners,
-        } => {
-            let t6 = b.layers("input", &plan.localization, "loc");
-            let shape = b.init_i64("theta_shape", &[-1, 2, 3]);
-            let theta = b.node("Reshape", &[&t6, &shape], "theta", vec![]);
-            let align = align_corners as i64;
-            let grid = if opts.opset == 16 {
-                // grid[n, i, j, :] = theta[n] · (x_j, y_i, 1): a constant base grid [H·W, 3] times
-                // thetaᵀ [N, 3, 2], with PyTorch's coordinates.
-                let (xs, ys) = (
-                    AffineGrid::base::<f32>(wo, align_corners),
-                    AffineGrid::base::<f32>(ho, align_corners),
-                );
-                let mut base = Vec::with_capacity(ho * wo * 3);
-                for &y in &ys {
-                    for &x in &xs {
-                        base.extend([x, y, 1.0]);
-                    }
-                }
-                let base = b.init_f32("affine_base_grid", &[ho * wo, 3], &base);
-                let tt = b.node(
-                    "Transpose",
-                    &[&theta],
-                    "theta_t",
-                    vec![attr_ints("perm", &[0, 2, 1])],
-                );
-                let g = b.node("MatMul", &[&base, &tt], "grid_flat", vec![]);
-                let shape = b.init_i64("grid_shape", &[-1, ho as i64, wo as i64, 2]);
-                b.node("Reshape", &[&g, &shape], "grid", vec![])
+        t => {
+            let smp = t.sampler().expect("a transformer samples");
+            let p = b.layers("input", &plan.localization, "loc");
+            let grid = b.grid(&p, t, plan, opts.opset, c);
+            let align = smp.align_corners as i64;
+            let mode = if opts.opset >= 20 {
+                smp.mode.op().onnx20_name()
             } else {
-                // AffineGrid's size input: [N, C, Ho, Wo], with N from the input's shape.
-                let shp = b.node("Shape", &["input"], "input_shape", vec![]);
-                let (st, en) = (
-                    b.init_i64("slice_start", &[0]),
-                    b.init_i64("slice_end", &[1]),
-                );
-                let n = b.node("Slice", &[&shp, &st, &en], "batch", vec![]);
-                let rest = b.init_i64("sampled_chw", &[c as i64, ho as i64, wo as i64]);
-                let size = b.node(
-                    "Concat",
-                    &[&n, &rest],
-                    "grid_size",
-                    vec![attr_int("axis", 0)],
-                );
-                b.node(
-                    "AffineGrid",
-                    &[&theta, &size],
-                    "grid",
-                    vec![attr_int("align_corners", align)],
-                )
+                smp.mode.op().name()
             };
-            let mode = if opts.opset == 16 {
-                "bilinear"
-            } else {
-                "linear"
-            };
-            let padding = match padding {
-                Padding::Zeros => "zeros",
-                Padding::Border => "border",
-                Padding::Reflection => "reflection",
-            };
+            let padding = padding_name(smp.padding);
             b.node(
                 "GridSample",
                 &["input", &grid],
@@ -345,7 +470,10 @@ pub fn export(params: &Params, opts: &ExportOptions) -> Result<ModelProto, OnnxE
     for o in &opts.outputs {
         match o {
             Output::LogProbs => {}
-            Output::Theta => outputs.push(tensor_info(o.name(), &[None, Some(2), Some(3)])),
+            Output::Theta => outputs.push(match plan.transform {
+                Transform::Affine(_) => tensor_info("theta", &[None, Some(2), Some(3)]),
+                t => tensor_info("transform", &[None, Some(t.n_params() as i64)]),
+            }),
             Output::Warped => {
                 let [ho, wo] = plan.transform.output().expect("checked above");
                 outputs.push(tensor_info(

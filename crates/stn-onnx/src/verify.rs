@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use stn_model::{Layer, Network, Padding, Plan, Shape, Transform};
+use stn_model::{Layer, Network, Padding, Plan, Sampler, Shape, Transform};
 use stn_ops::AffineGrid;
 
 use crate::proto::{
@@ -45,9 +45,93 @@ pub(crate) enum Expr {
     BaseGridMatMul(Rc<Expr>),
     /// AffineGrid of theta, of the spec's size and align_corners.
     AffineGrid(Rc<Expr>),
-    /// GridSample of the input on this grid, bilinear, with the spec's padding and align_corners.
+    /// GridSample of the input on this grid, with the spec's mode, padding and align_corners.
     GridSample(Rc<Expr>),
     LogSoftmax(Rc<Expr>),
+    /// A float constant as an operand of a [`Expr::Node`]: its dimensions and bits.
+    Const(Vec<i64>, Rc<Vec<u32>>),
+    /// Another standard operator of a transform head's grid (MatMul, Slice, Add, Abs, Less,
+    /// Where, Div), its attributes and constant int inputs written into the name.
+    Node(String, Vec<Rc<Expr>>),
+}
+
+/// A constant operand as the exporter writes it.
+fn konst(dims: &[usize], v: &[f32]) -> Rc<Expr> {
+    Rc::new(Expr::Const(
+        dims.iter().map(|&d| d as i64).collect(),
+        Rc::new(v.iter().map(|x| x.to_bits()).collect()),
+    ))
+}
+
+fn node(op: &str, args: Vec<Rc<Expr>>) -> Rc<Expr> {
+    Rc::new(Expr::Node(op.into(), args))
+}
+
+/// The name of a Slice of columns `from..to` (axis 1).
+fn slice_name(from: i64, to: i64, axis: i64) -> String {
+    format!("Slice[{from}..{to} on axis {axis}]")
+}
+
+/// The head's grid from its parameters `t` (the regressor's output), as `stn-export` writes it,
+/// and the parameters' output (`theta` or `transform`).
+fn head_grid(plan: &Plan, t: Expr) -> (Expr, Expr) {
+    let r = Rc::new;
+    let tr = plan.transform;
+    let smp = tr.sampler().expect("a transformer samples");
+    let [ho, wo] = smp.output;
+    let grid_shape = vec![-1, ho as i64, wo as i64, 2];
+    match tr {
+        Transform::Affine(_) => {
+            let theta = Expr::Reshape(r(t), vec![-1, 2, 3]);
+            (Expr::AffineGrid(r(theta.clone())), theta)
+        }
+        Transform::Attention(_) | Transform::Similarity(_) => {
+            let rows = tr.theta_basis().expect("a constrained affine head");
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            let t6 = node("MatMul", vec![r(t.clone()), konst(&[rows.len(), 6], &flat)]);
+            let theta = Expr::Reshape(t6, vec![-1, 2, 3]);
+            (Expr::AffineGrid(r(theta)), t)
+        }
+        Transform::Projective(_) => {
+            let p = r(t.clone());
+            let top = Expr::Reshape(node(&slice_name(0, 6, 1), vec![p.clone()]), vec![-1, 2, 3]);
+            let uv = r(Expr::BaseGridMatMul(r(Expr::Transpose021(r(top)))));
+            let hw = Expr::Reshape(node(&slice_name(6, 8, 1), vec![p]), vec![-1, 2, 1]);
+            let (xs, ys) = (
+                AffineGrid::base::<f32>(wo, smp.align_corners),
+                AffineGrid::base::<f32>(ho, smp.align_corners),
+            );
+            let xy: Vec<f32> = ys
+                .iter()
+                .flat_map(|&y| xs.iter().flat_map(move |&x| [x, y]))
+                .collect();
+            let w0 = node("MatMul", vec![konst(&[ho * wo, 2], &xy), r(hw)]);
+            let w = node("Add", vec![w0, konst(&[], &[1.0])]);
+            let min = stn_ops::ProjectiveGrid::MIN_W as f32;
+            let small = node(
+                "Less",
+                vec![node("Abs", vec![w.clone()]), konst(&[], &[min])],
+            );
+            let neg = node("Less", vec![w.clone(), konst(&[], &[0.0])]);
+            let clamp = node("Where", vec![neg, konst(&[], &[-min]), konst(&[], &[min])]);
+            let wc = node("Where", vec![small, clamp, w]);
+            let g = node("Div", vec![uv, wc]);
+            (Expr::Reshape(g, grid_shape), t)
+        }
+        Transform::Tps(h) => {
+            let k = h.grid * h.grid;
+            let pts = Expr::Reshape(r(t.clone()), vec![-1, k as i64, 2]);
+            let m: Vec<f32> = plan
+                .tps_matrix()
+                .expect("a tps plan has its matrix")
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let g = node("MatMul", vec![konst(&[ho * wo, k], &m), r(pts)]);
+            (Expr::Reshape(g, grid_shape), t)
+        }
+        Transform::None => unreachable!("a transformer"),
+    }
 }
 
 /// The network's outputs as expressions: `(log_probs, theta, warped)`; theta and warped are
@@ -83,8 +167,8 @@ pub(crate) fn expected(plan: &Plan) -> (Expr, Option<Expr>, Option<Expr>) {
     };
     let (classifier_in, theta, warped) = if plan.transform.is_some() {
         let t = layers(Expr::Input, &plan.localization);
-        let theta = Expr::Reshape(r(t), vec![-1, 2, 3]);
-        let warped = Expr::GridSample(r(Expr::AffineGrid(r(theta.clone()))));
+        let (grid, theta) = head_grid(plan, t);
+        let warped = Expr::GridSample(r(grid));
         (warped.clone(), Some(theta), Some(warped))
     } else {
         (Expr::Input, None, None)
@@ -238,7 +322,9 @@ pub(crate) fn verify(
             Some(("log-probs", &lp))
         } else {
             match name.as_str() {
-                "theta" => theta.as_ref().map(|t| ("theta", t)),
+                n if n == net.plan().transform.output_name() => {
+                    theta.as_ref().map(|t| ("transform parameters", t))
+                }
                 "warped" => warped.as_ref().map(|w| ("warped", w)),
                 _ => None,
             }
@@ -253,13 +339,14 @@ pub(crate) fn verify(
             }
             None => {
                 return Err(format!(
-                "output {name}: {who}'s outputs are log-probs first, then `theta` and `warped`{}",
-                if net.plan().transform.is_some() {
-                    ""
-                } else {
-                    " (which a model without STN has not)"
-                }
-            ))
+                    "output {name}: {who}'s outputs are log-probs first, then `{}` and `warped`{}",
+                    net.plan().transform.output_name(),
+                    if net.plan().transform.is_some() {
+                        ""
+                    } else {
+                        " (which a model without STN has not)"
+                    }
+                ))
             }
         }
         outputs.push(name);
@@ -298,6 +385,8 @@ fn describe_difference(want: &Expr, got: &Expr) -> String {
             Expr::AffineGrid(_) => "AffineGrid".into(),
             Expr::GridSample(_) => "GridSample".into(),
             Expr::LogSoftmax(_) => "LogSoftmax".into(),
+            Expr::Const(d, _) => format!("a constant of dimensions {d:?}"),
+            Expr::Node(op, _) => op.clone(),
         }
     }
     fn inner(e: &Expr) -> Option<&Expr> {
@@ -314,6 +403,11 @@ fn describe_difference(want: &Expr, got: &Expr) -> String {
             | Expr::AffineGrid(x)
             | Expr::GridSample(x)
             | Expr::LogSoftmax(x) => Some(x),
+            Expr::Const(..) => None,
+            Expr::Node(_, args) => args
+                .iter()
+                .find(|a| !matches!(a.as_ref(), Expr::Const(..)))
+                .map(|a| a.as_ref()),
         }
     }
     // Walk from the input side: the chains are listed outermost first.
@@ -555,6 +649,37 @@ fn eval(
         Ok(prefix.to_string())
     };
     let one = |e: Expr| Ok(vec![Val::Expr(Rc::new(e))]);
+    let constant = |name: &String| -> Result<&TensorProto, String> {
+        floats
+            .get(name)
+            .copied()
+            .or_else(|| constants.iter().find(|c| c.name.as_ref() == Some(name)))
+            .ok_or_else(|| format!("{name}: no such tensor"))
+    };
+    // An operator of a head's grid: its operands computed values or float constants (by value).
+    let generic = |name: String, arity: usize| -> Result<Vec<Val>, String> {
+        n_inputs(arity, arity)?;
+        let mut args = Vec::new();
+        for k in 0..arity {
+            args.push(match get(k)? {
+                Val::Expr(e) => e.clone(),
+                Val::Floats(n) => {
+                    let t = constant(n)?;
+                    let v = floats_of(t).ok_or_else(|| format!("{n}: unreadable float data"))?;
+                    Rc::new(Expr::Const(
+                        t.dims.clone(),
+                        Rc::new(v.iter().map(|x| x.to_bits()).collect()),
+                    ))
+                }
+                Val::Ints { .. } => {
+                    return Err(format!(
+                        "input {k} is an int64 constant where a float tensor is expected"
+                    ))
+                }
+            });
+        }
+        Ok(vec![Val::Expr(Rc::new(Expr::Node(name, args)))])
+    };
     match op {
         "Conv" => {
             only_attrs(node, &["kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"])?;
@@ -682,34 +807,34 @@ fn eval(
         "MatMul" => {
             only_attrs(node, &[])?;
             n_inputs(2, 2)?;
-            let Val::Floats(base) = get(0)? else {
-                return Err("input 0 is not the constant base grid".into());
-            };
-            let t = floats
-                .get(base)
-                .copied()
-                .or_else(|| constants.iter().find(|c| c.name.as_deref() == Some(base)))
-                .ok_or_else(|| format!("{base}: no such tensor"))?;
-            let Transform::Affine { output: [ho, wo], align_corners, .. } = want.transform else {
+            let Some(smp) = want.transform.sampler() else {
                 return Err("a MatMul in a network without a transformer".into());
             };
-            let (xs, ys) = (AffineGrid::base::<f32>(wo, align_corners), AffineGrid::base::<f32>(ho, align_corners));
-            let grid: Vec<f32> = ys.iter().flat_map(|&y| xs.iter().flat_map(move |&x| [x, y, 1.0])).collect();
-            let ok = t.dims == [(ho * wo) as i64, 3]
-                && floats_of(t).is_some_and(|v| v.len() == grid.len() && v.iter().zip(&grid).all(|(a, b)| a.to_bits() == b.to_bits()));
-            if !ok {
-                return Err(format!(
-                    "{base} is not the {ho}×{wo} base grid of an affine grid (align_corners = {})",
-                    align_corners as i64
-                ));
+            // The affine grid's (and the projective's) constant base grid times a computed value:
+            // the opset-16 affine grid's product. Any other product is a head's generic node.
+            if let (Val::Floats(base), Val::Expr(x)) = (get(0)?, get(1)?) {
+                let t = constant(base)?;
+                let [ho, wo] = smp.output;
+                let (xs, ys) = (AffineGrid::base::<f32>(wo, smp.align_corners), AffineGrid::base::<f32>(ho, smp.align_corners));
+                let grid: Vec<f32> = ys.iter().flat_map(|&y| xs.iter().flat_map(move |&x| [x, y, 1.0])).collect();
+                if t.dims == [(ho * wo) as i64, 3] {
+                    let ok = floats_of(t).is_some_and(|v| v.len() == grid.len() && v.iter().zip(&grid).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    if !ok {
+                        return Err(format!(
+                            "{base} is not the {ho}×{wo} base grid of an affine grid (align_corners = {})",
+                            smp.align_corners as i64
+                        ));
+                    }
+                    return one(Expr::BaseGridMatMul(x.clone()));
+                }
             }
-            one(Expr::BaseGridMatMul(expr(1)?))
+            generic("MatMul".into(), 2)
         }
         "AffineGrid" => {
             only_attrs(node, &["align_corners"])?;
             n_inputs(2, 2)?;
-            let Transform::Affine { output: [ho, wo], align_corners, .. } = want.transform else {
-                return Err("an AffineGrid in a network without a transformer".into());
+            let Some(Sampler { output: [ho, wo], align_corners, .. }) = want.transform.sampler().filter(|_| want.transform.is_affine_family()) else {
+                return Err("an AffineGrid in a network without an affine transformer".into());
             };
             want_int(node, "align_corners", 0, &[align_corners as i64])?;
             let theta = expr(0)?;
@@ -726,17 +851,21 @@ fn eval(
             if !matches!(expr(0)?.as_ref(), Expr::Input) {
                 return Err("input 0 is not the model's input image".into());
             }
+            let Some(Sampler { padding, align_corners, mode: want_mode, .. }) = want.transform.sampler() else {
+                return Err("a GridSample in a network without a transformer".into());
+            };
+            if want_mode == stn_model::SampleMode::Bicubic && padding != Padding::Zeros {
+                return Err("cubic sampling with border or reflection padding: ONNX pads the coordinate before the taps, stn (as PyTorch) each tap".into());
+            }
             let mode = attr_s(node, "mode")?;
-            let bilinear = if opset >= 20 { "linear" } else { "bilinear" };
-            if mode.as_deref().is_some_and(|m| m != bilinear) {
+            let spelled = if opset >= 20 { want_mode.op().onnx20_name() } else { want_mode.op().name() };
+            // The default mode is bilinear at every opset.
+            if mode.as_deref().unwrap_or(if opset >= 20 { "linear" } else { "bilinear" }) != spelled {
                 return Err(format!(
-                    "mode {:?}; the seed network samples with {bilinear:?} (the spelling of opset {opset})",
+                    "mode {:?}; the network samples with {spelled:?} (the spelling of opset {opset})",
                     mode.unwrap_or_default()
                 ));
             }
-            let Transform::Affine { padding, align_corners, .. } = want.transform else {
-                return Err("a GridSample in a network without a transformer".into());
-            };
             let pad = match padding {
                 Padding::Zeros => "zeros",
                 Padding::Border => "border",
@@ -839,6 +968,31 @@ fn eval(
             }
             Ok(vec![Val::Ints { v, scalar: false }])
         }
+        "Slice" if matches!(get(0)?, Val::Expr(_)) => {
+            // Columns of a head's parameters: one axis, step 1, constant bounds.
+            only_attrs(node, &[])?;
+            n_inputs(4, 5)?;
+            let num = |k: usize| -> Result<i64, String> {
+                match ints(k)?.0.as_slice() {
+                    [Dim::Known(v)] => Ok(*v),
+                    v => Err(format!("input {k} is {v:?}; a head slices one axis")),
+                }
+            };
+            if node.input.get(4).is_some_and(|n| !n.is_empty()) && num(4)? != 1 {
+                return Err("a head's slice has step 1".into());
+            }
+            let name = slice_name(num(1)?, num(2)?, num(3)?);
+            one(Expr::Node(name, vec![expr(0)?]))
+        }
+        "Add" | "Abs" | "Less" | "Where" | "Div" => {
+            only_attrs(node, &[])?;
+            let arity = match op {
+                "Abs" => 1,
+                "Where" => 3,
+                _ => 2,
+            };
+            generic(op.to_string(), arity)
+        }
         "Slice" => {
             only_attrs(node, &[])?;
             n_inputs(3, 5)?;
@@ -865,7 +1019,7 @@ fn eval(
             }])
         }
         other => Err(format!(
-            "operator {other:?} is not part of an stn network (stn runs Conv, MaxPool, AveragePool, Relu, Reshape, Gemm, LogSoftmax, GridSample, AffineGrid or its opset-16 form)"
+            "operator {other:?} is not part of an stn network (stn runs Conv, MaxPool, AveragePool, Relu, Reshape, Gemm, LogSoftmax, GridSample, AffineGrid or its opset-16 form, and the heads' MatMul, Slice, Add, Abs, Less, Where, Div)"
         )),
     }
 }

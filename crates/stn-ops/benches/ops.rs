@@ -15,7 +15,8 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 use stn_ops::op::{apply, Buf, Input};
 use stn_ops::{
-    affine_grid, affine_sample, conv2d, grid_sample, max_pool2d, CustomOp, OpError, Padding,
+    affine_grid, affine_sample, conv2d, grid_sample, grid_sample_with, max_pool2d, CustomOp,
+    GridSample, Mode, OpError, Padding,
 };
 
 /// The harness's loss, `Σ y`, as a parallel op of ours: dfdx's generic `sum` (one thread,
@@ -154,6 +155,24 @@ fn bench() {
             let _ = sum_all(y).backward();
         });
         println!(r#"{{"op":"affine_sample_fwd_bwd","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
+        // The other sampling modes, zero padding, as PyTorch's grid_sample(mode=…).
+        for (mode, name) in [(Mode::Nearest, "nearest"), (Mode::Bicubic, "bicubic")] {
+            let op = format!("grid_sample_{name}_fwd_bwd");
+            if !wanted(&op) {
+                continue;
+            }
+            let us = median_us(|| {
+                let g = affine_grid(theta.leaky_trace(), [n, c, 28, 28], false).unwrap();
+                let s = GridSample {
+                    mode,
+                    padding: Padding::Zeros,
+                    align_corners: false,
+                };
+                let y = grid_sample_with(x.clone(), g, s).unwrap();
+                let _ = sum_all(y).backward();
+            });
+            println!(r#"{{"op":"{op}","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
+        }
     }
     // The seed's four conv → max-pool layers: (name, input, weight, input traced).
     let layers = [

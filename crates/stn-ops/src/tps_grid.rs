@@ -193,8 +193,8 @@ impl<E: Real> CustomOp<E> for TpsGrid {
                 for (row, g) in m.chunks_exact(k).zip(g.chunks_exact_mut(2)) {
                     let (mut gx, mut gy) = (E::zero(), E::zero());
                     for (kk, &mk) in row.iter().enumerate() {
-                        gx = gx + mk * v[2 * kk];
-                        gy = gy + mk * v[2 * kk + 1];
+                        gx += mk * v[2 * kk];
+                        gy += mk * v[2 * kk + 1];
                     }
                     g[0] = gx;
                     g[1] = gy;

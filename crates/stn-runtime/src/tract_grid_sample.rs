@@ -4,7 +4,9 @@
 //! element through ndarray's dynamic indexing; on the seed network it was ~40% of tract's time
 //! (perf: `sample_nd`, `pixel_at_nd`, `index_checked` and their allocations). Ours samples a 2-d
 //! plane with 8-wide SIMD and no allocation per element. The 2-d f32 case of every mode (what our
-//! exporter and PyTorch's write) takes this route; anything else falls back to tract's op.
+//! exporter and PyTorch's write) takes this route — except cubic with border or reflection
+//! padding, where ONNX's semantics (the coordinate padded before the taps) are not PyTorch's (each
+//! tap padded) and tract's own op computes ONNX's; anything else falls back to tract's op too.
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -95,7 +97,11 @@ impl Expansion for GridSampleExpansion {
         let x = model.outlet_fact(inputs[0])?;
         let ours = x.rank() == 4
             && x.datum_type == f32::datum_type()
-            && model.outlet_fact(inputs[1])?.datum_type == f32::datum_type();
+            && model.outlet_fact(inputs[1])?.datum_type == f32::datum_type()
+            // ONNX's cubic pads the coordinate before its taps where PyTorch (and our kernel)
+            // pads each tap: with border or reflection padding, tract's own op is ONNX's.
+            && !(self.0.mode == InterpolationMode::Bicubic
+                && self.0.padding_mode != PaddingMode::Zeros);
         if !ours {
             return model.wire_node(name, self.0.clone(), inputs);
         }

@@ -209,15 +209,23 @@ fn conv_matches_tracts_own_and_leaves_it_the_cases_ours_does_not_cover() {
 }
 
 #[test]
-fn grid_sample_matches_tracts_own_for_every_padding_and_alignment() {
+fn grid_sample_matches_tracts_own_for_every_mode_padding_and_alignment() {
     let (x_dims, g_dims): (&[usize], &[usize]) = (&[2, 3, 5, 6], &[2, 4, 7, 2]);
     let x = values(2 * 3 * 5 * 6, 0.4, 1.0);
     // Points inside, on the borders and outside the image.
     let grid = values(2 * 4 * 7 * 2, 0.5, 1.3);
     for padding in ["zeros", "border", "reflection"] {
         for align in [0, 1] {
-            for (mode, ours) in [("linear", true), ("bilinear", true), ("nearest", false)] {
-                let opset = if mode == "bilinear" { 16 } else { 20 };
+            // Every mode runs ours (opset 16's and 20's spellings), but for cubic with padding.
+            for mode in ["linear", "bilinear", "nearest", "cubic", "bicubic"] {
+                // ONNX's cubic pads the coordinate before its taps (PyTorch pads each tap):
+                // with border or reflection padding tract's own op keeps ONNX's semantics.
+                let ours = !(matches!(mode, "cubic" | "bicubic") && padding != "zeros");
+                let opset = if matches!(mode, "bilinear" | "bicubic") {
+                    16
+                } else {
+                    20
+                };
                 let attrs = vec![
                     string("mode", mode),
                     string("padding_mode", padding),

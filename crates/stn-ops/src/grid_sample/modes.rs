@@ -177,10 +177,10 @@ impl GridSample {
                             let mut row = E::zero();
                             for j in 0..4 {
                                 if let Some(k) = s.idx[i][j] {
-                                    row = row + plane[k] * s.wx[j];
+                                    row += plane[k] * s.wx[j];
                                 }
                             }
-                            v = v + row * s.wy[i];
+                            v += row * s.wy[i];
                         }
                         out[ch * p + q] = v;
                     }
@@ -241,8 +241,8 @@ impl GridSample {
                                 for j in 0..4 {
                                     if let Some(k) = s.idx[i][j] {
                                         let v = plane[k] * o;
-                                        dx = dx + v * s.dwx[j] * s.wy[i];
-                                        dy = dy + v * s.dwy[i] * s.wx[j];
+                                        dx += v * s.dwx[j] * s.wy[i];
+                                        dy += v * s.dwy[i] * s.wx[j];
                                     }
                                 }
                             }
