@@ -109,10 +109,7 @@ fn close(x: f32, y: f32, tol: f32) -> bool {
 /// numpy's allclose(tol, tol); returns the largest |a − b|.
 fn allclose(what: &str, a: &[f32], b: &[f32], tol: f32) -> f32 {
     assert_eq!(a.len(), b.len(), "{what}");
-    let bad = a
-        .iter()
-        .zip(b)
-        .position(|(&x, &y)| !close(x, y, tol));
+    let bad = a.iter().zip(b).position(|(&x, &y)| !close(x, y, tol));
     if let Some(i) = bad {
         panic!("{what}[{i}]: {} vs {}", a[i], b[i]);
     }

@@ -135,26 +135,42 @@ fn bench() {
         return;
     }
     for c in [1usize, 10] {
-        if !wanted("grid_sample_fwd_bwd") && !wanted("affine_sample_fwd_bwd") {
+        let samplers = [
+            "grid_sample_fwd_bwd",
+            "affine_sample_fwd_bwd",
+            "grid_sample_nearest_fwd_bwd",
+            "grid_sample_bicubic_fwd_bwd",
+        ];
+        if !samplers.iter().any(|s| wanted(s)) {
             continue;
         }
         let n = 64;
         let x: Tensor<(usize, usize, usize, usize), f32, _> =
             dev.sample_normal_like(&(n, c, 28, 28));
         let theta: Tensor<(usize, usize, usize), f32, _> = dev.sample_normal_like(&(n, 2, 3));
+        let bilinear = wanted("grid_sample_fwd_bwd") || wanted("affine_sample_fwd_bwd");
         let us = median_us(|| {
+            if !bilinear {
+                return;
+            }
             // As in the STN: theta is traced, the images are not.
             let g = affine_grid(theta.leaky_trace(), [n, c, 28, 28], false).unwrap();
             let y = grid_sample(x.clone(), g, Padding::Zeros, false).unwrap();
             let _ = sum_all(y).backward();
         });
-        println!(r#"{{"op":"grid_sample_fwd_bwd","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
+        if bilinear {
+            println!(r#"{{"op":"grid_sample_fwd_bwd","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
+        }
         // The same computation as the network runs it on the CPU: one op, no grid tensor.
-        let us = median_us(|| {
-            let y = affine_sample(x.clone(), theta.leaky_trace(), (28, 28), false).unwrap();
-            let _ = sum_all(y).backward();
-        });
-        println!(r#"{{"op":"affine_sample_fwd_bwd","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
+        if bilinear {
+            let us = median_us(|| {
+                let y = affine_sample(x.clone(), theta.leaky_trace(), (28, 28), false).unwrap();
+                let _ = sum_all(y).backward();
+            });
+            println!(
+                r#"{{"op":"affine_sample_fwd_bwd","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#
+            );
+        }
         // The other sampling modes, zero padding, as PyTorch's grid_sample(mode=…).
         for (mode, name) in [(Mode::Nearest, "nearest"), (Mode::Bicubic, "bicubic")] {
             let op = format!("grid_sample_{name}_fwd_bwd");

@@ -310,6 +310,15 @@ impl<E: Real> CustomOp<E> for GridSample {
             Axis::new(w, self.align_corners),
             Axis::new(h, self.align_corners),
         );
+        if self.modes_fast(false) {
+            return out
+                .par_chunks_mut(c * p)
+                .zip(x.par_chunks(c * h * w))
+                .zip(grid.par_chunks(p * 2))
+                .for_each_init(Vec::new, |framed, ((o, x), g)| {
+                    self.modes_fast_fwd_image(x, g, &ax, &ay, framed, o)
+                });
+        }
         if self.mode != Mode::Bilinear {
             return out
                 .par_chunks_mut(c * p)
@@ -364,6 +373,19 @@ impl<E: Real> CustomOp<E> for GridSample {
         let [gi, gg] = grads else {
             unreachable!("two inputs")
         };
+        if self.modes_fast(gi.is_some()) {
+            let Some(gg) = gg.as_deref_mut() else {
+                return;
+            };
+            return gg
+                .par_chunks_mut(p * 2)
+                .zip(x.par_chunks(c * h * w))
+                .zip(grid.par_chunks(p * 2))
+                .zip(grad_out.par_chunks(c * p))
+                .for_each_init(Vec::new, |framed, (((gg, x), g), go)| {
+                    self.modes_fast_bwd_grid_image(x, g, go, &ax, &ay, framed, gg)
+                });
+        }
         if self.mode != Mode::Bilinear {
             let (gi, gg) = (
                 per_image(gi.as_deref_mut(), n, c * h * w),

@@ -23,6 +23,9 @@ pub trait Simd: dfdx::dtypes::Dtype + num_traits::Float + HostPool + Send + Sync
     /// `v` in every lane.
     fn splat(v: Self) -> Self::Lanes;
 
+    /// Rounded to the nearest integer, ties to even (`nearbyint`; one instruction with SSE4.1).
+    fn round_even(self) -> Self;
+
     /// `s[..8]`.
     fn load(s: &[Self]) -> Self::Lanes;
 
@@ -138,6 +141,11 @@ impl Simd for f32 {
     }
 
     #[inline(always)]
+    fn round_even(self) -> Self {
+        self.round_ties_even()
+    }
+
+    #[inline(always)]
     fn splat(v: f32) -> wide::f32x8 {
         wide::f32x8::splat(v)
     }
@@ -242,6 +250,11 @@ impl Simd for f64 {
     #[inline(always)]
     fn of(v: f64) -> Self {
         v
+    }
+
+    #[inline(always)]
+    fn round_even(self) -> Self {
+        self.round_ties_even()
     }
 
     #[inline(always)]

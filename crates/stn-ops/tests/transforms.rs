@@ -519,3 +519,71 @@ fn bad_shapes_for_the_new_ops_are_errors() {
         .unwrap_err()
         .contains("bilinear, nearest or bicubic"));
 }
+
+#[test]
+fn zero_padding_fast_paths_are_the_general_samplers_for_every_point_kind() {
+    // The STN's case (the images carry no tape) takes the framed fast paths; the general path is
+    // the one PyTorch's goldens check above. Points inside, at the edges, far outside, and not
+    // finite.
+    let dev = Cpu::default();
+    let (n, c, h, w, ho, wo) = (2usize, 3usize, 5usize, 7usize, 4usize, 9usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let x = randn(&mut rng, n * c * h * w, 1.0);
+    let special = [
+        f64::NAN,
+        f64::INFINITY,
+        -1e30,
+        1e30,
+        -1.0,
+        1.0,
+        0.0,
+        1.3,
+        -1.25,
+    ];
+    let g: Vec<f64> = (0..n * ho * wo * 2)
+        .map(|i| {
+            if i % 4 == 0 {
+                special[(i / 4) % special.len()]
+            } else {
+                rng.gen_range(-1.6..1.6)
+            }
+        })
+        .collect();
+    let r = dev.tensor_from_vec(randn(&mut rng, n * c * ho * wo, 1.0), (n, c, ho, wo));
+    for mode in [Mode::Nearest, Mode::Bicubic] {
+        for align_corners in [false, true] {
+            let op = GridSample {
+                mode,
+                padding: Padding::Zeros,
+                align_corners,
+            };
+            let run = |trace_x: bool| {
+                let xt = dev.tensor_from_vec(x.clone(), (n, c, h, w));
+                let gt = dev.tensor_from_vec(g.clone(), (n, ho, wo, 2usize));
+                let out = if trace_x {
+                    grid_sample_with(xt.leaky_trace(), gt.leaky_trace(), op).unwrap()
+                } else {
+                    grid_sample_with(xt.clone(), gt.leaky_trace(), op).unwrap()
+                };
+                let v = out.as_vec();
+                let grads = (out * r.clone()).sum::<Rank0, _>().backward();
+                (v, grads.get(&gt).as_vec())
+            };
+            let ((fast_out, fast_gg), (gen_out, gen_gg)) = (run(false), run(true));
+            let tag = format!("{op:?}");
+            for (i, (a, b)) in fast_out.iter().zip(&gen_out).enumerate() {
+                assert!(
+                    a == b || (a.is_nan() && b.is_nan()),
+                    "{tag} out[{i}]: {a} vs {b}"
+                );
+            }
+            for (i, (a, b)) in fast_gg.iter().zip(&gen_gg).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                    "{tag} grad_grid[{i}]: {a} vs {b}"
+                );
+            }
+            assert!(fast_out.iter().any(|v| *v != 0.0));
+        }
+    }
+}

@@ -20,24 +20,25 @@ use crate::op::Real;
 const A: f64 = -0.75;
 
 /// `nearbyint`: round half to even, as PyTorch's nearest mode.
-#[inline]
+#[inline(always)]
 pub(crate) fn round_half_even<E: Real>(x: E) -> E {
-    let f = x.floor();
-    let d = x - f;
-    let half = E::of(0.5);
-    if d > half {
-        f + E::one()
-    } else if d < half {
-        f
-    } else {
-        // A tie: the even neighbour.
-        let two = E::of(2.0);
-        if (f / two).floor() * two == f {
-            f
-        } else {
-            f + E::one()
-        }
-    }
+    x.round_even()
+}
+
+/// Zero padding's frame for bicubic sampling: 4 pixels of zeros on every side, so that the 4×4
+/// taps of any point whose floor is clamped to [−3, W + 1] × [−3, H + 1] lie inside the frame, and a
+/// point whose taps all fall outside the image reads only zeros (as PyTorch's, which skips them).
+const CUBIC_BORDER: usize = 4;
+
+/// A bicubic point in a framed plane: the frame index of its top-left tap, the weights by axis,
+/// their derivatives (zero for a point that is not finite).
+#[derive(Clone, Copy)]
+struct FramedCubic<E> {
+    base: usize,
+    wx: [E; 4],
+    wy: [E; 4],
+    dwx: [E; 4],
+    dwy: [E; 4],
 }
 
 /// The weights of taps −1, 0, 1, 2 at fraction `t` (PyTorch's `get_cubic_upsample_coefficients`).
@@ -254,6 +255,174 @@ impl GridSample {
                     }
                 }
             }
+        }
+    }
+}
+
+impl GridSample {
+    /// Whether the zero-padding fast paths apply: zeros padding, nearest or bicubic, no input
+    /// gradient (the STN's case: the images are data).
+    pub(crate) fn modes_fast(&self, input_grad: bool) -> bool {
+        self.padding == Padding::Zeros && self.mode != Mode::Bilinear && !input_grad
+    }
+
+    /// Nearest, zero padding: each point's flat index and whether it reads a pixel.
+    fn nearest_points<E: Real>(g: &[E], ax: &Axis<E>, ay: &Axis<E>) -> Vec<(u32, bool)> {
+        g.chunks_exact(2)
+            .map(|p| {
+                let x = round_half_even(p[0] * ax.scale + ax.offset);
+                let y = round_half_even(p[1] * ay.scale + ay.offset);
+                // False for NaN too.
+                let ok = x >= E::zero() && x < ax.size_e && y >= E::zero() && y < ay.size_e;
+                let i = if ok {
+                    E::to_i32_sat(y) as usize * ax.size + E::to_i32_sat(x) as usize
+                } else {
+                    0
+                };
+                (i as u32, ok)
+            })
+            .collect()
+    }
+
+    /// Bicubic, zero padding: each point in the frame of [`CUBIC_BORDER`].
+    fn cubic_points<E: Real>(g: &[E], ax: &Axis<E>, ay: &Axis<E>) -> Vec<FramedCubic<E>> {
+        let fw = ax.size + 2 * CUBIC_BORDER;
+        let b = CUBIC_BORDER as i32;
+        g.chunks_exact(2)
+            .map(|p| {
+                let (x, y) = (p[0] * ax.scale + ax.offset, p[1] * ay.scale + ay.offset);
+                let (x0, y0) = (x.floor(), y.floor());
+                if !(x.is_finite() && y.is_finite()) {
+                    let z = [E::zero(); 4];
+                    return FramedCubic {
+                        base: 0,
+                        wx: z,
+                        wy: z,
+                        dwx: z,
+                        dwy: z,
+                    };
+                }
+                let (tx, ty) = (x - x0, y - y0);
+                // Clamped so that the taps stay in the frame; a clamped axis has all four taps
+                // outside the image, in the zero border.
+                let cx = E::to_i32_sat(x0).clamp(1 - b, ax.size as i32 + b - 3);
+                let cy = E::to_i32_sat(y0).clamp(1 - b, ay.size as i32 + b - 3);
+                FramedCubic {
+                    base: (cy - 1 + b) as usize * fw + (cx - 1 + b) as usize,
+                    wx: cubic_weights(tx),
+                    wy: cubic_weights(ty),
+                    dwx: cubic_weight_derivatives(tx),
+                    dwy: cubic_weight_derivatives(ty),
+                }
+            })
+            .collect()
+    }
+
+    /// The planes of `x` (`[C, H·W]`) in zero frames of [`CUBIC_BORDER`] pixels, into `framed`
+    /// (zeroed where the frame is: only the image's pixels are written).
+    fn frame_cubic<E: Real>(x: &[E], h: usize, w: usize, framed: &mut Vec<E>) {
+        let fw = w + 2 * CUBIC_BORDER;
+        let plane = fw * (h + 2 * CUBIC_BORDER);
+        let c = x.len() / (h * w);
+        if framed.len() != c * plane {
+            framed.clear();
+            framed.resize(c * plane, E::zero());
+        }
+        for (src, dst) in x.chunks_exact(h * w).zip(framed.chunks_exact_mut(plane)) {
+            for r in 0..h {
+                let o = (r + CUBIC_BORDER) * fw + CUBIC_BORDER;
+                dst[o..o + w].copy_from_slice(&src[r * w..(r + 1) * w]);
+            }
+        }
+    }
+
+    /// The fast forward of one image (see [`GridSample::modes_fast`]).
+    pub(crate) fn modes_fast_fwd_image<E: Real>(
+        &self,
+        x: &[E],
+        g: &[E],
+        ax: &Axis<E>,
+        ay: &Axis<E>,
+        framed: &mut Vec<E>,
+        out: &mut [E],
+    ) {
+        let p = g.len() / 2;
+        let (h, w) = (ay.size, ax.size);
+        match self.mode {
+            Mode::Nearest => {
+                let pts = Self::nearest_points(g, ax, ay);
+                for (plane, o) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(p)) {
+                    for (o, &(i, ok)) in o.iter_mut().zip(&pts) {
+                        let v = plane[i as usize];
+                        *o = if ok { v } else { E::zero() };
+                    }
+                }
+            }
+            _ => {
+                let pts = Self::cubic_points(g, ax, ay);
+                Self::frame_cubic(x, h, w, framed);
+                let fw = w + 2 * CUBIC_BORDER;
+                let plane = fw * (h + 2 * CUBIC_BORDER);
+                for (f, o) in framed.chunks_exact(plane).zip(out.chunks_exact_mut(p)) {
+                    for (o, pt) in o.iter_mut().zip(&pts) {
+                        let mut v = E::zero();
+                        for i in 0..4 {
+                            let r = &f[pt.base + i * fw..pt.base + i * fw + 4];
+                            let row = r[0] * pt.wx[0]
+                                + r[1] * pt.wx[1]
+                                + r[2] * pt.wx[2]
+                                + r[3] * pt.wx[3];
+                            v += row * pt.wy[i];
+                        }
+                        *o = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fast grid gradient of one image (nearest's is zero: nothing to add).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn modes_fast_bwd_grid_image<E: Real>(
+        &self,
+        x: &[E],
+        g: &[E],
+        go: &[E],
+        ax: &Axis<E>,
+        ay: &Axis<E>,
+        framed: &mut Vec<E>,
+        gg: &mut [E],
+    ) {
+        if self.mode == Mode::Nearest {
+            return;
+        }
+        let p = g.len() / 2;
+        let (h, w) = (ay.size, ax.size);
+        let pts = Self::cubic_points(g, ax, ay);
+        Self::frame_cubic(x, h, w, framed);
+        let fw = w + 2 * CUBIC_BORDER;
+        let plane = fw * (h + 2 * CUBIC_BORDER);
+        let mut acc = vec![(E::zero(), E::zero()); p];
+        // Channel by channel (a framed plane stays in L1), each point's sums over channels.
+        for (f, go) in framed.chunks_exact(plane).zip(go.chunks_exact(p)) {
+            for ((pt, &o), (dx, dy)) in pts.iter().zip(go).zip(acc.iter_mut()) {
+                // Σ_ij v_ij·w'x_j·wy_i and Σ_ij v_ij·wx_j·w'y_i.
+                let (mut sx, mut sy) = (E::zero(), E::zero());
+                for i in 0..4 {
+                    let r = &f[pt.base + i * fw..pt.base + i * fw + 4];
+                    let rx =
+                        r[0] * pt.dwx[0] + r[1] * pt.dwx[1] + r[2] * pt.dwx[2] + r[3] * pt.dwx[3];
+                    let rv = r[0] * pt.wx[0] + r[1] * pt.wx[1] + r[2] * pt.wx[2] + r[3] * pt.wx[3];
+                    sx += rx * pt.wy[i];
+                    sy += rv * pt.dwy[i];
+                }
+                *dx += sx * o;
+                *dy += sy * o;
+            }
+        }
+        for (q, (dx, dy)) in acc.into_iter().enumerate() {
+            gg[2 * q] += dx * ax.scale;
+            gg[2 * q + 1] += dy * ay.scale;
         }
     }
 }
