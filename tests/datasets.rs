@@ -123,7 +123,8 @@ fn an_rgb_image_folder_trains_well_above_chance() {
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
     // The pictures are RGB where the input is: 64 training images 8 to a row (32 px and a 2 px
-    // gutter), and 32 test images beside their 28×28 samples.
+    // gutter), and 32 test images beside their 28×28 samples, both 3× (so that the sampling
+    // grid drawn over each input is thinner than a pixel).
     let img = image::open(&sheet).unwrap();
     assert_eq!(img.color(), image::ColorType::Rgb8);
     assert_eq!((img.width(), img.height()), (8 * 34 + 2, 8 * 34 + 2));
@@ -131,8 +132,15 @@ fn an_rgb_image_folder_trains_well_above_chance() {
     assert_eq!(img.color(), image::ColorType::Rgb8);
     assert_eq!(
         (img.width(), img.height()),
-        (8 * 34 + 2 + 12 + 8 * 30 + 2, 4 * 34 + 2)
+        (8 * 98 + 2 + 12 + 8 * 86 + 2, 4 * 98 + 2)
     );
+    // The sampling grids, in red, over the inputs.
+    let red = img
+        .to_rgb8()
+        .pixels()
+        .filter(|p| p.0 == [230, 40, 40])
+        .count();
+    assert!(red > 32 * 100, "{red} red pixels");
     assert!(
         err.contains(
             "240 training and 60 test images of 3 classes (bar, column, square), as 3×32×32"
