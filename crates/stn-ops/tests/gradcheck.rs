@@ -2,39 +2,15 @@
 //! shape errors that must be errors, not panics.
 
 use dfdx::prelude::*;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use stn_ops::{affine_grid, conv2d, grid_sample, max_pool2d, Dyn4, OpError, Padding};
 
+mod common;
+
+use common::{assert_grad, numeric_grad, randn};
+
 type D4 = Tensor<Dyn4, f64, Cpu>;
-
-fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| rng.gen_range(-1.0..1.0) * scale).collect()
-}
-
-/// Central differences of `f` at `p`, one coordinate at a time.
-fn numeric_grad(p: &[f64], eps: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let mut q = p.to_vec();
-    (0..p.len())
-        .map(|i| {
-            q[i] = p[i] + eps;
-            let hi = f(&q);
-            q[i] = p[i] - eps;
-            let lo = f(&q);
-            q[i] = p[i];
-            (hi - lo) / (2.0 * eps)
-        })
-        .collect()
-}
-
-fn assert_grad(what: &str, analytic: &[f64], numeric: &[f64], tol: f64) {
-    for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
-        assert!(
-            (a - n).abs() <= tol * (1.0 + n.abs()),
-            "{what}[{i}]: analytic {a}, numeric {n}"
-        );
-    }
-}
 
 /// L = Σ grid_sample(x, affine_grid(theta)) · r
 #[allow(clippy::too_many_arguments)]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, assert_close_scaled, T};
+use common::{assert_close, assert_close_scaled, assert_grad, numeric_grad, randn, T};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -267,34 +267,6 @@ fn projective_grid_stays_finite_where_w_crosses_zero() {
     assert_eq!(ov[2], 0.0, "the point sent to infinity reads zero padding");
     let grads = out.sum::<Rank0, _>().backward();
     assert!(grads.get(&h2).as_vec().iter().all(|g| g.is_finite()));
-}
-
-/// Central differences of `f` at `p`.
-fn numeric_grad(p: &[f64], eps: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let mut q = p.to_vec();
-    (0..p.len())
-        .map(|i| {
-            q[i] = p[i] + eps;
-            let hi = f(&q);
-            q[i] = p[i] - eps;
-            let lo = f(&q);
-            q[i] = p[i];
-            (hi - lo) / (2.0 * eps)
-        })
-        .collect()
-}
-
-fn assert_grad(what: &str, analytic: &[f64], numeric: &[f64], tol: f64) {
-    for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
-        assert!(
-            (a - n).abs() <= tol * (1.0 + n.abs()),
-            "{what}[{i}]: analytic {a}, numeric {n}"
-        );
-    }
-}
-
-fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| rng.gen_range(-1.0..1.0) * scale).collect()
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 /// `../shared/fixtures` beside the repository, or `STN_FIXTURES`.
@@ -78,6 +80,35 @@ pub fn assert_close_scaled(what: &str, a: &[f32], b: &[f32]) {
         assert!(
             (x - y).abs() <= 1e-5 * scale,
             "{what}[{i}]: {x} vs reference {y}"
+        );
+    }
+}
+
+/// Uniform values in ±scale.
+pub fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.gen_range(-1.0..1.0) * scale).collect()
+}
+
+/// Central differences of `f` at `p`, one coordinate at a time.
+pub fn numeric_grad(p: &[f64], eps: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut q = p.to_vec();
+    (0..p.len())
+        .map(|i| {
+            q[i] = p[i] + eps;
+            let hi = f(&q);
+            q[i] = p[i] - eps;
+            let lo = f(&q);
+            q[i] = p[i];
+            (hi - lo) / (2.0 * eps)
+        })
+        .collect()
+}
+
+pub fn assert_grad(what: &str, analytic: &[f64], numeric: &[f64], tol: f64) {
+    for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
+        assert!(
+            (a - n).abs() <= tol * (1.0 + n.abs()),
+            "{what}[{i}]: analytic {a}, numeric {n}"
         );
     }
 }
