@@ -30,6 +30,12 @@ pub(crate) fn round_half_even<E: Real>(x: E) -> E {
 /// point whose taps all fall outside the image reads only zeros (as PyTorch's, which skips them).
 const CUBIC_BORDER: usize = 4;
 
+/// `((r0·w0 + r1·w1) + r2·w2) + r3·w3`: one row of 4 taps, in the general path's order.
+#[inline(always)]
+fn dot4<E: Real>(r: &[E], w: &[E; 4]) -> E {
+    r[0] * w[0] + r[1] * w[1] + r[2] * w[2] + r[3] * w[3]
+}
+
 /// A bicubic point in a framed plane: the frame index of its top-left tap, the weights by axis,
 /// their derivatives (zero for a point that is not finite).
 #[derive(Clone, Copy)]
@@ -368,11 +374,7 @@ impl GridSample {
                         let mut v = E::zero();
                         for i in 0..4 {
                             let r = &f[pt.base + i * fw..pt.base + i * fw + 4];
-                            let row = r[0] * pt.wx[0]
-                                + r[1] * pt.wx[1]
-                                + r[2] * pt.wx[2]
-                                + r[3] * pt.wx[3];
-                            v += row * pt.wy[i];
+                            v += dot4(r, &pt.wx) * pt.wy[i];
                         }
                         *o = v;
                     }
@@ -410,11 +412,8 @@ impl GridSample {
                 let (mut sx, mut sy) = (E::zero(), E::zero());
                 for i in 0..4 {
                     let r = &f[pt.base + i * fw..pt.base + i * fw + 4];
-                    let rx =
-                        r[0] * pt.dwx[0] + r[1] * pt.dwx[1] + r[2] * pt.dwx[2] + r[3] * pt.dwx[3];
-                    let rv = r[0] * pt.wx[0] + r[1] * pt.wx[1] + r[2] * pt.wx[2] + r[3] * pt.wx[3];
-                    sx += rx * pt.wy[i];
-                    sy += rv * pt.dwy[i];
+                    sx += dot4(r, &pt.dwx) * pt.wy[i];
+                    sy += dot4(r, &pt.wx) * pt.dwy[i];
                 }
                 *dx += sx * o;
                 *dy += sy * o;
