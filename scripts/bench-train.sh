@@ -6,6 +6,7 @@
 # (ours / peer) and both peak memories, then a summary line with the median ratio.
 #
 #   scripts/bench-train.sh [THREADS] [LIMIT] [ROUNDS]   # defaults: 2 threads, all 60,000 images, 3
+#   STN_ISA=avx2 scripts/bench-train.sh                  # our kernels at a given ISA level
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2} limit=${2:-0} rounds=${3:-3}
@@ -23,7 +24,7 @@ import json, sys
 ours = json.loads(sys.argv[1])
 peer = {k: v for line in sys.argv[2].splitlines() for k, v in json.loads(line).items()}
 print(json.dumps({
-    "threads": ours["threads"], "images": ours["train_images"],
+    "threads": ours["threads"], "isa": ours["isa"], "images": ours["train_images"],
     "ours_img_per_s": round(ours["train_img_per_s"], 1), "peer_img_per_s": peer["train_img_per_s"],
     "ratio": round(ours["train_img_per_s"] / peer["train_img_per_s"], 2),
     "ours_test_accuracy": ours["test_accuracy"], "peer_test_accuracy": peer["test_accuracy"],

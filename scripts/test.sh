@@ -27,5 +27,15 @@ ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh | tail -n1); export ORT_DYLIB_PATH
 
 cargo fmt --all -- --check
 cargo test --release --workspace --locked
+# The CPU kernels at the lower ISA levels too (the run above used the best this CPU has): the ops'
+# and the model's tests under STN_ISA=avx2 and STN_ISA=scalar, where the CPU runs that level.
+best=$(./target/release/stn-train --version | sed -n 's/.*cpu kernels: \([a-z0-9]*\).*/\1/p')
+for level in avx2 scalar; do
+  if [[ $level == avx2 && $best == scalar ]]; then continue; fi
+  echo "== STN_ISA=$level: stn-ops and stn-model tests"
+  STN_ISA=$level cargo test --release --locked -q -p stn-ops -p stn-model
+done
+# No kernel left outside its level's compiled code (see the script).
+scripts/check-isa.sh
 # Benchmarks are compiled (not run) with the same profile, so they cannot rot.
 cargo bench --workspace --locked --no-run

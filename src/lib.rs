@@ -131,6 +131,22 @@ pub fn f32_in(lo: f32, lo_open: bool, hi: f32) -> impl Fn(&str) -> Result<f32, S
     }
 }
 
+/// The CPU kernels' instruction-set level for this process (`STN_ISA`, else the best the CPU
+/// runs), or why `STN_ISA` cannot be honoured (an unknown name, or a level this CPU lacks).
+pub fn isa_level() -> anyhow::Result<stn_ops::isa::Level> {
+    stn_ops::isa::init().map_err(anyhow::Error::msg)
+}
+
+/// `--version`'s text: the package version and the CPU kernels' level (`STN_ISA`'s, or the
+/// best this CPU runs), e.g. `0.1.0 (cpu kernels: avx512, 16 f32 lanes)`.
+pub fn version() -> &'static str {
+    let isa = match stn_ops::isa::init() {
+        Ok(l) => format!("cpu kernels: {l}, {} f32 lanes", l.f32_lanes()),
+        Err(e) => format!("cpu kernels: {e}"),
+    };
+    Box::leak(format!("{} ({isa})", env!("CARGO_PKG_VERSION")).into_boxed_str())
+}
+
 /// Sizes rayon's global pool (the CPU kernels' parallelism; 0 = one thread per core) and runs
 /// `body` on one of its workers. Why on a worker: a parallel loop started from outside the pool
 /// hands its work to the pool and sleeps until it is done, two context switches per loop; the
@@ -140,6 +156,7 @@ pub fn in_pool<T: Send>(
     threads: usize,
     body: impl FnOnce() -> anyhow::Result<T> + Send,
 ) -> anyhow::Result<T> {
+    isa_level()?;
     keep_freed_memory();
     let mut pool = rayon::ThreadPoolBuilder::new().stack_size(8 << 20);
     if threads > 0 {

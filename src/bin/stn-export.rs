@@ -23,7 +23,7 @@ use stn_onnx::{export, to_bytes, ExportOptions, Output};
 /// opset 20's "linear" as nearest (opset 16), tract has no AffineGrid (opset 16); ONNX Runtime on
 /// the CPU runs both (opset 20, the form PyTorch exports); any: opset 16, which all of them run.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = stn::version())]
 struct Args {
     /// The ONNX file to write (atomically: no partial file on failure)
     #[arg(value_name = "OUT.onnx")]
@@ -70,6 +70,7 @@ fn opset(s: &str) -> Result<i64, String> {
 fn main() -> ExitCode {
     stn::run_main(|| {
         let args = Args::parse();
+        stn::isa_level()?;
         stn::check_outputs(
             &[("--checkpoint", &args.checkpoint)],
             &[("the output", &args.out)],

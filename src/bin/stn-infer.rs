@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (--data: MNIST, another IDX set, or an image folder's test/), the class of image files
 /// (--images), or the agreement between runtimes (--compare).
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = stn::version())]
 struct Args {
     /// The runtime: tract, ort (ONNX Runtime), dfdx (our model, from the file's initializers) or
     /// fused (the same model's forward fused per image on our CPU kernels: the fastest on a CPU)
@@ -465,6 +465,7 @@ fn main() -> ExitCode {
                 "runtime": first.name(), "model": args.model, "images": n, "batch": args.batch,
                 "threads": if main == RuntimeArg::Tract { 1 } else if args.threads == 0 { rayon::current_num_threads() } else { args.threads },
                 "img_per_s": n as f64 / secs, "batch_latency_ms": 1e3 * secs / runs as f64,
+                "isa": stn_ops::isa::level().name(),
             });
             match &labels {
                 Some(labels) => {

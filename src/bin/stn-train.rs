@@ -31,7 +31,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A checkpoint (safetensors, PyTorch parameter names) is written atomically after every epoch;
 /// --resume continues from it bit for bit.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = stn::version())]
 struct Args {
     /// The data: the four MNIST IDX files (gzipped or raw), another IDX set (--dataset idx) or an
     /// image folder (DIR/train/<class>/*.png|jpg, DIR/test/<class>/*) [default: $STN_DATA, else
@@ -854,6 +854,7 @@ fn main() -> ExitCode {
                         "test_accuracy": ev.accuracy(),
                         "test_correct": ev.correct,
                         "threads": rayon::current_num_threads(),
+                        "isa": stn_ops::isa::level().name(),
                         "peak_rss_mb": stn::peak_rss_mb(),
                         "checkpoint": args.out,
                     })

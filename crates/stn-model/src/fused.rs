@@ -11,7 +11,9 @@
 //! only (the cross-runtime tests hold it to the same bound as every runtime).
 
 use rayon::prelude::*;
+use stn_ops::isa::Isa;
 use stn_ops::op::Buf;
+use stn_ops::simd::{Vector, V8};
 use stn_ops::{
     AvgPool2d, Conv2d, ConvPoolRelu, CustomOp, MaxPool2d, PackedWeights, Real, StridedConv2d,
 };
@@ -425,11 +427,17 @@ fn run_steps<'a, E: Real>(
 }
 
 impl<E: Real> Dense<E> {
-    /// `out = x · Wᵀ + b`, with ReLU if asked; 8 partial sums per dot product.
+    /// `out = x · Wᵀ + b`, with ReLU if asked; 8 partial sums per dot product (eight lanes at
+    /// every ISA level, so every level gives the same sums).
     fn run(&self, x: &[E], out: &mut [E], relu: bool) {
+        stn_ops::dispatch!(I => self.run_at::<I>(x, out, relu))
+    }
+
+    #[inline(always)]
+    fn run_at<I: Isa>(&self, x: &[E], out: &mut [E], relu: bool) {
         let inp = x.len();
         for ((o, w), &b) in out.iter_mut().zip(self.w.chunks_exact(inp)).zip(&self.b) {
-            let mut acc = E::splat(E::zero());
+            let mut acc = V8::<E, I>::splat(E::zero());
             let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
             let tail = xc
                 .remainder()
@@ -437,9 +445,9 @@ impl<E: Real> Dense<E> {
                 .zip(wc.remainder())
                 .fold(E::zero(), |s, (&x, &w)| x.mul_add(w, s));
             for (x, w) in xc.zip(wc) {
-                acc = E::fma(E::load(x), E::load(w), acc);
+                acc = V8::<E, I>::fma(V8::<E, I>::load(x), V8::<E, I>::load(w), acc);
             }
-            let v = E::lanes(acc).iter().fold(tail, |s, &v| s + v) + b;
+            let v = V8::<E, I>::lanes(acc).iter().fold(tail, |s, &v| s + v) + b;
             *o = if relu { v.max(E::zero()) } else { v };
         }
     }

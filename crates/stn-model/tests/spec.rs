@@ -595,8 +595,21 @@ fn seed_training_is_pinned() {
         .map(|d| d.iter().map(|&v| v as f64).sum::<f64>() as f32)
         .map(f32::to_bits)
         .collect();
-    assert_eq!(sums, PINNED_SUMS, "{sums:?}");
+    // The portable ISA level rounds each multiply-add twice (no FMA to assume): one sum moves by
+    // an ulp. The AVX2 and AVX-512 levels give the pinned sums (AVX-512's 16-lane weight-gradient
+    // sums round a few weights differently, below these sums' float32 rounding).
+    let pinned = if stn_ops::isa::level() == stn_ops::isa::Level::Scalar {
+        PINNED_SUMS_PORTABLE
+    } else {
+        PINNED_SUMS
+    };
+    assert_eq!(sums, pinned, "{sums:?} at {}", stn_ops::isa::level());
 }
+
+const PINNED_SUMS_PORTABLE: [u32; 16] = [
+    1051181173, 3202449738, 3215625002, 3188653571, 1082003962, 3196954135, 1079287514, 1046703901,
+    1044309347, 1040433658, 1071234472, 1047308051, 1027450120, 1041581815, 1015068439, 1073764068,
+];
 
 const PINNED_SUMS: [u32; 16] = [
     1051181173, 3202449738, 3215625002, 3188653571, 1082003962, 3196954135, 1079287514, 1046703901,

@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 use stn_ops::op::{apply, Buf, Input};
+use stn_ops::simd::Vector;
 use stn_ops::{
     affine_grid, affine_sample, conv2d, grid_sample, grid_sample_with, max_pool2d, CustomOp,
     GridSample, Mode, OpError, Padding,
@@ -34,8 +35,9 @@ impl CustomOp<f32> for SumAll {
         out[0] = inputs[0]
             .data
             .par_chunks(4096)
-            // 8 partial sums per chunk, so the loop vectorises (a plain fold is a serial chain).
-            .map(<f32 as stn_ops::Simd>::sum)
+            // A vector of partial sums per chunk, so the loop vectorises (a plain fold is a serial
+            // chain).
+            .map(|c| stn_ops::dispatch!(I => stn_ops::simd::V::<f32, I>::sum(c)))
             .sum();
     }
     fn cpu_bwd(&self, _inputs: &[Buf<f32>], grad_out: &[f32], grads: &mut [Option<&mut [f32]>]) {
@@ -117,6 +119,8 @@ fn bench() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    // The kernels' ISA level first (STN_ISA's, else the best this CPU runs).
+    println!(r#"{{"isa":"{}"}}"#, stn_ops::isa::level());
     let dev = Cpu::seed_from_u64(0);
     // The sampler's kernels alone, outside dfdx (asked for by name only: `-- kernel`).
     if filter.iter().any(|f| f == "kernel") {

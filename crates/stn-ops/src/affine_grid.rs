@@ -26,6 +26,7 @@ impl AffineGrid {
     /// One image's grid `[H·W, 2]` into `g` from its `theta` (6 values) and the base coordinates:
     /// `(x·t0 + y·t1 + t2, x·t3 + y·t4 + t5)` — the forward's arithmetic, shared with
     /// `affine_sample` so that the two agree bit for bit.
+    #[inline(always)]
     pub(crate) fn image_grid<E: Real>(t: &[E], xs: &[E], ys: &[E], g: &mut [E]) {
         let w = xs.len();
         for (i, &y) in ys.iter().enumerate() {
@@ -40,6 +41,7 @@ impl AffineGrid {
     /// `gt += ` theta's gradient from one image's grid gradient `gg [H·W, 2]`: a sum over every
     /// grid point, accumulated in f64, so f32 keeps PyTorch-level accuracy (an f32 sum over 784
     /// points drifts by ~1e-5 relative). Shared with `affine_sample`.
+    #[inline(always)]
     pub(crate) fn theta_grad<E: Real>(gg: &[E], xs: &[E], ys: &[E], gt: &mut [E]) {
         let w = xs.len();
         let f = |v: E| v.to_f64().unwrap_or(f64::NAN);
@@ -123,7 +125,7 @@ impl<E: Real> CustomOp<E> for AffineGrid {
             .data
             .par_chunks_exact(6)
             .zip(out.par_chunks_exact_mut(h * w * 2))
-            .for_each(|(t, g)| Self::image_grid(t, &xs, &ys, g));
+            .for_each(|(t, g)| crate::dispatch!(I => Self::image_grid(t, &xs, &ys, g)));
     }
 
     fn cpu_bwd(&self, _inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
@@ -138,7 +140,7 @@ impl<E: Real> CustomOp<E> for AffineGrid {
         grad_out
             .par_chunks_exact(h * w * 2)
             .zip(gt.par_chunks_exact_mut(6))
-            .for_each(|(gg, gt)| Self::theta_grad(gg, &xs, &ys, gt));
+            .for_each(|(gg, gt)| crate::dispatch!(I => Self::theta_grad(gg, &xs, &ys, gt)));
     }
 
     #[cfg(feature = "cuda")]

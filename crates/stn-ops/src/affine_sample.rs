@@ -110,8 +110,10 @@ impl<E: Real> CustomOp<E> for AffineSampler {
                     (grid, vec![E::zero(); paired_len(c, h, w)])
                 },
                 |(grid, framed), ((o, x), t)| {
-                    AffineGrid::image_grid(t, &xs, &ys, grid);
-                    zeros_fwd_image(x, grid, &ax, &ay, framed, o);
+                    crate::dispatch!(I => {
+                        AffineGrid::image_grid(t, &xs, &ys, grid);
+                        zeros_fwd_image::<E, I>(x, grid, &ax, &ay, framed, o);
+                    })
                 },
             );
     }
@@ -145,10 +147,12 @@ impl<E: Real> CustomOp<E> for AffineSampler {
                     )
                 },
                 |(grid, gg, framed), (((gt, x), t), go)| {
-                    AffineGrid::image_grid(t, &xs, &ys, grid);
-                    gg.fill(E::zero());
-                    zeros_bwd_grid_image(x, grid, go, &ax, &ay, framed, gg);
-                    AffineGrid::theta_grad(gg, &xs, &ys, gt);
+                    crate::dispatch!(I => {
+                        AffineGrid::image_grid(t, &xs, &ys, grid);
+                        gg.fill(E::zero());
+                        zeros_bwd_grid_image::<E, I>(x, grid, go, &ax, &ay, framed, gg);
+                        AffineGrid::theta_grad(gg, &xs, &ys, gt);
+                    })
                 },
             );
     }

@@ -40,17 +40,19 @@ impl<E: Real> CustomOp<E> for AvgPool2d {
             .par_chunks(h * w)
             .zip(out.par_chunks_mut(ho * wo))
             .for_each(|(plane, o)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let mut acc = E::zero();
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                acc += plane[(oy * s + ky) * w + ox * s + kx];
+                crate::dispatch!(I => {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let mut acc = E::zero();
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    acc += plane[(oy * s + ky) * w + ox * s + kx];
+                                }
                             }
+                            o[oy * wo + ox] = acc * scale;
                         }
-                        o[oy * wo + ox] = acc * scale;
                     }
-                }
+                })
             });
     }
 
@@ -65,16 +67,18 @@ impl<E: Real> CustomOp<E> for AvgPool2d {
         gx.par_chunks_mut(h * w)
             .zip(grad_out.par_chunks(ho * wo))
             .for_each(|(g, go)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let v = go[oy * wo + ox] * scale;
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                g[(oy * s + ky) * w + ox * s + kx] += v;
+                crate::dispatch!(I => {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let v = go[oy * wo + ox] * scale;
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    g[(oy * s + ky) * w + ox * s + kx] += v;
+                                }
                             }
                         }
                     }
-                }
+                })
             });
     }
 }

@@ -6,8 +6,10 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
+use crate::isa::Isa;
 use crate::linalg::{gemm, DotAcc, PackedA};
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::simd::{Vector, V, V8};
 use crate::Dyn4;
 
 #[cfg(feature = "cuda")]
@@ -111,7 +113,8 @@ impl Geom {
     /// row), so an 8-wide piece running past its segment lands where a later piece will write
     /// (`cols` has 8 spare entries at its end) — no `memcpy` call per 7-float segment. One image
     /// is `t = 1`.
-    pub(crate) fn im2col_group<E: Real>(&self, xs: &[E], t: usize, cols: &mut [E]) {
+    #[inline(always)]
+    pub(crate) fn im2col_group<E: Real, I: Isa>(&self, xs: &[E], t: usize, cols: &mut [E]) {
         let (p, wo, img) = (self.p(), self.wo, self.image());
         let np = t * p;
         assert!(xs.len() == t * img && cols.len() >= self.k() * np + 8);
@@ -120,7 +123,7 @@ impl Geom {
                 for j in 0..t {
                     for oy in 0..self.ho {
                         let (src, dst) = (j * img + off + oy * self.w, r * np + j * p + oy * wo);
-                        E::copy(&mut cols[dst..dst + wo], &xs[src..src + wo]);
+                        V::<E, I>::copy(&mut cols[dst..dst + wo], &xs[src..src + wo]);
                     }
                 }
             }
@@ -155,7 +158,14 @@ impl Geom {
     /// step), and the rows of consecutive `kj` overlap one element apart. Consecutive stores here
     /// are a row apart, and the lanes past `Wo` add zero to their neighbours (8 lanes are written
     /// only where they lie inside `gx`; the last ones of the image go element by element).
-    pub(crate) fn col2im_group_add<E: Real>(&self, dcols: &[E], t: usize, j: usize, gx: &mut [E]) {
+    #[inline(always)]
+    pub(crate) fn col2im_group_add<E: Real, I: Isa>(
+        &self,
+        dcols: &[E],
+        t: usize,
+        j: usize,
+        gx: &mut [E],
+    ) {
         let (p, wo) = (self.p(), self.wo);
         let np = t * p;
         if wo < 8 {
@@ -164,17 +174,20 @@ impl Geom {
                 for kj in 0..self.kw {
                     for y in 0..self.h {
                         // The kernel rows ki with 0 ≤ y − ki < Ho.
-                        let mut v = E::splat(E::zero());
+                        let mut v = V8::<E, I>::splat(E::zero());
                         for ki in y.saturating_sub(self.ho - 1)..=y.min(self.kh - 1) {
                             let r = (c * self.kh + ki) * self.kw + kj;
                             let seg = r * np + j * p + (y - ki) * wo;
-                            v = E::vadd(v, E::load_head(&dcols[seg..seg + 8], wo));
+                            v = V8::<E, I>::vadd(
+                                v,
+                                V8::<E, I>::load_head(&dcols[seg..seg + 8], wo),
+                            );
                         }
                         let at = c * self.h * self.w + y * self.w + kj;
                         if at + 8 <= gx.len() {
-                            E::add_into(&mut gx[at..at + 8], v);
+                            V8::<E, I>::add_into(&mut gx[at..at + 8], v);
                         } else {
-                            for (d, v) in gx[at..at + wo].iter_mut().zip(E::lanes(v)) {
+                            for (d, v) in gx[at..at + wo].iter_mut().zip(V8::<E, I>::lanes(v)) {
                                 *d += v;
                             }
                         }
@@ -189,7 +202,7 @@ impl Geom {
                 let s = &dcols[r * np + j * p + oy * wo..][..wo];
                 if wo == 8 {
                     // conv2's rows: one vector.
-                    E::add_into(d, E::load(s));
+                    V8::<E, I>::add_into(d, V8::<E, I>::load(s));
                 } else {
                     for (d, &v) in d.iter_mut().zip(s) {
                         *d += v;
@@ -257,19 +270,22 @@ impl<E: Real> CustomOp<E> for Conv2d {
                         (cols, vec![E::zero(); g.o * group * p])
                     },
                     |(cols, res), (o, xs)| {
-                        let t = xs.len() / g.image();
-                        let np = t * p;
-                        g.im2col_group(xs, t, cols);
-                        let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
-                        let res_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
-                        gemm::<E, false>(&wp, np, cols, &col_offs, res, &res_offs);
-                        for (j, o) in o.chunks_exact_mut(g.o * p).enumerate() {
-                            for (oc, (row, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
-                                for (d, &v) in row.iter_mut().zip(&res[oc * np + j * p..][..p]) {
-                                    *d = v + b;
+                        crate::dispatch!(I => {
+                            let t = xs.len() / g.image();
+                            let np = t * p;
+                            g.im2col_group::<E, I>(xs, t, cols);
+                            let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
+                            let res_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
+                            gemm::<E, I, false>(&wp, np, cols, &col_offs, res, &res_offs);
+                            for (j, o) in o.chunks_exact_mut(g.o * p).enumerate() {
+                                for (oc, (row, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
+                                    let src = &res[oc * np + j * p..][..p];
+                                    for (d, &v) in row.iter_mut().zip(src) {
+                                        *d = v + b;
+                                    }
                                 }
                             }
-                        }
+                        })
                     },
                 );
         }
@@ -278,16 +294,19 @@ impl<E: Real> CustomOp<E> for Conv2d {
             .for_each_init(
                 || vec![E::zero(); g.o * n],
                 |buf, (o, x)| {
-                    // wide[O, n] = W[O, K] · im2col(x)[K, n], then the valid columns + bias.
-                    gemm::<E, false>(&wp, n, x, &g.offs, buf, &g.out_offs);
-                    for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
-                        for oy in 0..g.ho {
-                            let src = &buf[oc * n + oy * g.w..][..g.wo];
-                            for (d, &v) in orow[oy * g.wo..(oy + 1) * g.wo].iter_mut().zip(src) {
-                                *d = v + b;
+                    crate::dispatch!(I => {
+                        // wide[O, n] = W[O, K] · im2col(x)[K, n], then the valid columns + bias.
+                        gemm::<E, I, false>(&wp, n, x, &g.offs, buf, &g.out_offs);
+                        for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
+                            for oy in 0..g.ho {
+                                let src = &buf[oc * n + oy * g.w..][..g.wo];
+                                let dst = &mut orow[oy * g.wo..(oy + 1) * g.wo];
+                                for (d, &v) in dst.iter_mut().zip(src) {
+                                    *d = v + b;
+                                }
                             }
                         }
-                    }
+                    })
                 },
             );
     }
@@ -330,14 +349,14 @@ impl<E: Real> CustomOp<E> for Conv2d {
         let partials: Vec<Vec<E>> = gx_images
             .par_chunks_mut(group)
             .enumerate()
-            .map_init(scratch, |(cols, go_buf, gw_acc), (grp, gxs)| {
+            .map_init(scratch, |(cols, go_buf, gw_acc), (grp, gxs)| crate::dispatch!(I => {
                 if g.packed {
                     // The group's images side by side (see `im2col_group`).
                     let t = gxs.len();
                     let np = t * p;
                     let b0 = grp * group;
                     let cols = &mut cols[..k * np + 8];
-                    g.im2col_group(&x[b0 * g.image()..(b0 + t) * g.image()], t, cols);
+                    g.im2col_group::<E, I>(&x[b0 * g.image()..(b0 + t) * g.image()], t, cols);
                     let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
                     // gout of the group as [O, t·P].
                     let go = &grad_out[b0 * g.o * p..(b0 + t) * g.o * p];
@@ -349,15 +368,15 @@ impl<E: Real> CustomOp<E> for Conv2d {
                     }
                     if want_w {
                         // gW[O, K] += gout[O, t·P] · cols[K, t·P]ᵀ
-                        gw_acc.add_products(np, go_cat, cols, &col_offs);
+                        gw_acc.add_products::<I>(np, go_cat, cols, &col_offs);
                     }
                     if let Some(wt_t) = &wt_t {
                         // dcols[K, t·P] = W[O, K]ᵀ · gout[O, t·P], then col2im per image.
                         let go_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
-                        gemm::<E, false>(wt_t, np, go_cat, &go_offs, cols, &col_offs);
+                        gemm::<E, I, false>(wt_t, np, go_cat, &go_offs, cols, &col_offs);
                         for (j, gx) in gxs.iter_mut().enumerate() {
                             if let Some(gx) = gx.as_deref_mut() {
-                                g.col2im_group_add(cols, t, j, gx);
+                                g.col2im_group_add::<E, I>(cols, t, j, gx);
                             }
                         }
                     }
@@ -372,28 +391,28 @@ impl<E: Real> CustomOp<E> for Conv2d {
                     for (oc, grow) in go.chunks_exact(p).enumerate() {
                         for oy in 0..g.ho {
                             let dst = &mut go_wide[oc * n + oy * g.w..][..g.w.min(n - oy * g.w)];
-                            E::copy(&mut dst[..g.wo], &grow[oy * g.wo..(oy + 1) * g.wo]);
+                            V::<E, I>::copy(&mut dst[..g.wo], &grow[oy * g.wo..(oy + 1) * g.wo]);
                             dst[g.wo..].fill(E::zero());
                         }
                     }
                     let x = &x[b * g.image()..(b + 1) * g.image()];
                     if want_w {
                         // gW[O, K] += gout[O, n] · im2col(x)[K, n]ᵀ
-                        gw_acc.add_products(n, go_wide, x, &g.offs);
+                        gw_acc.add_products::<I>(n, go_wide, x, &g.offs);
                     }
                     if let (Some(gx), Some(wt_t)) = (gx.as_deref_mut(), &wt_t) {
                         // dcols[K, n] = W[O, K]ᵀ · gout[O, n], then col2im(gx) += dcols a row at a
                         // time. Why not the product added straight into gx's overlapping rows:
                         // each row's load then hit the previous row's store one element off, a
                         // store-forwarding stall per vector (15% of conv1's time).
-                        gemm::<E, false>(wt_t, n, go_wide, &g.out_offs, dcols, &dcol_offs);
+                        gemm::<E, I, false>(wt_t, n, go_wide, &g.out_offs, dcols, &dcol_offs);
                         for (row, &off) in dcols.chunks_exact(n).zip(&g.offs) {
-                            E::add_rows(&mut gx[off..off + n], row);
+                            V::<E, I>::add_rows(&mut gx[off..off + n], row);
                         }
                     }
                 }
                 gw_acc.take_sums()
-            })
+            }))
             .collect();
         if let Some(gw) = gw.as_deref_mut() {
             // The groups' sums in group order.
@@ -508,11 +527,13 @@ const GROUP_FLOATS: usize = 79_000;
 impl Conv2d {
     fn bias_grad<E: Real>(&self, gb: Option<&mut [E]>, grad_out: &[E], o: usize, p: usize) {
         if let Some(gb) = gb {
-            for go in grad_out.chunks_exact(o * p) {
-                for (gb, row) in gb.iter_mut().zip(go.chunks_exact(p)) {
-                    *gb += E::sum(row);
+            crate::dispatch!(I => {
+                for go in grad_out.chunks_exact(o * p) {
+                    for (gb, row) in gb.iter_mut().zip(go.chunks_exact(p)) {
+                        *gb += V::<E, I>::sum(row);
+                    }
                 }
-            }
+            })
         }
     }
 }

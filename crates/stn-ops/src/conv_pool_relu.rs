@@ -73,7 +73,7 @@ fn scale_planes<E: Real>(y: &mut [E], scale: &[E]) {
     let plane = y.len() / scale.len();
     y.par_chunks_mut(plane)
         .zip(scale.par_iter())
-        .for_each(|(p, &s)| p.iter_mut().for_each(|v| *v *= s));
+        .for_each(|(p, &s)| crate::dispatch!(I => p.iter_mut().for_each(|v| *v *= s)));
 }
 
 impl<E: Real> ConvPoolReluOp<E> {

@@ -9,7 +9,9 @@
 //! NaN rules are `max_pool2d`'s.
 
 use crate::conv2d::Geom;
+use crate::isa::Isa;
 use crate::linalg::{gemm, PackedA};
+use crate::simd::{Vector, V8};
 use crate::Real;
 
 /// A [`ConvPoolRelu`]'s kernel, packed for its products: in row blocks for the general path, and
@@ -70,8 +72,23 @@ impl ConvPoolRelu {
         PackedWeights(PackedA::new(o, k, wt, (k, 1)), pm)
     }
 
-    /// `out = relu(max_pool2d(conv2d(x, wt, bias)))` for one image.
+    /// `out = relu(max_pool2d(conv2d(x, wt, bias)))` for one image, at the process's ISA level.
     pub fn run<E: Real>(
+        &self,
+        x: &[E],
+        wt: &PackedWeights<E>,
+        bias: &[E],
+        scratch: &mut [E],
+        out: &mut [E],
+    ) {
+        crate::dispatch!(I => self.run_at::<E, I>(x, wt, bias, scratch, out))
+    }
+
+    /// [`ConvPoolRelu::run`] at level `I`, for a caller inside a [`crate::dispatch!`] body of
+    /// that level.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn run_at<E: Real, I: Isa>(
         &self,
         x: &[E],
         wt: &PackedWeights<E>,
@@ -95,27 +112,27 @@ impl ConvPoolRelu {
             xp[g.image()..].fill(E::zero());
             let conv = &mut conv[..g.o * g.ho * wo8];
             match g.o {
-                8 => conv_rows::<E, 8>(g, xp, &wt.1, conv, wo8),
-                _ => conv_rows::<E, 10>(g, xp, &wt.1, conv, wo8),
+                8 => conv_rows::<E, I, 8>(g, xp, &wt.1, conv, wo8),
+                _ => conv_rows::<E, I, 10>(g, xp, &wt.1, conv, wo8),
             }
             (conv, wo8, g.ho * wo8)
         } else if g.packed {
             let (cols, res) = scratch.split_at_mut(k * p + 8);
-            g.im2col_group(x, 1, cols);
+            g.im2col_group::<E, I>(x, 1, cols);
             let res = &mut res[..g.o * p];
-            gemm::<E, false>(&wt.0, p, cols, &g.col_offs, res, &g.p_offs);
+            gemm::<E, I, false>(&wt.0, p, cols, &g.col_offs, res, &g.p_offs);
             (res, g.wo, p)
         } else {
             let n = g.n();
             let wide = &mut scratch[..g.o * n];
-            gemm::<E, false>(&wt.0, n, x, &g.offs, wide, &g.out_offs);
+            gemm::<E, I, false>(&wt.0, n, x, &g.offs, wide, &g.out_offs);
             (wide, g.w, n)
         };
         for (oc, (o, &b)) in out.chunks_exact_mut(ph * pw).zip(bias).enumerate() {
             for (py, o) in o.chunks_exact_mut(pw).enumerate() {
                 let r0 = &acc[oc * ch + 2 * py * row..][..2 * pw];
                 let r1 = &acc[oc * ch + (2 * py + 1) * row..][..2 * pw];
-                E::pool2_relu_row(r0, r1, b, o);
+                E::pool2_relu_row::<I>(r0, r1, b, o);
             }
         }
     }
@@ -125,7 +142,14 @@ impl ConvPoolRelu {
 /// `conv[o, y, x] = Σ_p w[p, o] · x[offs[p] + y·W + x]` (no bias), rows `wo8` long. The sum runs
 /// over p in order from zero with one multiply-add each, as the general kernel's, so the products
 /// are bit for bit the same.
-fn conv_rows<E: Real, const R: usize>(g: &Geom, xp: &[E], wpm: &[E], conv: &mut [E], wo8: usize) {
+#[inline(always)]
+fn conv_rows<E: Real, I: Isa, const R: usize>(
+    g: &Geom,
+    xp: &[E],
+    wpm: &[E],
+    conv: &mut [E],
+    wo8: usize,
+) {
     let k = g.k();
     assert!(wpm.len() == k * R && conv.len() == R * g.ho * wo8);
     assert!(g
@@ -135,19 +159,20 @@ fn conv_rows<E: Real, const R: usize>(g: &Geom, xp: &[E], wpm: &[E], conv: &mut 
     let plane = g.ho * wo8;
     for y in 0..g.ho {
         for x0 in (0..g.wo).step_by(8) {
-            let mut acc = [E::splat(E::zero()); R];
+            let mut acc = [V8::<E, I>::splat(E::zero()); R];
             let base = y * g.w + x0;
             for (p, &off) in g.offs.iter().enumerate() {
                 // SAFETY: off + base + 8 ≤ off + (ho−1)·W + wo8 ≤ xp.len() (asserted above), and
                 // p·R + r < k·R = wpm.len().
-                let bv = E::load(unsafe { xp.get_unchecked(off + base..off + base + 8) });
+                let bv = V8::<E, I>::load(unsafe { xp.get_unchecked(off + base..off + base + 8) });
                 for (r, a) in acc.iter_mut().enumerate() {
-                    *a = E::fma(E::splat(unsafe { *wpm.get_unchecked(p * R + r) }), bv, *a);
+                    let wv = V8::<E, I>::splat(unsafe { *wpm.get_unchecked(p * R + r) });
+                    *a = V8::<E, I>::fma(wv, bv, *a);
                 }
             }
             for (r, a) in acc.iter().enumerate() {
                 let at = r * plane + y * wo8 + x0;
-                conv[at..at + 8].copy_from_slice(&E::lanes(*a));
+                V8::<E, I>::store(&mut conv[at..at + 8], *a);
             }
         }
     }
@@ -187,7 +212,7 @@ mod tests {
             let r1: Vec<f32> = (0..2 * len).map(|i| val(i, 7.1)).collect();
             for b in [0.25, -1.0, 0.0] {
                 let mut out = vec![f32::NAN; len];
-                f32::pool2_relu_row(&r0, &r1, b, &mut out);
+                crate::dispatch!(I => f32::pool2_relu_row::<I>(&r0, &r1, b, &mut out));
                 for (j, &o) in out.iter().enumerate() {
                     let want = reference([r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]], b);
                     assert!(o == want, "len {len} b {b} out[{j}]: {o} vs {want}");

@@ -15,9 +15,11 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
+use crate::isa::Isa;
 use crate::op::{
     apply, per_image, AxisMap, Buf, CustomOp, Framed8, Input, OpDevice, OpError, Real,
 };
+use crate::simd::{Vector, V8};
 use crate::Dyn4;
 
 #[cfg(feature = "cuda")]
@@ -227,7 +229,7 @@ impl GridSample {
 }
 
 /// PyTorch's `clip_coordinates_set_grad`.
-#[inline]
+#[inline(always)]
 fn clip<E: Real>(x: E, size: E) -> (E, E) {
     let max = size - E::one();
     if x <= E::zero() {
@@ -240,7 +242,7 @@ fn clip<E: Real>(x: E, size: E) -> (E, E) {
 }
 
 /// PyTorch's `reflect_coordinates_set_grad`: reflects `x` into `[low/2, high/2]`.
-#[inline]
+#[inline(always)]
 fn reflect<E: Real>(x: E, twice_low: E, twice_high: E) -> (E, E) {
     if twice_low == twice_high {
         return (E::zero(), E::zero());
@@ -316,7 +318,10 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .zip(x.par_chunks(c * h * w))
                 .zip(grid.par_chunks(p * 2))
                 .for_each_init(Vec::new, |framed, ((o, x), g)| {
-                    self.modes_fast_fwd_image(x, g, &ax, &ay, framed, o)
+                    self.modes_level(
+                        #[inline(always)]
+                        || self.modes_fast_fwd_image(x, g, &ax, &ay, framed, o),
+                    )
                 });
         }
         if self.mode != Mode::Bilinear {
@@ -324,7 +329,12 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .par_chunks_mut(c * p)
                 .zip(x.par_chunks(c * h * w))
                 .zip(grid.par_chunks(p * 2))
-                .for_each(|((o, x), g)| self.modes_fwd_image(x, g, &ax, &ay, o));
+                .for_each(|((o, x), g)| {
+                    self.modes_level(
+                        #[inline(always)]
+                        || self.modes_fwd_image(x, g, &ax, &ay, o),
+                    )
+                });
         }
         if self.padding == Padding::Zeros {
             return out
@@ -333,13 +343,15 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .zip(grid.par_chunks(p * 2))
                 .for_each_init(
                     || vec![E::zero(); paired_len(c, h, w)],
-                    |framed, ((o, x), g)| zeros_fwd_image(x, g, &ax, &ay, framed, o),
+                    |framed, ((o, x), g)| {
+                        crate::dispatch!(I => zeros_fwd_image::<E, I>(x, g, &ax, &ay, framed, o))
+                    },
                 );
         }
         out.par_chunks_mut(c * p)
             .zip(x.par_chunks(c * h * w))
             .zip(grid.par_chunks(p * 2))
-            .for_each(|((o, x), g)| {
+            .for_each(|((o, x), g)| crate::dispatch!(I => {
                 for q0 in (0..p).step_by(LANES) {
                     let s = self.sample8(g, q0, &ax, &ay);
                     let lanes = (p - q0).min(LANES);
@@ -347,10 +359,10 @@ impl<E: Real> CustomOp<E> for GridSample {
                         let plane = &x[ch * h * w..(ch + 1) * h * w];
                         // ((p0·w0 + p1·w1) + p2·w2) + p3·w3, PyTorch's order (no fused multiply-add).
                         let corner =
-                            |k: usize| E::vmul(E::gather(plane, &s.idx[k]), E::load(&s.wt[k]));
+                            |k: usize| V8::<E, I>::vmul(E::gather::<I>(plane, &s.idx[k]), V8::<E, I>::load(&s.wt[k]));
                         let v =
-                            E::vadd(E::vadd(E::vadd(corner(0), corner(1)), corner(2)), corner(3));
-                        let v = E::lanes(v);
+                            V8::<E, I>::vadd(V8::<E, I>::vadd(V8::<E, I>::vadd(corner(0), corner(1)), corner(2)), corner(3));
+                        let v = V8::<E, I>::lanes(v);
                         let o = &mut o[ch * p + q0..];
                         if lanes == LANES {
                             o[..LANES].copy_from_slice(&v);
@@ -359,7 +371,7 @@ impl<E: Real> CustomOp<E> for GridSample {
                         }
                     }
                 }
-            });
+            }));
     }
 
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
@@ -383,7 +395,10 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .zip(grid.par_chunks(p * 2))
                 .zip(grad_out.par_chunks(c * p))
                 .for_each_init(Vec::new, |framed, (((gg, x), g), go)| {
-                    self.modes_fast_bwd_grid_image(x, g, go, &ax, &ay, framed, gg)
+                    self.modes_level(
+                        #[inline(always)]
+                        || self.modes_fast_bwd_grid_image(x, g, go, &ax, &ay, framed, gg),
+                    )
                 });
         }
         if self.mode != Mode::Bilinear {
@@ -396,14 +411,19 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .zip(gg)
                 .enumerate()
                 .for_each(|(b, (gi, gg))| {
-                    self.modes_bwd_image(
-                        &x[b * c * h * w..(b + 1) * c * h * w],
-                        &grid[b * p * 2..(b + 1) * p * 2],
-                        &grad_out[b * c * p..(b + 1) * c * p],
-                        &ax,
-                        &ay,
-                        gi,
-                        gg,
+                    self.modes_level(
+                        #[inline(always)]
+                        || {
+                            self.modes_bwd_image(
+                                &x[b * c * h * w..(b + 1) * c * h * w],
+                                &grid[b * p * 2..(b + 1) * p * 2],
+                                &grad_out[b * c * p..(b + 1) * c * p],
+                                &ax,
+                                &ay,
+                                gi,
+                                gg,
+                            )
+                        },
                     )
                 });
         }
@@ -420,7 +440,9 @@ impl<E: Real> CustomOp<E> for GridSample {
                 .for_each_init(
                     || vec![E::zero(); paired_len(c, h, w)],
                     |framed, (((gg, x), g), go)| {
-                        zeros_bwd_grid_image(x, g, go, &ax, &ay, framed, gg)
+                        crate::dispatch!(I => {
+                            zeros_bwd_grid_image::<E, I>(x, g, go, &ax, &ay, framed, gg)
+                        })
                     },
                 );
         }
@@ -431,7 +453,7 @@ impl<E: Real> CustomOp<E> for GridSample {
         gi.into_par_iter()
             .zip(gg)
             .enumerate()
-            .for_each(|(b, (mut gi, mut gg))| {
+            .for_each(|(b, (mut gi, mut gg))| crate::dispatch!(I => {
                 let x = &x[b * c * h * w..(b + 1) * c * h * w];
                 let g = &grid[b * p * 2..(b + 1) * p * 2];
                 let go = &grad_out[b * c * p..(b + 1) * c * p];
@@ -439,11 +461,11 @@ impl<E: Real> CustomOp<E> for GridSample {
                     let s = self.sample8(g, q0, &ax, &ay);
                     let lanes = (p - q0).min(LANES);
                     let mut gout = [E::zero(); LANES];
-                    let zero = E::splat(E::zero());
+                    let zero = V8::<E, I>::splat(E::zero());
                     let (mut dgx, mut dgy) = (zero, zero);
-                    let (fx, fy) = (E::load(&s.fx), E::load(&s.fy));
-                    let one = E::splat(E::one());
-                    let (ex, ey) = (E::vsub(one, fx), E::vsub(one, fy));
+                    let (fx, fy) = (V8::<E, I>::load(&s.fx), V8::<E, I>::load(&s.fy));
+                    let one = V8::<E, I>::splat(E::one());
+                    let (ex, ey) = (V8::<E, I>::vsub(one, fx), V8::<E, I>::vsub(one, fy));
                     for ch in 0..c {
                         gout[..lanes].copy_from_slice(&go[ch * p + q0..ch * p + q0 + lanes]);
                         if let Some(gi) = gi.as_deref_mut() {
@@ -461,27 +483,27 @@ impl<E: Real> CustomOp<E> for GridSample {
                             // for x, ((sw − nw)(1 − fx) + (se − ne)fx)·gout for y.
                             let plane = &x[ch * h * w..(ch + 1) * h * w];
                             let v = |k: usize| {
-                                E::vmul(E::gather(plane, &s.idx[k]), E::load(&s.mask[k]))
+                                V8::<E, I>::vmul(E::gather::<I>(plane, &s.idx[k]), V8::<E, I>::load(&s.mask[k]))
                             };
                             let (nw, ne, sw, se) = (v(0), v(1), v(2), v(3));
-                            let go = E::load(&gout);
+                            let go = V8::<E, I>::load(&gout);
                             let tx =
-                                E::vadd(E::vmul(E::vsub(ne, nw), ey), E::vmul(E::vsub(se, sw), fy));
+                                V8::<E, I>::vadd(V8::<E, I>::vmul(V8::<E, I>::vsub(ne, nw), ey), V8::<E, I>::vmul(V8::<E, I>::vsub(se, sw), fy));
                             let ty =
-                                E::vadd(E::vmul(E::vsub(sw, nw), ex), E::vmul(E::vsub(se, ne), fx));
-                            dgx = E::vadd(dgx, E::vmul(tx, go));
-                            dgy = E::vadd(dgy, E::vmul(ty, go));
+                                V8::<E, I>::vadd(V8::<E, I>::vmul(V8::<E, I>::vsub(sw, nw), ex), V8::<E, I>::vmul(V8::<E, I>::vsub(se, ne), fx));
+                            dgx = V8::<E, I>::vadd(dgx, V8::<E, I>::vmul(tx, go));
+                            dgy = V8::<E, I>::vadd(dgy, V8::<E, I>::vmul(ty, go));
                         }
                     }
                     if let Some(gg) = gg.as_deref_mut() {
-                        let (dgx, dgy) = (E::lanes(dgx), E::lanes(dgy));
+                        let (dgx, dgy) = (V8::<E, I>::lanes(dgx), V8::<E, I>::lanes(dgy));
                         for l in 0..lanes {
                             gg[2 * (q0 + l)] += dgx[l] * s.dx[l];
                             gg[2 * (q0 + l) + 1] += dgy[l] * s.dy[l];
                         }
                     }
                 }
-            });
+            }));
     }
 
     #[cfg(feature = "cuda")]
@@ -621,6 +643,7 @@ pub(crate) fn paired_len(c: usize, h: usize, w: usize) -> usize {
 /// four adjacent values (`[nw, sw, ne, se]` from `2·(top-left corner)`; [`crate::op::SampleKernels::corners`]).
 /// `paired` (`paired_len`) must hold zeros where the frame is, as a fresh buffer does: only the
 /// image's pixels are written, so a scratch buffer can be reused for images of the same size.
+#[inline(always)]
 pub(crate) fn pair_rows<E: Real>(x: &[E], h: usize, w: usize, paired: &mut [E]) {
     let fw = w + 4;
     let plane_len = paired_len(1, h, w);
@@ -655,7 +678,7 @@ pub(crate) fn pair_rows<E: Real>(x: &[E], h: usize, w: usize, paired: &mut [E]) 
 /// The points `q0..q0+8` of `g` (x, y pairs; lanes past the end repeat the last point) in a framed
 /// image ([`crate::op::SampleKernels::framed8`]: fractional parts, frame index of each top-left corner, finiteness).
 #[inline(always)]
-fn framed_points<E: Real>(g: &[E], q0: usize, ax: &Axis<E>, ay: &Axis<E>) -> Framed8<E> {
+fn framed_points<E: Real, I: Isa>(g: &[E], q0: usize, ax: &Axis<E>, ay: &Axis<E>) -> Framed8<E, I> {
     let p = g.len() / 2;
     let map = |a: &Axis<E>| AxisMap {
         scale: a.scale,
@@ -663,20 +686,21 @@ fn framed_points<E: Real>(g: &[E], q0: usize, ax: &Axis<E>, ay: &Axis<E>) -> Fra
         size: a.size,
     };
     if q0 + LANES <= p {
-        return E::framed8(&g[2 * q0..2 * (q0 + LANES)], map(ax), map(ay));
+        return E::framed8::<I>(&g[2 * q0..2 * (q0 + LANES)], map(ax), map(ay));
     }
     let mut last = [E::zero(); 2 * LANES];
     for l in 0..LANES {
         let q = (q0 + l).min(p - 1);
         last[2 * l..2 * l + 2].copy_from_slice(&g[2 * q..2 * q + 2]);
     }
-    E::framed8(&last, map(ax), map(ay))
+    E::framed8::<I>(&last, map(ax), map(ay))
 }
 
 /// Zero padding's grid gradient on one image (the input's gradient not asked for), from framed
 /// row-paired planes as the forward: the general path's arithmetic without its masks, as an
 /// outside corner reads the frame's zero (`gg += ((ne − nw)(1 − fy) + (se − sw)fy)·gout·scale` and likewise for y).
-pub(crate) fn zeros_bwd_grid_image<E: Real>(
+#[inline(always)]
+pub(crate) fn zeros_bwd_grid_image<E: Real, I: Isa>(
     x: &[E],
     g: &[E],
     go: &[E],
@@ -691,51 +715,53 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
     let p = g.len() / 2;
     assert!(go.len() == c * p && gg.len() == 2 * p && p > 0);
     pair_rows(x, h, w, framed);
-    let one = E::splat(E::one());
+    let one = V8::<E, I>::splat(E::one());
     // Channel by channel, every point of a channel before the next (points first, for all of
     // them): one framed plane (8 KB for 28×28) stays in L1 while its points are sampled, where
     // point by point the ten planes of ten channels (80 KB) did not. Each point's sums still
     // add the channels in order, so the values are the same.
-    let pts: Vec<Framed8<E>> = (0..p)
-        .step_by(LANES)
-        .map(|q0| framed_points(g, q0, ax, ay))
-        .collect();
-    let zero = E::splat(E::zero());
+    // Loops, not iterator adapters, in the kernels: a closure handed to a library function that
+    // is not inlined runs outside the ISA level's `target_feature` context (see `isa`).
+    let mut pts: Vec<Framed8<E, I>> = Vec::with_capacity(p.div_ceil(LANES));
+    for q0 in (0..p).step_by(LANES) {
+        pts.push(framed_points::<E, I>(g, q0, ax, ay));
+    }
+    let zero = V8::<E, I>::splat(E::zero());
     let mut acc = vec![(zero, zero); pts.len()];
     for (f, go) in framed.chunks_exact(frame).zip(go.chunks_exact(p)) {
         for (i, (pt, (dgx, dgy))) in pts.iter().zip(acc.iter_mut()).enumerate() {
             let (q0, lanes) = (i * LANES, (p - i * LANES).min(LANES));
-            let (ex, ey) = (E::vsub(one, pt.fx), E::vsub(one, pt.fy));
+            let (ex, ey) = (V8::<E, I>::vsub(one, pt.fx), V8::<E, I>::vsub(one, pt.fy));
             // A full chunk without the mask.
             let go = if lanes == LANES {
-                E::load(&go[q0..])
+                V8::<E, I>::load(&go[q0..])
             } else {
-                E::load_head(&go[q0..], lanes)
+                V8::<E, I>::load_head(&go[q0..], lanes)
             };
-            let [nw, ne, sw, se] = E::corners(f, &pt.base);
-            let tx = E::vadd(
-                E::vmul(E::vsub(ne, nw), ey),
-                E::vmul(E::vsub(se, sw), pt.fy),
+            let [nw, ne, sw, se] = E::corners::<I>(f, &pt.base);
+            let tx = V8::<E, I>::vadd(
+                V8::<E, I>::vmul(V8::<E, I>::vsub(ne, nw), ey),
+                V8::<E, I>::vmul(V8::<E, I>::vsub(se, sw), pt.fy),
             );
-            let ty = E::vadd(
-                E::vmul(E::vsub(sw, nw), ex),
-                E::vmul(E::vsub(se, ne), pt.fx),
+            let ty = V8::<E, I>::vadd(
+                V8::<E, I>::vmul(V8::<E, I>::vsub(sw, nw), ex),
+                V8::<E, I>::vmul(V8::<E, I>::vsub(se, ne), pt.fx),
             );
-            *dgx = E::vadd(*dgx, E::vmul(tx, go));
-            *dgy = E::vadd(*dgy, E::vmul(ty, go));
+            *dgx = V8::<E, I>::vadd(*dgx, V8::<E, I>::vmul(tx, go));
+            *dgy = V8::<E, I>::vadd(*dgy, V8::<E, I>::vmul(ty, go));
         }
     }
     for (i, &(dgx, dgy)) in acc.iter().enumerate() {
         let (q0, lanes) = (i * LANES, (p - i * LANES).min(LANES));
-        let dgx = E::vmul(dgx, E::splat(ax.scale));
-        let dgy = E::vmul(dgy, E::splat(ay.scale));
+        let dgx = V8::<E, I>::vmul(dgx, V8::<E, I>::splat(ax.scale));
+        let dgy = V8::<E, I>::vmul(dgy, V8::<E, I>::splat(ay.scale));
         if lanes == LANES {
             // (x, y) pairs: two vectors, added in place.
-            let [lo, hi] = E::interleave(dgx, dgy);
-            E::add_into(&mut gg[2 * q0..2 * q0 + 8], lo);
-            E::add_into(&mut gg[2 * q0 + 8..2 * q0 + 16], hi);
+            let [lo, hi] = V8::<E, I>::interleave(dgx, dgy);
+            V8::<E, I>::add_into(&mut gg[2 * q0..2 * q0 + 8], lo);
+            V8::<E, I>::add_into(&mut gg[2 * q0 + 8..2 * q0 + 16], hi);
         } else {
-            let (dgx, dgy) = (E::lanes(dgx), E::lanes(dgy));
+            let (dgx, dgy) = (V8::<E, I>::lanes(dgx), V8::<E, I>::lanes(dgy));
             for l in 0..lanes {
                 gg[2 * (q0 + l)] += dgx[l];
                 gg[2 * (q0 + l) + 1] += dgy[l];
@@ -743,6 +769,9 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
         }
     }
 }
+
+/// Eight points' frame indices and bilinear weights.
+type FramedWeights<E, I> = ([u32; LANES], [V8<E, I>; 4]);
 
 /// Zero padding's forward on one image `[C, H, W]` for the points of `g` (x, y pairs), into
 /// `out [C, P]`.
@@ -753,7 +782,8 @@ pub(crate) fn zeros_bwd_grid_image<E: Real>(
 /// needs a mask or a clamp of its own — half the work of the general sampler. The arithmetic is the
 /// general path's (`((p0·w0 + p1·w1) + p2·w2) + p3·w3` with the same weights), so the result is the
 /// same, and a point with a non-finite coordinate samples zero, as there.
-pub(crate) fn zeros_fwd_image<E: Real>(
+#[inline(always)]
+pub(crate) fn zeros_fwd_image<E: Real, I: Isa>(
     x: &[E],
     g: &[E],
     ax: &Axis<E>,
@@ -768,28 +798,26 @@ pub(crate) fn zeros_fwd_image<E: Real>(
     assert!(out.len() == c * p && p > 0);
     pair_rows(x, h, w, framed);
     // Channel by channel, the points computed first (see `zeros_bwd_grid_image`).
-    let pts: Vec<([u32; LANES], [E::Lanes; 4])> = (0..p)
-        .step_by(LANES)
-        .map(|q0| {
-            let f = framed_points(g, q0, ax, ay);
-            (f.base, E::weights8(&f))
-        })
-        .collect();
+    let mut pts: Vec<FramedWeights<E, I>> = Vec::with_capacity(p.div_ceil(LANES));
+    for q0 in (0..p).step_by(LANES) {
+        let f = framed_points::<E, I>(g, q0, ax, ay);
+        pts.push((f.base, E::weights8::<I>(&f)));
+    }
     for (f, o) in framed.chunks_exact(frame).zip(out.chunks_exact_mut(p)) {
         for (i, (base, w)) in pts.iter().enumerate() {
             let (q0, lanes) = (i * LANES, (p - i * LANES).min(LANES));
-            let [p0, p1, p2, p3] = E::corners(f, base);
-            let v = E::vadd(
-                E::vadd(
-                    E::vadd(E::vmul(p0, w[0]), E::vmul(p1, w[1])),
-                    E::vmul(p2, w[2]),
+            let [p0, p1, p2, p3] = E::corners::<I>(f, base);
+            let v = V8::<E, I>::vadd(
+                V8::<E, I>::vadd(
+                    V8::<E, I>::vadd(V8::<E, I>::vmul(p0, w[0]), V8::<E, I>::vmul(p1, w[1])),
+                    V8::<E, I>::vmul(p2, w[2]),
                 ),
-                E::vmul(p3, w[3]),
+                V8::<E, I>::vmul(p3, w[3]),
             );
             if lanes == LANES {
-                E::store(&mut o[q0..q0 + LANES], v);
+                V8::<E, I>::store(&mut o[q0..q0 + LANES], v);
             } else {
-                o[q0..q0 + lanes].copy_from_slice(&E::lanes(v)[..lanes]);
+                o[q0..q0 + lanes].copy_from_slice(&V8::<E, I>::lanes(v)[..lanes]);
             }
         }
     }
@@ -860,7 +888,8 @@ mod tests {
             let plane = &paired[ch * paired_len(1, h, w)..][..paired_len(1, h, w)];
             for chunk in bases.chunks(LANES) {
                 let idx: [u32; LANES] = std::array::from_fn(|l| chunk[l.min(chunk.len() - 1)]);
-                let got = E::corners(plane, &idx).map(E::lanes);
+                let got =
+                    crate::dispatch!(I => E::corners::<I>(plane, &idx).map(V8::<E, I>::lanes));
                 for (l, &b) in idx.iter().enumerate() {
                     let (fy, fx) = (b as usize / fw, b as usize % fw);
                     let want = [

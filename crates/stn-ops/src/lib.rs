@@ -23,8 +23,10 @@
 //! backward, in one file per op; the CUDA kernels of all ops are one source,
 //! `cuda/stn_kernels.cu`, also compiled for the host so that tests check them without a GPU.
 //! One concern per file: `tape.rs` (the [`CustomOp`] trait, [`op::Input`], [`OpDevice`],
-//! [`op::apply`], [`forward_cpu`]), `host_pool.rs` (recycled host buffers), `simd.rs` (the
-//! vector primitives, [`Simd`], and [`Real`], the bound of every op), `error.rs`; each op in its
+//! [`op::apply`], [`forward_cpu`]), `host_pool.rs` (recycled host buffers), [`isa`] (the
+//! instruction-set level chosen at run time and [`dispatch!`], which runs a kernel compiled for
+//! it), [`simd`] (the vector primitives per level, [`Simd`], and [`Real`], the bound of every
+//! op), `error.rs`; each op in its
 //! own file, with the pool's and the sampler's SIMD kernels beside theirs
 //! (`max_pool2d/kernels.rs`, `grid_sample/kernels.rs`). [`forward_cpu`] runs an op's CPU forward
 //! on plain slices (tract's op table uses it); `op` re-exports the plumbing.
@@ -64,13 +66,14 @@ mod error;
 mod fused;
 mod grid_sample;
 mod host_pool;
+pub mod isa;
 #[doc(hidden)]
 pub mod kernels_host;
 mod linalg;
 mod max_pool2d;
 pub mod op;
 mod projective_grid;
-mod simd;
+pub mod simd;
 mod strided_conv2d;
 mod tape;
 mod tps_grid;

@@ -7,11 +7,13 @@
 //! `matrixmultiply` with an explicit im2col took 2.5× longer); these kernels keep a register block
 //! of the result and stream the long rows once per block.
 
+use crate::isa::Isa;
+use crate::simd::{Vector, V};
 use crate::Real;
 
-/// Columns of the register block (two AVX2 vectors of f32).
-const NB: usize = 16;
-/// Most rows of a register block: 6×16 f32 is 12 AVX2 accumulators.
+/// Most rows of a register block: 6 rows of two vectors are 12 accumulators (of AVX2's 16
+/// registers; AVX-512's 32 would hold more, but a block's rows are fixed by the packing, made
+/// before the level is known, and its columns are twice as many already).
 const MB: usize = 6;
 
 /// The row blocks of an `m`-row left operand: `(first row, rows)`, up to MB rows each, split
@@ -79,14 +81,18 @@ pub(crate) fn gemm_acc_rows<E: Real>(
     c: &mut [E],
     coff: &[usize],
 ) {
-    gemm::<E, true>(&PackedA::new(m, k, a, sa), n, b, boff, c, coff)
+    crate::dispatch!(I => gemm::<E, I, true>(&PackedA::new(m, k, a, sa), n, b, boff, c, coff))
 }
 
 /// `c[coff[i] + j] (+)= Σ_p a[i, p] · b[boff[p] + j]` for `i < m`, `j < n`, `p < k`: added to
 /// `c` when `ACC`, else stored (then `c` is neither read nor needs zeroing, and its rows must not
 /// overlap). With `ACC`, rows of `c` may overlap (the transpose of an implicit im2col scatters
 /// into overlapping windows): each row is added in turn.
-pub(crate) fn gemm<E: Real, const ACC: bool>(
+///
+/// Register blocks of up to MB rows by two of level `I`'s vectors (16 columns with AVX2, 32 with
+/// AVX-512).
+#[inline(always)]
+pub(crate) fn gemm<E: Real, I: Isa, const ACC: bool>(
     a: &PackedA<E>,
     n: usize,
     b: &[E],
@@ -94,20 +100,21 @@ pub(crate) fn gemm<E: Real, const ACC: bool>(
     c: &mut [E],
     coff: &[usize],
 ) {
+    let nb = 2 * V::<E, I>::N;
     let (m, k) = (a.m, a.k);
     assert!(boff.len() == k && coff.len() == m);
     assert!(boff.iter().all(|&o| o + n <= b.len()) && coff.iter().all(|&o| o + n <= c.len()));
-    let full = n / NB * NB;
+    let full = n / nb * nb;
     let rem = n - full;
-    // The last, partial column block, zero-padded to NB once for every row block.
+    // The last, partial column block, zero-padded to a whole block once for every row block.
     let mut tail = Vec::new();
     let mut tail_off = Vec::new();
     if rem > 0 {
-        tail.reserve(k * NB);
+        tail.reserve(k * nb);
         for &o in boff {
             tail_off.push(tail.len());
             tail.extend_from_slice(&b[o + full..o + n]);
-            tail.extend(std::iter::repeat_n(E::zero(), NB - rem));
+            tail.extend(std::iter::repeat_n(E::zero(), nb - rem));
         }
     }
     for (i, rows) in row_blocks(m) {
@@ -116,28 +123,29 @@ pub(crate) fn gemm<E: Real, const ACC: bool>(
         let mut j0 = 0;
         while j0 < n {
             let (bb, bo, j, width) = if j0 < full {
-                (b, boff, j0, NB)
+                (b, boff, j0, nb)
             } else {
                 (&tail[..], &tail_off[..], 0, rem)
             };
             match rows {
-                6 => block::<E, 6, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
-                5 => block::<E, 5, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
-                4 => block::<E, 4, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
-                3 => block::<E, 3, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
-                2 => block::<E, 2, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
-                _ => block::<E, 1, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                6 => block::<E, V<E, I>, 6, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                5 => block::<E, V<E, I>, 5, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                4 => block::<E, V<E, I>, 4, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                3 => block::<E, V<E, I>, 3, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                2 => block::<E, V<E, I>, 2, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
+                _ => block::<E, V<E, I>, 1, ACC>(k, ap, bb, bo, j, c, cr, j0, width),
             }
-            j0 += NB;
+            j0 += nb;
         }
     }
 }
 
-/// One R×NB block of `gemm`, accumulated in registers: `a` packed as `a[p·R + r]`;
-/// `b` rows read at `boff[p] + jb`, NB entries each; result rows at `coff[r] + j0`, `width` of them.
+/// One R×2N block of `gemm` (N: the vector's lanes), accumulated in registers: `a` packed as
+/// `a[p·R + r]`; `b` rows read at `boff[p] + jb`, 2N entries each; result rows at `coff[r] + j0`,
+/// `width` of them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block<E: Real, const R: usize, const ACC: bool>(
+fn block<E: Real, L: Vector<E>, const R: usize, const ACC: bool>(
     k: usize,
     a: &[E],
     b: &[E],
@@ -150,57 +158,59 @@ fn block<E: Real, const R: usize, const ACC: bool>(
 ) {
     // `gemm` checked every row range against the slices (and pads the tail block);
     // checking each element again costs a third of the kernel's time.
-    assert!(a.len() >= k * R && boff.len() >= k && width <= NB);
-    debug_assert!(boff[..k].iter().all(|&o| o + jb + NB <= b.len()));
-    let zero = E::splat(E::zero());
+    let nv = L::N;
+    assert!(a.len() >= k * R && boff.len() >= k && width <= 2 * nv);
+    debug_assert!(boff[..k].iter().all(|&o| o + jb + 2 * nv <= b.len()));
+    let zero = L::splat(E::zero());
     let mut acc = [[zero; 2]; R];
     for p in 0..k {
-        // SAFETY: p < k ≤ boff.len(), and boff[p] + jb + NB ≤ b.len() (asserted above).
+        // SAFETY: p < k ≤ boff.len(), and boff[p] + jb + 2N ≤ b.len() (asserted above).
         let bp = unsafe { b.get_unchecked(*boff.get_unchecked(p) + jb..) };
-        let (b0, b1) = (E::load(&bp[..8]), E::load(&bp[8..16]));
+        let (b0, b1) = (L::load(&bp[..nv]), L::load(&bp[nv..2 * nv]));
         for (r, acc_r) in acc.iter_mut().enumerate() {
             // SAFETY: p·R + r < k·R ≤ a.len().
-            let av = E::splat(unsafe { *a.get_unchecked(p * R + r) });
-            acc_r[0] = E::fma(av, b0, acc_r[0]);
-            acc_r[1] = E::fma(av, b1, acc_r[1]);
+            let av = L::splat(unsafe { *a.get_unchecked(p * R + r) });
+            acc_r[0] = L::fma(av, b0, acc_r[0]);
+            acc_r[1] = L::fma(av, b1, acc_r[1]);
         }
     }
     for (r, acc_r) in acc.iter().enumerate() {
         let row = &mut c[coff[r] + j0..coff[r] + j0 + width];
-        if width == NB && ACC {
-            E::add_into(&mut row[..8], acc_r[0]);
-            E::add_into(&mut row[8..], acc_r[1]);
-        } else if width == NB {
-            row[..8].copy_from_slice(&E::lanes(acc_r[0]));
-            row[8..].copy_from_slice(&E::lanes(acc_r[1]));
+        if width == 2 * nv && ACC {
+            L::add_into(&mut row[..nv], acc_r[0]);
+            L::add_into(&mut row[nv..], acc_r[1]);
+        } else if width == 2 * nv {
+            L::store(&mut row[..nv], acc_r[0]);
+            L::store(&mut row[nv..], acc_r[1]);
         } else {
-            let vals = E::lanes(acc_r[0]).into_iter().chain(E::lanes(acc_r[1]));
-            for (cv, v) in row.iter_mut().zip(vals) {
+            let (v0, v1) = (L::lanes(acc_r[0]), L::lanes(acc_r[1]));
+            let vals = v0.as_ref().iter().chain(v1.as_ref());
+            for (cv, &v) in row.iter_mut().zip(vals) {
                 *cv = if ACC { *cv + v } else { v };
             }
         }
     }
 }
 
-/// Lane-wise dot products of `a0` and `a1` (equal lengths, a multiple of 8) with each of the
+/// Lane-wise dot products of `a0` and `a1` (equal lengths, a multiple of N) with each of the
 /// rows `bs` (as long): 2·Q accumulators, 2 + Q loads per 2·Q FMAs.
 #[inline(always)]
-fn dots<E: Real, const Q: usize>(
+fn dots<E: Real, L: Vector<E>, const Q: usize>(
     a0: &[E],
     a1: &[E],
     bs: [&[E]; Q],
-) -> ([E::Lanes; Q], [E::Lanes; Q]) {
-    let len = a0.len();
-    assert!(a1.len() == len && bs.iter().all(|b| b.len() == len) && len.is_multiple_of(8));
-    let z = E::splat(E::zero());
+) -> ([L; Q], [L; Q]) {
+    let (len, nv) = (a0.len(), L::N);
+    assert!(a1.len() == len && bs.iter().all(|b| b.len() == len) && len.is_multiple_of(nv));
+    let z = L::splat(E::zero());
     let (mut s0, mut s1) = ([z; Q], [z; Q]);
-    for (j, (x0, x1)) in a0.chunks_exact(8).zip(a1.chunks_exact(8)).enumerate() {
-        let (x0, x1) = (E::load(x0), E::load(x1));
+    for (j, (x0, x1)) in a0.chunks_exact(nv).zip(a1.chunks_exact(nv)).enumerate() {
+        let (x0, x1) = (L::load(x0), L::load(x1));
         for t in 0..Q {
-            // SAFETY: j·8 + 8 ≤ len = bs[t].len() (asserted above).
-            let y = E::load(unsafe { bs[t].get_unchecked(j * 8..j * 8 + 8) });
-            s0[t] = E::fma(x0, y, s0[t]);
-            s1[t] = E::fma(x1, y, s1[t]);
+            // SAFETY: j·N + N ≤ len = bs[t].len() (asserted above).
+            let y = L::load(unsafe { bs[t].get_unchecked(j * nv..(j + 1) * nv) });
+            s0[t] = L::fma(x0, y, s0[t]);
+            s1[t] = L::fma(x1, y, s1[t]);
         }
     }
     (s0, s1)
@@ -214,10 +224,14 @@ fn pad<L: Copy, const Q: usize>((s0, s1): ([L; Q], [L; Q])) -> ([L; 4], [L; 4]) 
 }
 
 /// Dot products of long rows, `Σ_j a[i·n + j] · b[boff[p] + j]` for `i < m`, `p < k`, added to
-/// an accumulator that keeps 8 partial sums per result ([`DotAcc::take_sums`] reduces them once
-/// per group of images, instead of after every image). Four rows of `b` share each load of `a`.
+/// an accumulator that keeps N partial sums per result (a vector's lanes at the level of
+/// [`DotAcc::add_products`]; [`DotAcc::take_sums`] reduces them once per group of images, instead
+/// of after every image). Four rows of `b` share each load of `a`.
 pub(crate) struct DotAcc<E: Real> {
-    lanes: Vec<E::Lanes>,
+    /// `m·k` vectors of `width` lanes each, as scalars.
+    lanes: Vec<E>,
+    width: usize,
+    m: usize,
     k: usize,
     /// Nothing added since the last `take_sums`: the next products are stored, not added (no
     /// zeroing between uses).
@@ -227,18 +241,29 @@ pub(crate) struct DotAcc<E: Real> {
 impl<E: Real> DotAcc<E> {
     pub(crate) fn new(m: usize, k: usize) -> Self {
         DotAcc {
-            lanes: vec![E::splat(E::zero()); m * k],
+            lanes: Vec::new(),
+            width: 0,
+            m,
             k,
             fresh: true,
         }
     }
 
-    pub(crate) fn add_products(&mut self, n: usize, a: &[E], b: &[E], boff: &[usize]) {
-        let (m, k) = (self.lanes.len() / self.k.max(1), self.k);
+    /// Adds the products at level `I` (every call between two `take_sums` at the same level).
+    #[inline(always)]
+    pub(crate) fn add_products<I: Isa>(&mut self, n: usize, a: &[E], b: &[E], boff: &[usize]) {
+        let (m, k, nv) = (self.m, self.k, V::<E, I>::N);
         let store = std::mem::replace(&mut self.fresh, false);
+        if store {
+            // Stored over, so any contents will do.
+            self.width = nv;
+            self.lanes.resize(m * k * nv, E::zero());
+        }
+        assert_eq!(self.width, nv, "one level between take_sums");
         assert!(a.len() >= m * n && boff.len() == k);
         assert!(boff.iter().all(|&o| o + n <= b.len()));
-        let full = n / 8 * 8;
+        let full = n / nv * nv;
+        let lanes = &mut self.lanes;
         // Two rows of a against four rows of b: 8 accumulators, 6 loads per 8 FMAs, every slice cut
         // to its exact length first so the loop has no bounds checks.
         let mut i = 0;
@@ -257,30 +282,37 @@ impl<E: Real> DotAcc<E> {
                 let q = (k - p).min(4);
                 let row = |t: usize| &b[boff[p + t]..boff[p + t] + full];
                 let (s0, s1) = match q {
-                    4 => dots::<E, 4>(a0, a1, std::array::from_fn(row)),
-                    3 => pad(dots::<E, 3>(a0, a1, std::array::from_fn(row))),
-                    2 => pad(dots::<E, 2>(a0, a1, std::array::from_fn(row))),
-                    _ => pad(dots::<E, 1>(a0, a1, std::array::from_fn(row))),
+                    4 => dots::<E, V<E, I>, 4>(a0, a1, std::array::from_fn(row)),
+                    3 => pad(dots::<E, V<E, I>, 3>(a0, a1, std::array::from_fn(row))),
+                    2 => pad(dots::<E, V<E, I>, 2>(a0, a1, std::array::from_fn(row))),
+                    _ => pad(dots::<E, V<E, I>, 1>(a0, a1, std::array::from_fn(row))),
                 };
-                let add = |l: &mut E::Lanes, s| *l = if store { s } else { E::vadd(*l, s) };
                 for t in 0..q {
                     let idx = i * k + p + t;
-                    add(&mut self.lanes[idx], s0[t]);
-                    if two {
-                        add(&mut self.lanes[idx + k], s1[t]);
+                    for (idx, s) in [(idx, s0[t]), (idx + k, s1[t])]
+                        .into_iter()
+                        .take(1 + two as usize)
+                    {
+                        let l = &mut lanes[idx * nv..(idx + 1) * nv];
+                        let v = if store {
+                            s
+                        } else {
+                            V::<E, I>::vadd(V::<E, I>::load(l), s)
+                        };
+                        V::<E, I>::store(l, v);
                     }
                 }
                 p += q;
             }
-            // The last n % 8 columns, in masked lanes: a scalar loop per (row, offset) was a
+            // The last n % N columns, in masked lanes: a scalar loop per (row, offset) was a
             // tenth of localization.3's backward (196 columns per group of images).
             if full < n {
                 for r in i..(i + 2).min(m) {
-                    let at = E::load_head(&a[r * n + full..], n - full);
+                    let ar = V::<E, I>::load_head(&a[r * n + full..], n - full);
                     for (p, &o) in boff.iter().enumerate() {
-                        let bt = E::load_head(&b[o + full..], n - full);
-                        let l = &mut self.lanes[r * k + p];
-                        *l = E::fma(at, bt, *l);
+                        let bt = V::<E, I>::load_head(&b[o + full..], n - full);
+                        let l = &mut lanes[(r * k + p) * nv..(r * k + p + 1) * nv];
+                        V::<E, I>::store(l, V::<E, I>::fma(ar, bt, V::<E, I>::load(l)));
                     }
                 }
             }
@@ -294,15 +326,12 @@ impl<E: Real> DotAcc<E> {
     /// and read again by a serial merge.
     pub(crate) fn take_sums(&mut self) -> Vec<E> {
         let fresh = std::mem::replace(&mut self.fresh, true);
+        if fresh {
+            return vec![E::zero(); self.m * self.k];
+        }
         self.lanes
-            .iter()
-            .map(|l| {
-                if fresh {
-                    E::zero()
-                } else {
-                    E::lanes(*l).iter().fold(E::zero(), |s, &v| s + v)
-                }
-            })
+            .chunks_exact(self.width)
+            .map(|l| l.iter().fold(E::zero(), |s, &v| s + v))
             .collect()
     }
 }
@@ -346,14 +375,14 @@ mod tests {
             }
             // Stored instead of added: the products alone, whatever `c` held.
             let mut c3 = vec![f64::NAN; m * n];
-            gemm::<f64, false>(
+            crate::dispatch!(I => gemm::<f64, I, false>(
                 &PackedA::new(m, k, &a, (k, 1)),
                 n,
                 &b,
                 &boff,
                 &mut c3,
                 &coff,
-            );
+            ));
             for ((x, y), z) in c3.iter().zip(&want).zip(&c0) {
                 assert!((x - (y - z)).abs() < 1e-12, "stored {m}×{k}×{n}");
             }
@@ -376,14 +405,14 @@ mod tests {
                 })
                 .collect();
             let mut acc = DotAcc::new(m, k);
-            acc.add_products(n, &a2, &b, &boff);
+            crate::dispatch!(I => acc.add_products::<I>(n, &a2, &b, &boff));
             for (d, s) in d.iter_mut().zip(acc.take_sums()) {
                 *d += s;
             }
             // Taken: a fresh start, the next products stored over the old ones.
             assert!(acc.take_sums().iter().all(|&s| s == 0.0));
-            acc.add_products(n, &a2, &b, &boff);
-            acc.add_products(n, &a2, &b, &boff);
+            crate::dispatch!(I => acc.add_products::<I>(n, &a2, &b, &boff));
+            crate::dispatch!(I => acc.add_products::<I>(n, &a2, &b, &boff));
             for ((x, y), z) in acc.take_sums().iter().zip(&want).zip(&data(m * k, 0.9)) {
                 assert!((x - 2.0 * (y - z)).abs() < 1e-12, "twice {m}×{k}×{n}");
             }

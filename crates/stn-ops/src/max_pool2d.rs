@@ -64,7 +64,7 @@ impl MaxPool2d {
     }
 
     /// Index (in the input plane) of each output's maximum.
-    #[inline]
+    #[inline(always)]
     fn argmax<E: Real>(&self, plane: &[E], w: usize, oy: usize, ox: usize) -> usize {
         let (y0, x0) = (oy * self.stride, ox * self.stride);
         let mut best = y0 * w + x0;
@@ -102,7 +102,9 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
                 .data
                 .par_chunks(h * w)
                 .zip(out.par_chunks_mut(ho * wo))
-                .for_each(|(plane, o)| E::pool2_plane(plane, w, o, wo, self.relu));
+                .for_each(|(plane, o)| {
+                    crate::dispatch!(I => E::pool2_plane::<I>(plane, w, o, wo, self.relu))
+                });
         }
         inputs[0]
             .data
@@ -130,7 +132,9 @@ impl<E: Real> CustomOp<E> for MaxPool2d {
                 .par_chunks(h * w)
                 .zip(gx.par_chunks_mut(h * w))
                 .zip(grad_out.par_chunks(ho * wo))
-                .for_each(|((plane, g), go)| E::pool2_plane_bwd(plane, w, go, g, wo, self.relu));
+                .for_each(|((plane, g), go)| {
+                    crate::dispatch!(I => E::pool2_plane_bwd::<I>(plane, w, go, g, wo, self.relu))
+                });
         }
         inputs[0]
             .data

@@ -34,7 +34,7 @@ impl ProjectiveGrid {
     pub const MIN_W: f64 = 1e-3;
 
     /// `w` clamped away from zero, and whether it was.
-    #[inline]
+    #[inline(always)]
     fn clamp_w<E: Real>(w: E) -> (E, bool) {
         let min = E::of(Self::MIN_W);
         if w.abs() >= min {
@@ -47,6 +47,7 @@ impl ProjectiveGrid {
         }
     }
 
+    #[inline(always)]
     fn image_grid<E: Real>(h: &[E], xs: &[E], ys: &[E], g: &mut [E]) {
         let wd = xs.len();
         for (i, &y) in ys.iter().enumerate() {
@@ -63,6 +64,7 @@ impl ProjectiveGrid {
 
     /// `gh += ` the homography's gradient from one image's grid gradient, accumulated in f64 (a sum
     /// over every grid point, as `AffineGrid::theta_grad`).
+    #[inline(always)]
     fn h_grad<E: Real>(h: &[E], gg: &[E], xs: &[E], ys: &[E], gh: &mut [E]) {
         let f = |v: E| v.to_f64().unwrap_or(f64::NAN);
         let hd: Vec<f64> = h.iter().map(|&v| f(v)).collect();
@@ -140,7 +142,7 @@ impl<E: Real> CustomOp<E> for ProjectiveGrid {
             .data
             .par_chunks_exact(8)
             .zip(out.par_chunks_exact_mut(h * w * 2))
-            .for_each(|(hm, g)| Self::image_grid(hm, &xs, &ys, g));
+            .for_each(|(hm, g)| crate::dispatch!(I => Self::image_grid(hm, &xs, &ys, g)));
     }
 
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
@@ -154,7 +156,7 @@ impl<E: Real> CustomOp<E> for ProjectiveGrid {
             .par_chunks_exact(8)
             .zip(grad_out.par_chunks_exact(h * w * 2))
             .zip(gh.par_chunks_exact_mut(8))
-            .for_each(|((hm, gg), gh)| Self::h_grad(hm, gg, &xs, &ys, gh));
+            .for_each(|((hm, gg), gh)| crate::dispatch!(I => Self::h_grad(hm, gg, &xs, &ys, gh)));
     }
 
     #[cfg(feature = "cuda")]

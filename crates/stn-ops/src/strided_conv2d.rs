@@ -8,6 +8,7 @@ use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::simd::{Vector, V};
 use crate::Dyn4;
 
 /// `torch.nn.functional.conv2d(x, weight, bias, stride, padding)`, square kernel.
@@ -46,7 +47,7 @@ impl StridedConv2d {
     }
 
     /// The input row (or column) tap `ky` of output row `oy` reads, if inside the image.
-    #[inline]
+    #[inline(always)]
     fn tap(&self, out: usize, kk: usize, side: usize) -> Option<usize> {
         (out * self.stride + kk)
             .checked_sub(self.padding)
@@ -95,7 +96,7 @@ impl<E: Real> CustomOp<E> for StridedConv2d {
         let (img, k2) = (d.c * d.h * d.w, d.k * d.k);
         out.par_chunks_mut(d.o * d.ho * d.wo)
             .zip(x.par_chunks(img))
-            .for_each(|(out, x)| {
+            .for_each(|(out, x)| crate::dispatch!(I => {
                 for o in 0..d.o {
                     for oy in 0..d.ho {
                         for ox in 0..d.wo {
@@ -118,7 +119,7 @@ impl<E: Real> CustomOp<E> for StridedConv2d {
                         }
                     }
                 }
-            });
+            }));
     }
 
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
@@ -133,31 +134,33 @@ impl<E: Real> CustomOp<E> for StridedConv2d {
             gx.par_chunks_mut(img)
                 .zip(grad_out.par_chunks(d.o * plane_out))
                 .for_each(|(gx, go)| {
-                    for o in 0..d.o {
-                        for oy in 0..d.ho {
-                            for ox in 0..d.wo {
-                                let g = go[o * plane_out + oy * d.wo + ox];
-                                for c in 0..d.c {
-                                    let wc = &wt[(o * d.c + c) * k2..][..k2];
-                                    for ky in 0..d.k {
-                                        let Some(iy) = self.tap(oy, ky, d.h) else {
-                                            continue;
-                                        };
-                                        for kx in 0..d.k {
-                                            if let Some(ix) = self.tap(ox, kx, d.w) {
-                                                let at = (c * d.h + iy) * d.w + ix;
-                                                gx[at] = g.mul_add(wc[ky * d.k + kx], gx[at]);
+                    crate::dispatch!(I => {
+                        for o in 0..d.o {
+                            for oy in 0..d.ho {
+                                for ox in 0..d.wo {
+                                    let g = go[o * plane_out + oy * d.wo + ox];
+                                    for c in 0..d.c {
+                                        let wc = &wt[(o * d.c + c) * k2..][..k2];
+                                        for ky in 0..d.k {
+                                            let Some(iy) = self.tap(oy, ky, d.h) else {
+                                                continue;
+                                            };
+                                            for kx in 0..d.k {
+                                                if let Some(ix) = self.tap(ox, kx, d.w) {
+                                                    let at = (c * d.h + iy) * d.w + ix;
+                                                    gx[at] = g.mul_add(wc[ky * d.k + kx], gx[at]);
+                                                }
                                             }
                                         }
                                     }
                                 }
                             }
                         }
-                    }
+                    })
                 });
         }
         if let Some(gw) = gw.as_deref_mut() {
-            gw.par_chunks_mut(d.c * k2).enumerate().for_each(|(o, gw)| {
+            gw.par_chunks_mut(d.c * k2).enumerate().for_each(|(o, gw)| crate::dispatch!(I => {
                 for j in 0..n {
                     let (x, go) = (&x[j * img..][..img], &grad_out[(j * d.o + o) * plane_out..]);
                     for oy in 0..d.ho {
@@ -180,14 +183,16 @@ impl<E: Real> CustomOp<E> for StridedConv2d {
                         }
                     }
                 }
-            });
+            }));
         }
         if let Some(gb) = gb.as_deref_mut() {
-            for go in grad_out.chunks_exact(d.o * plane_out) {
-                for (gb, row) in gb.iter_mut().zip(go.chunks_exact(plane_out)) {
-                    *gb += E::sum(row);
+            crate::dispatch!(I => {
+                for go in grad_out.chunks_exact(d.o * plane_out) {
+                    for (gb, row) in gb.iter_mut().zip(go.chunks_exact(plane_out)) {
+                        *gb += V::<E, I>::sum(row);
+                    }
                 }
-            }
+            })
         }
     }
 }

@@ -190,15 +190,17 @@ impl<E: Real> CustomOp<E> for TpsGrid {
             .par_chunks_exact(2 * k)
             .zip(out.par_chunks_exact_mut(2 * p))
             .for_each(|(v, g)| {
-                for (row, g) in m.chunks_exact(k).zip(g.chunks_exact_mut(2)) {
-                    let (mut gx, mut gy) = (E::zero(), E::zero());
-                    for (kk, &mk) in row.iter().enumerate() {
-                        gx += mk * v[2 * kk];
-                        gy += mk * v[2 * kk + 1];
+                crate::dispatch!(I => {
+                    for (row, g) in m.chunks_exact(k).zip(g.chunks_exact_mut(2)) {
+                        let (mut gx, mut gy) = (E::zero(), E::zero());
+                        for (kk, &mk) in row.iter().enumerate() {
+                            gx += mk * v[2 * kk];
+                            gy += mk * v[2 * kk + 1];
+                        }
+                        g[0] = gx;
+                        g[1] = gy;
                     }
-                    g[0] = gx;
-                    g[1] = gy;
-                }
+                })
             });
     }
 
@@ -215,32 +217,36 @@ impl<E: Real> CustomOp<E> for TpsGrid {
             gv.par_chunks_exact_mut(2 * k)
                 .zip(grad_out.par_chunks_exact(2 * p))
                 .for_each(|(gv, gg)| {
-                    let mut acc = vec![0f64; 2 * k];
-                    for (row, gg) in m.chunks_exact(k).zip(gg.chunks_exact(2)) {
-                        let (gx, gy) = (f(gg[0]), f(gg[1]));
-                        for (kk, &mk) in row.iter().enumerate() {
-                            let mk = f(mk);
-                            acc[2 * kk] += mk * gx;
-                            acc[2 * kk + 1] += mk * gy;
+                    crate::dispatch!(I => {
+                        let mut acc = vec![0f64; 2 * k];
+                        for (row, gg) in m.chunks_exact(k).zip(gg.chunks_exact(2)) {
+                            let (gx, gy) = (f(gg[0]), f(gg[1]));
+                            for (kk, &mk) in row.iter().enumerate() {
+                                let mk = f(mk);
+                                acc[2 * kk] += mk * gx;
+                                acc[2 * kk + 1] += mk * gy;
+                            }
                         }
-                    }
-                    for (g, a) in gv.iter_mut().zip(acc) {
-                        *g += E::of(a);
-                    }
+                        for (g, a) in gv.iter_mut().zip(acc) {
+                            *g += E::of(a);
+                        }
+                    })
                 });
         }
         if let Some(gm) = gm.as_deref_mut() {
             let n = v.len() / (2 * k);
             gm.par_chunks_exact_mut(k).enumerate().for_each(|(q, row)| {
-                for (kk, g) in row.iter_mut().enumerate() {
-                    let mut acc = 0f64;
-                    for b in 0..n {
-                        let gg = &grad_out[(b * p + q) * 2..];
-                        let vv = &v[(b * k + kk) * 2..];
-                        acc += f(gg[0]) * f(vv[0]) + f(gg[1]) * f(vv[1]);
+                crate::dispatch!(I => {
+                    for (kk, g) in row.iter_mut().enumerate() {
+                        let mut acc = 0f64;
+                        for b in 0..n {
+                            let gg = &grad_out[(b * p + q) * 2..];
+                            let vv = &v[(b * k + kk) * 2..];
+                            acc += f(gg[0]) * f(vv[0]) + f(gg[1]) * f(vv[1]);
+                        }
+                        *g += E::of(acc);
                     }
-                    *g += E::of(acc);
-                }
+                })
             });
         }
     }

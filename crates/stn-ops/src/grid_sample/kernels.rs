@@ -1,18 +1,20 @@
 //! The sampler's kernels (`grid_sample`, `affine_sample`): eight grid points at a time mapped
-//! into a framed plane, their corner values and bilinear weights; a scalar form for every element
-//! type and AVX2 forms for f32.
+//! into a framed plane, their corner values and bilinear weights; a portable form for every
+//! element type and level, and AVX2 forms for f32 (at the AVX2 and AVX-512 levels, whose
+//! eight-lane vectors are the same registers).
 
-use crate::simd::Simd;
+use crate::isa::{Isa, Level};
+use crate::simd::{Simd, Vector, V8};
 
 /// Eight grid points mapped into a plane framed by two zero pixels on every side (zero padding's
 /// sampler, see `grid_sample`): the source coordinates' fractional parts, the frame index of each
 /// point's top-left corner, and whether both of its coordinates are finite.
 #[derive(Clone, Copy)]
-pub struct Framed8<E: Simd> {
+pub struct Framed8<E: Simd, I: Isa> {
     /// Fractional parts of the x coordinates.
-    pub fx: E::Lanes,
+    pub fx: V8<E, I>,
     /// Fractional parts of the y coordinates.
-    pub fy: E::Lanes,
+    pub fy: V8<E, I>,
     /// Frame index of each point's top-left corner.
     pub base: [u32; 8],
     /// Whether both coordinates are finite.
@@ -31,21 +33,20 @@ pub struct AxisMap<E> {
     pub size: usize,
 }
 
-/// The sampler's eight-point kernels.
+/// The sampler's eight-point kernels at level `I`.
 pub trait SampleKernels: Simd {
     /// `[plane[idx[0]], …, plane[idx[7]]]`; every index must be inside `plane` (it panics if not).
     #[inline(always)]
-    fn gather(plane: &[Self], idx: &[u32; 8]) -> Self::Lanes {
-        Self::load(&idx.map(|i| plane[i as usize]))
+    fn gather<I: Isa>(plane: &[Self], idx: &[u32; 8]) -> V8<Self, I> {
+        V8::<Self, I>::from_array(idx.map(|i| plane[i as usize]))
     }
 
     /// The four corners `[nw, ne, sw, se]` of 8 points in a row-paired plane (`rows`: element
     /// `2i` and `2i + 1` are pixel `i` and the pixel below it, so the 4 values from `2·idx[l]`
     /// are `[nw, sw, ne, se]` of the point whose top-left corner is pixel `idx[l]`).
     #[inline(always)]
-    fn corners(rows: &[Self], idx: &[u32; 8]) -> [Self::Lanes; 4] {
-        let at = |k: usize| Self::load(&idx.map(|i| rows[2 * i as usize + k]));
-        [at(0), at(2), at(1), at(3)]
+    fn corners<I: Isa>(rows: &[Self], idx: &[u32; 8]) -> [V8<Self, I>; 4] {
+        corners_portable::<Self, I>(rows, idx)
     }
 
     /// Eight points `g[..16]` (x, y pairs) in a framed plane `W + 4` wide: `x = gx·scale +
@@ -53,12 +54,34 @@ pub trait SampleKernels: Simd {
     /// floor clamped to [−2, W] × [−2, H] so that both corners of a clamped axis lie in the zero
     /// border (a non-finite point to (−2, −2)), and the frame index `(⌊y⌋ + 2)·(W + 4) + ⌊x⌋ + 2`.
     #[inline(always)]
-    fn framed8(g: &[Self], ax: AxisMap<Self>, ay: AxisMap<Self>) -> Framed8<Self> {
+    fn framed8<I: Isa>(g: &[Self], ax: AxisMap<Self>, ay: AxisMap<Self>) -> Framed8<Self, I> {
+        framed8_portable(g, ax, ay)
+    }
+
+    /// The bilinear weights `[nw, ne, sw, se]` of framed points (`(1−fy)(1−fx)`, `(1−fy)fx`,
+    /// `fy(1−fx)`, `fy·fx`), zero for a point that is not finite.
+    #[inline(always)]
+    fn weights8<I: Isa>(f: &Framed8<Self, I>) -> [V8<Self, I>; 4] {
+        weights8_portable(f)
+    }
+}
+
+/// [`SampleKernels::corners`] in portable code.
+#[inline(always)]
+fn corners_portable<E: Simd, I: Isa>(rows: &[E], idx: &[u32; 8]) -> [V8<E, I>; 4] {
+    let at = |k: usize| V8::<E, I>::from_array(idx.map(|i| rows[2 * i as usize + k]));
+    [at(0), at(2), at(1), at(3)]
+}
+
+/// [`SampleKernels::framed8`] in portable code.
+#[inline(always)]
+fn framed8_portable<E: Simd, I: Isa>(g: &[E], ax: AxisMap<E>, ay: AxisMap<E>) -> Framed8<E, I> {
+    {
         let fw = (ax.size + 4) as u32;
-        let (wmax, hmax) = (Self::of(ax.size as f64), Self::of(ay.size as f64));
-        let two = Self::of(2.0);
+        let (wmax, hmax) = (E::of(ax.size as f64), E::of(ay.size as f64));
+        let two = E::of(2.0);
         let (mut fx, mut fy, mut base, mut ok) =
-            ([Self::zero(); 8], [Self::zero(); 8], [0u32; 8], [false; 8]);
+            ([E::zero(); 8], [E::zero(); 8], [0u32; 8], [false; 8]);
         for l in 0..8 {
             let x = g[2 * l] * ax.scale + ax.offset;
             let y = g[2 * l + 1] * ay.scale + ay.offset;
@@ -67,158 +90,216 @@ pub trait SampleKernels: Simd {
             ok[l] = x.is_finite() && y.is_finite();
             let cx = if ok[l] { x0.max(-two).min(wmax) } else { -two };
             let cy = if ok[l] { y0.max(-two).min(hmax) } else { -two };
-            base[l] = (Self::to_i32_sat(cy) + 2) as u32 * fw + (Self::to_i32_sat(cx) + 2) as u32;
+            base[l] = (E::to_i32_sat(cy) + 2) as u32 * fw + (E::to_i32_sat(cx) + 2) as u32;
         }
         Framed8 {
-            fx: Self::load(&fx),
-            fy: Self::load(&fy),
+            fx: V8::<E, I>::from_array(fx),
+            fy: V8::<E, I>::from_array(fy),
             base,
             ok,
         }
     }
+}
 
-    /// The bilinear weights `[nw, ne, sw, se]` of framed points (`(1−fy)(1−fx)`, `(1−fy)fx`,
-    /// `fy(1−fx)`, `fy·fx`), zero for a point that is not finite.
-    #[inline(always)]
-    fn weights8(f: &Framed8<Self>) -> [Self::Lanes; 4] {
-        let (fx, fy) = (Self::lanes(f.fx), Self::lanes(f.fy));
-        let mut w = [[Self::zero(); 8]; 4];
-        for l in 0..8 {
-            if f.ok[l] {
-                let (ex, sy) = (Self::one() - fx[l], Self::one() - fy[l]);
-                w[0][l] = sy * ex;
-                w[1][l] = sy * fx[l];
-                w[2][l] = fy[l] * ex;
-                w[3][l] = fy[l] * fx[l];
-            }
+/// [`SampleKernels::weights8`] in portable code.
+#[inline(always)]
+fn weights8_portable<E: Simd, I: Isa>(f: &Framed8<E, I>) -> [V8<E, I>; 4] {
+    let (fx, fy) = (V8::<E, I>::lanes(f.fx), V8::<E, I>::lanes(f.fy));
+    let mut w = [[E::zero(); 8]; 4];
+    for l in 0..8 {
+        if f.ok[l] {
+            let (ex, sy) = (E::one() - fx[l], E::one() - fy[l]);
+            w[0][l] = sy * ex;
+            w[1][l] = sy * fx[l];
+            w[2][l] = fy[l] * ex;
+            w[3][l] = fy[l] * fx[l];
         }
-        w.map(|w| Self::load(&w))
     }
+    w.map(V8::<E, I>::from_array)
 }
 
 impl SampleKernels for f32 {
-    /// In AVX2 lanes where the build has it: the scalar version's per-lane `if`s compiled to
-    /// two lanes at a time with a branch each (half of the grid gradient's time with one channel).
-    /// The same operations in the same order (multiply then add, floor, subtract, clamp; an exact
-    /// conversion of the clamped floor), so the same values.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    /// AVX2 at the AVX2 and AVX-512 levels: the portable version's per-lane `if`s compiled to
+    /// two lanes at a time with a branch each (half of the grid gradient's time with one
+    /// channel). The same operations in the same order (multiply then add, floor, subtract,
+    /// clamp; an exact conversion of the clamped floor), so the same values.
     #[inline(always)]
-    fn framed8(g: &[f32], ax: AxisMap<f32>, ay: AxisMap<f32>) -> Framed8<f32> {
-        use std::arch::x86_64::*;
-        assert!(g.len() >= 16);
-        // SAFETY: AVX2 is enabled; the loads read g[..16] (asserted); `f32x8` has `__m256`'s
-        // layout.
-        unsafe {
-            let (a, b) = (
-                _mm256_loadu_ps(g.as_ptr()),
-                _mm256_loadu_ps(g.as_ptr().add(8)),
-            );
-            // Even and odd elements (x and y) in point order, as `pool2_bwd_ab` splits windows.
-            let order = |v: __m256| {
-                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
-            };
-            let gx = order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
-            let gy = order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
-            let map = |g: __m256, m: AxisMap<f32>| {
-                _mm256_add_ps(
-                    _mm256_mul_ps(g, _mm256_set1_ps(m.scale)),
-                    _mm256_set1_ps(m.offset),
-                )
-            };
-            let (x, y) = (map(gx, ax), map(gy, ay));
-            let (x0, y0) = (_mm256_floor_ps(x), _mm256_floor_ps(y));
-            // Finite: v − v is 0 (NaN for ±∞ and NaN).
-            let finite =
-                |v: __m256| _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(v, v), _mm256_setzero_ps());
-            let ok = _mm256_and_ps(finite(x), finite(y));
-            let m2 = _mm256_set1_ps(-2.0);
-            let clamp = |v: __m256, max: usize| {
-                let c = _mm256_min_ps(_mm256_max_ps(v, m2), _mm256_set1_ps(max as f32));
-                _mm256_blendv_ps(m2, c, ok)
-            };
-            let (cx, cy) = (
-                _mm256_cvttps_epi32(clamp(x0, ax.size)),
-                _mm256_cvttps_epi32(clamp(y0, ay.size)),
-            );
-            let two = _mm256_set1_epi32(2);
-            let base = _mm256_add_epi32(
-                _mm256_mullo_epi32(
-                    _mm256_add_epi32(cy, two),
-                    _mm256_set1_epi32(ax.size as i32 + 4),
-                ),
-                _mm256_add_epi32(cx, two),
-            );
-            let bits = _mm256_movemask_ps(ok);
-            Framed8 {
-                fx: std::mem::transmute::<__m256, wide::f32x8>(_mm256_sub_ps(x, x0)),
-                fy: std::mem::transmute::<__m256, wide::f32x8>(_mm256_sub_ps(y, y0)),
-                base: std::mem::transmute::<__m256i, [u32; 8]>(base),
-                ok: std::array::from_fn(|l| bits >> l & 1 == 1),
-            }
+    fn framed8<I: Isa>(g: &[f32], ax: AxisMap<f32>, ay: AxisMap<f32>) -> Framed8<f32, I> {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::framed8(g, ax, ay) };
         }
+        framed8_portable(g, ax, ay)
     }
 
-    /// As the scalar version, in AVX2 lanes, the weights of non-finite points masked to zero.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    /// As the portable version, in AVX2 lanes, the weights of non-finite points masked to zero.
     #[inline(always)]
-    fn weights8(f: &Framed8<f32>) -> [wide::f32x8; 4] {
-        use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled; `bool` is one byte of 0 or 1; `f32x8` has `__m256`'s layout.
-        let keep = unsafe {
-            let bytes = u64::from_le_bytes(std::mem::transmute::<[bool; 8], [u8; 8]>(f.ok));
-            let ok = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes as i64));
-            let mask = _mm256_cmpgt_epi32(ok, _mm256_setzero_si256());
-            std::mem::transmute::<__m256i, wide::f32x8>(mask)
-        };
-        let one = wide::f32x8::splat(1.0);
-        let (ex, sy) = (one - f.fx, one - f.fy);
-        [sy * ex, sy * f.fx, f.fy * ex, f.fy * f.fx].map(|w| w & keep)
+    fn weights8<I: Isa>(f: &Framed8<f32, I>) -> [V8<f32, I>; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::weights8(f) };
+        }
+        weights8_portable(f)
     }
 
     /// Eight 128-bit loads (each point's four corners lie side by side in a row-paired plane)
-    /// and a 4×4 transpose in each half, where the build has AVX2: no gather instruction, whose
-    /// cost on Zen 4 is per element (the 64-bit pair gathers this replaces took ~2.4 cycles per
-    /// pair; with ten channels the sampler was bound by them).
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    /// and a 4×4 transpose in each half at the AVX2 levels: no gather instruction, whose cost on
+    /// Zen 4 is per element (the 64-bit pair gathers this replaces took ~2.4 cycles per pair;
+    /// with ten channels the sampler was bound by them).
     #[inline(always)]
-    fn corners(rows: &[f32], idx: &[u32; 8]) -> [wide::f32x8; 4] {
-        use std::arch::x86_64::*;
-        let max = idx.iter().fold(0, |m, &i| m.max(i)) as usize;
-        assert!(2 * max + 4 <= rows.len());
-        // SAFETY: AVX2 is enabled; every load reads rows[2i..2i+4] with i ≤ max, inside `rows`
-        // (checked above); `f32x8` has `__m256`'s layout.
-        unsafe {
-            let q = |l: usize| _mm_loadu_ps(rows.as_ptr().add(2 * idx[l] as usize));
-            // Point l in the low half, l + 4 in the high half: [nw sw ne se | nw sw ne se].
-            let r = |l: usize| _mm256_set_m128(q(l + 4), q(l));
-            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
-            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
-            // t0 = [nw0 nw1 sw0 sw1 | nw4 nw5 sw4 sw5], t2 likewise for points 2, 3 (6, 7).
-            let lo = |a, b| _mm256_shuffle_ps::<0b01_00_01_00>(a, b);
-            let hi = |a, b| _mm256_shuffle_ps::<0b11_10_11_10>(a, b);
-            [lo(t0, t2), lo(t1, t3), hi(t0, t2), hi(t1, t3)]
-                .map(|v| std::mem::transmute::<__m256, wide::f32x8>(v))
+    fn corners<I: Isa>(rows: &[f32], idx: &[u32; 8]) -> [V8<f32, I>; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::corners::<I>(rows, idx) };
         }
+        corners_portable::<f32, I>(rows, idx)
     }
 
-    /// AVX2's gather where the build has it (the workspace builds for x86-64-v3).
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    /// AVX2's gather at the AVX2 levels.
     #[inline(always)]
-    fn gather(plane: &[f32], idx: &[u32; 8]) -> wide::f32x8 {
-        use std::arch::x86_64::{__m256i, _mm256_i32gather_ps, _mm256_loadu_si256};
-        let max = idx.iter().fold(0, |m, &i| m.max(i));
-        assert!((max as usize) < plane.len() && plane.len() <= i32::MAX as usize);
-        // SAFETY: AVX2 is enabled for this build; every index is inside `plane` (checked above) and
-        // fits an i32; `f32x8` is a 32-byte vector with the same layout as `__m256`.
-        unsafe {
-            let vi = _mm256_loadu_si256(idx.as_ptr() as *const __m256i);
-            std::mem::transmute::<std::arch::x86_64::__m256, wide::f32x8>(_mm256_i32gather_ps::<4>(
-                plane.as_ptr(),
-                vi,
-            ))
+    fn gather<I: Isa>(plane: &[f32], idx: &[u32; 8]) -> V8<f32, I> {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::gather::<I>(plane, idx) };
         }
+        V8::<f32, I>::from_array(idx.map(|i| plane[i as usize]))
     }
 }
 
 impl SampleKernels for f64 {}
+
+/// The AVX2 forms of the f32 kernels. Each returns the level's eight-lane vector, which at the
+/// levels that call them (AVX2, AVX-512) is an AVX register: the conversions are no-ops.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{AxisMap, Framed8};
+    use crate::isa::Isa;
+    use crate::simd::{Vector, V8};
+    use std::arch::x86_64::*;
+
+    /// `v` as the level's eight-lane vector.
+    #[inline(always)]
+    fn lanes<I: Isa>(v: __m256) -> V8<f32, I> {
+        // SAFETY: `__m256` is 8 f32s.
+        V8::<f32, I>::from_array(unsafe { std::mem::transmute::<__m256, [f32; 8]>(v) })
+    }
+
+    /// `v` as an AVX register.
+    #[inline(always)]
+    fn reg<I: Isa>(v: V8<f32, I>) -> __m256 {
+        // SAFETY: as `lanes`.
+        unsafe { std::mem::transmute::<[f32; 8], __m256>(V8::<f32, I>::lanes(v)) }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn framed8<I: Isa>(
+        g: &[f32],
+        ax: AxisMap<f32>,
+        ay: AxisMap<f32>,
+    ) -> Framed8<f32, I> {
+        assert!(g.len() >= 16);
+        // The loads read g[..16] (asserted).
+        let (a, b) = (
+            _mm256_loadu_ps(g.as_ptr()),
+            _mm256_loadu_ps(g.as_ptr().add(8)),
+        );
+        // Even and odd elements (x and y) in point order, as `pool2_bwd_ab` splits windows.
+        let order = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+        };
+        let gx = order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+        let gy = order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+        let map = |g: __m256, m: AxisMap<f32>| {
+            _mm256_add_ps(
+                _mm256_mul_ps(g, _mm256_set1_ps(m.scale)),
+                _mm256_set1_ps(m.offset),
+            )
+        };
+        let (x, y) = (map(gx, ax), map(gy, ay));
+        let (x0, y0) = (_mm256_floor_ps(x), _mm256_floor_ps(y));
+        // Finite: v − v is 0 (NaN for ±∞ and NaN).
+        let finite =
+            |v: __m256| _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(v, v), _mm256_setzero_ps());
+        let ok = _mm256_and_ps(finite(x), finite(y));
+        let m2 = _mm256_set1_ps(-2.0);
+        let clamp = |v: __m256, max: usize| {
+            let c = _mm256_min_ps(_mm256_max_ps(v, m2), _mm256_set1_ps(max as f32));
+            _mm256_blendv_ps(m2, c, ok)
+        };
+        let (cx, cy) = (
+            _mm256_cvttps_epi32(clamp(x0, ax.size)),
+            _mm256_cvttps_epi32(clamp(y0, ay.size)),
+        );
+        let two = _mm256_set1_epi32(2);
+        let base = _mm256_add_epi32(
+            _mm256_mullo_epi32(
+                _mm256_add_epi32(cy, two),
+                _mm256_set1_epi32(ax.size as i32 + 4),
+            ),
+            _mm256_add_epi32(cx, two),
+        );
+        let bits = _mm256_movemask_ps(ok);
+        Framed8 {
+            fx: lanes::<I>(_mm256_sub_ps(x, x0)),
+            fy: lanes::<I>(_mm256_sub_ps(y, y0)),
+            base: std::mem::transmute::<__m256i, [u32; 8]>(base),
+            ok: std::array::from_fn(|l| bits >> l & 1 == 1),
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn weights8<I: Isa>(f: &Framed8<f32, I>) -> [V8<f32, I>; 4] {
+        // `bool` is one byte of 0 or 1.
+        let bytes = u64::from_le_bytes(std::mem::transmute::<[bool; 8], [u8; 8]>(f.ok));
+        let ok = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes as i64));
+        let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(ok, _mm256_setzero_si256()));
+        let one = _mm256_set1_ps(1.0);
+        let (fx, fy) = (reg::<I>(f.fx), reg::<I>(f.fy));
+        let (ex, sy) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
+        [
+            _mm256_mul_ps(sy, ex),
+            _mm256_mul_ps(sy, fx),
+            _mm256_mul_ps(fy, ex),
+            _mm256_mul_ps(fy, fx),
+        ]
+        .map(|w| lanes::<I>(_mm256_and_ps(w, keep)))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn corners<I: Isa>(rows: &[f32], idx: &[u32; 8]) -> [V8<f32, I>; 4] {
+        let max = idx.iter().fold(0, |m, &i| m.max(i)) as usize;
+        assert!(2 * max + 4 <= rows.len());
+        // Every load reads rows[2i..2i+4] with i ≤ max, inside `rows` (checked above).
+        let q = |l: usize| _mm_loadu_ps(rows.as_ptr().add(2 * idx[l] as usize));
+        // Point l in the low half, l + 4 in the high half: [nw sw ne se | nw sw ne se].
+        let r = |l: usize| _mm256_set_m128(q(l + 4), q(l));
+        let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+        let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        // t0 = [nw0 nw1 sw0 sw1 | nw4 nw5 sw4 sw5], t2 likewise for points 2, 3 (6, 7).
+        let lo = |a, b| _mm256_shuffle_ps::<0b01_00_01_00>(a, b);
+        let hi = |a, b| _mm256_shuffle_ps::<0b11_10_11_10>(a, b);
+        [lo(t0, t2), lo(t1, t3), hi(t0, t2), hi(t1, t3)].map(lanes::<I>)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn gather<I: Isa>(plane: &[f32], idx: &[u32; 8]) -> V8<f32, I> {
+        let max = idx.iter().fold(0, |m, &i| m.max(i));
+        assert!((max as usize) < plane.len() && plane.len() <= i32::MAX as usize);
+        // Every index is inside `plane` (checked above) and fits an i32.
+        let vi = _mm256_loadu_si256(idx.as_ptr() as *const __m256i);
+        lanes::<I>(_mm256_i32gather_ps::<4>(plane.as_ptr(), vi))
+    }
+}

@@ -48,7 +48,7 @@ struct FramedCubic<E> {
 }
 
 /// The weights of taps −1, 0, 1, 2 at fraction `t` (PyTorch's `get_cubic_upsample_coefficients`).
-#[inline]
+#[inline(always)]
 pub(crate) fn cubic_weights<E: Real>(t: E) -> [E; 4] {
     let (a, one) = (E::of(A), E::one());
     let c1 = |x: E| ((a + E::of(2.0)) * x - (a + E::of(3.0))) * x * x + one;
@@ -58,7 +58,7 @@ pub(crate) fn cubic_weights<E: Real>(t: E) -> [E; 4] {
 }
 
 /// d(weights)/dt of [`cubic_weights`].
-#[inline]
+#[inline(always)]
 pub(crate) fn cubic_weight_derivatives<E: Real>(t: E) -> [E; 4] {
     let a = E::of(A);
     let (two, three, five, eight) = (E::of(2.0), E::of(3.0), E::of(5.0), E::of(8.0));
@@ -72,7 +72,7 @@ pub(crate) fn cubic_weight_derivatives<E: Real>(t: E) -> [E; 4] {
 
 /// A tap's integer coordinate after padding (PyTorch's `compute_coordinates`), and whether it
 /// reads a pixel: border clips, reflection reflects then clips, zeros reads nothing outside.
-#[inline]
+#[inline(always)]
 fn tap<E: Real>(v: E, ax: &Axis<E>, padding: Padding, align_corners: bool) -> Option<usize> {
     let v = match padding {
         Padding::Zeros => v,
@@ -107,7 +107,7 @@ struct Cubic<E> {
 
 impl GridSample {
     /// The flat index a nearest-mode point reads, if inside the image.
-    #[inline]
+    #[inline(always)]
     fn nearest_index<E: Real>(&self, gx: E, gy: E, ax: &Axis<E>, ay: &Axis<E>) -> Option<usize> {
         let x = round_half_even(self.source(gx, ax).0);
         let y = round_half_even(self.source(gy, ay).0);
@@ -116,7 +116,7 @@ impl GridSample {
             .then(|| E::to_i32_sat(y) as usize * ax.size + E::to_i32_sat(x) as usize)
     }
 
-    #[inline]
+    #[inline(always)]
     fn cubic<E: Real>(&self, gx: E, gy: E, ax: &Axis<E>, ay: &Axis<E>) -> Cubic<E> {
         let (x, y) = (gx * ax.scale + ax.offset, gy * ay.scale + ay.offset);
         let (x0, y0) = (x.floor(), y.floor());
@@ -153,6 +153,7 @@ impl GridSample {
 
     /// Nearest or bicubic forward of one image `x [C, H·W]` at the points of `g` into
     /// `out [C, P]`.
+    #[inline(always)]
     pub(crate) fn modes_fwd_image<E: Real>(
         &self,
         x: &[E],
@@ -199,6 +200,7 @@ impl GridSample {
     /// Nearest or bicubic backward of one image: `gi [C, H·W] +=` the input's gradient and
     /// `gg [P, 2] +=` the grid's, each where asked for.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn modes_bwd_image<E: Real>(
         &self,
         x: &[E],
@@ -266,6 +268,17 @@ impl GridSample {
 }
 
 impl GridSample {
+    /// Runs a nearest or bicubic kernel `f` at the process's ISA level, bicubic at most at AVX2:
+    /// its loops vectorised 512 bits wide took 20–25% longer (Intel Xeon, BENCHMARKS.md).
+    #[inline(always)]
+    pub(crate) fn modes_level<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.mode == Mode::Bicubic {
+            crate::dispatch!(avx2, _I => f())
+        } else {
+            crate::dispatch!(_I => f())
+        }
+    }
+
     /// Whether the zero-padding fast paths apply: zeros padding, nearest or bicubic, no input
     /// gradient (the STN's case: the images are data).
     pub(crate) fn modes_fast(&self, input_grad: bool) -> bool {
@@ -273,59 +286,66 @@ impl GridSample {
     }
 
     /// Nearest, zero padding: each point's flat index and whether it reads a pixel.
+    ///
+    /// A loop, as in every kernel: a closure handed to `map` may be left out of line, outside the
+    /// ISA level's `target_feature` context (see `isa`).
+    #[inline(always)]
     fn nearest_points<E: Real>(g: &[E], ax: &Axis<E>, ay: &Axis<E>) -> Vec<(u32, bool)> {
-        g.chunks_exact(2)
-            .map(|p| {
-                let x = round_half_even(p[0] * ax.scale + ax.offset);
-                let y = round_half_even(p[1] * ay.scale + ay.offset);
-                // False for NaN too.
-                let ok = x >= E::zero() && x < ax.size_e && y >= E::zero() && y < ay.size_e;
-                let i = if ok {
-                    E::to_i32_sat(y) as usize * ax.size + E::to_i32_sat(x) as usize
-                } else {
-                    0
-                };
-                (i as u32, ok)
-            })
-            .collect()
+        let mut pts = Vec::with_capacity(g.len() / 2);
+        for p in g.chunks_exact(2) {
+            let x = round_half_even(p[0] * ax.scale + ax.offset);
+            let y = round_half_even(p[1] * ay.scale + ay.offset);
+            // False for NaN too.
+            let ok = x >= E::zero() && x < ax.size_e && y >= E::zero() && y < ay.size_e;
+            let i = if ok {
+                E::to_i32_sat(y) as usize * ax.size + E::to_i32_sat(x) as usize
+            } else {
+                0
+            };
+            pts.push((i as u32, ok));
+        }
+        pts
     }
 
     /// Bicubic, zero padding: each point in the frame of [`CUBIC_BORDER`].
+    #[inline(always)]
     fn cubic_points<E: Real>(g: &[E], ax: &Axis<E>, ay: &Axis<E>) -> Vec<FramedCubic<E>> {
         let fw = ax.size + 2 * CUBIC_BORDER;
         let b = CUBIC_BORDER as i32;
-        g.chunks_exact(2)
-            .map(|p| {
-                let (x, y) = (p[0] * ax.scale + ax.offset, p[1] * ay.scale + ay.offset);
-                let (x0, y0) = (x.floor(), y.floor());
-                if !(x.is_finite() && y.is_finite()) {
-                    let z = [E::zero(); 4];
-                    return FramedCubic {
-                        base: 0,
-                        wx: z,
-                        wy: z,
-                        dwx: z,
-                        dwy: z,
-                    };
-                }
-                let (tx, ty) = (x - x0, y - y0);
-                // Clamped so that the taps stay in the frame; a clamped axis has all four taps
-                // outside the image, in the zero border.
-                let cx = E::to_i32_sat(x0).clamp(1 - b, ax.size as i32 + b - 3);
-                let cy = E::to_i32_sat(y0).clamp(1 - b, ay.size as i32 + b - 3);
-                FramedCubic {
-                    base: (cy - 1 + b) as usize * fw + (cx - 1 + b) as usize,
-                    wx: cubic_weights(tx),
-                    wy: cubic_weights(ty),
-                    dwx: cubic_weight_derivatives(tx),
-                    dwy: cubic_weight_derivatives(ty),
-                }
-            })
-            .collect()
+        let mut pts = Vec::with_capacity(g.len() / 2);
+        for p in g.chunks_exact(2) {
+            let (x, y) = (p[0] * ax.scale + ax.offset, p[1] * ay.scale + ay.offset);
+            let (x0, y0) = (x.floor(), y.floor());
+            if !(x.is_finite() && y.is_finite()) {
+                let z = [E::zero(); 4];
+                pts.push(FramedCubic {
+                    base: 0,
+                    wx: z,
+                    wy: z,
+                    dwx: z,
+                    dwy: z,
+                });
+                continue;
+            }
+            let (tx, ty) = (x - x0, y - y0);
+            // Clamped so that the taps stay in the frame; a clamped axis has all four taps
+            // outside the image, in the zero border.
+            let cx = E::to_i32_sat(x0).clamp(1 - b, ax.size as i32 + b - 3);
+            let cy = E::to_i32_sat(y0).clamp(1 - b, ay.size as i32 + b - 3);
+            pts.push(FramedCubic {
+                base: (cy - 1 + b) as usize * fw + (cx - 1 + b) as usize,
+                wx: cubic_weights(tx),
+                wy: cubic_weights(ty),
+                dwx: cubic_weight_derivatives(tx),
+                dwy: cubic_weight_derivatives(ty),
+            });
+        }
+        pts
     }
 
     /// The planes of `x` (`[C, H·W]`) in zero frames of [`CUBIC_BORDER`] pixels, into `framed`
     /// (zeroed where the frame is: only the image's pixels are written).
+    #[inline(always)]
     fn frame_cubic<E: Real>(x: &[E], h: usize, w: usize, framed: &mut Vec<E>) {
         let fw = w + 2 * CUBIC_BORDER;
         let plane = fw * (h + 2 * CUBIC_BORDER);
@@ -343,6 +363,7 @@ impl GridSample {
     }
 
     /// The fast forward of one image (see [`GridSample::modes_fast`]).
+    #[inline(always)]
     pub(crate) fn modes_fast_fwd_image<E: Real>(
         &self,
         x: &[E],
@@ -385,6 +406,7 @@ impl GridSample {
 
     /// The fast grid gradient of one image (nearest's is zero: nothing to add).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn modes_fast_bwd_grid_image<E: Real>(
         &self,
         x: &[E],

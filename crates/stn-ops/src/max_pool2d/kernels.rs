@@ -1,9 +1,11 @@
 //! The kernels of `max_pool2d` with kernel and stride 2 (the seed's every pool), whole rows at a
-//! time: a scalar form for every element type and AVX2 forms for f32.
+//! time: a portable form for every element type and level, and AVX2 forms for f32 (at the AVX2
+//! and AVX-512 levels).
 
+use crate::isa::{Isa, Level};
 use crate::simd::Simd;
 
-/// `max_pool2d(2, 2)`'s row and plane kernels, forward and backward.
+/// `max_pool2d(2, 2)`'s row and plane kernels, forward and backward, at level `I`.
 pub trait PoolKernels: Simd {
     /// One output row of `relu(max_pool2d(conv + b))` with kernel and stride 2: `out[j]` from
     /// `r0[2j..2j+2]` and `r1[2j..2j+2]` (two rows of the conv's products without its bias).
@@ -11,22 +13,76 @@ pub trait PoolKernels: Simd {
     /// first maximum in row-major order wins, a NaN wins", gives), then ReLU as dfdx's (`max(x, 0)`,
     /// so NaN becomes 0). The bias is added after the maximum: `max(a + b, c + b) = max(a, c) + b`
     /// exactly, as rounding is monotonic.
-    #[inline]
-    fn pool2_relu_row(r0: &[Self], r1: &[Self], b: Self, out: &mut [Self]) {
-        for ((o, a), c) in out
-            .iter_mut()
-            .zip(r0.chunks_exact(2))
-            .zip(r1.chunks_exact(2))
-        {
-            *o = (pool2_value([a[0], a[1], c[0], c[1]]) + b).max(Self::zero());
-        }
+    #[inline(always)]
+    fn pool2_relu_row<I: Isa>(r0: &[Self], r1: &[Self], b: Self, out: &mut [Self]) {
+        portable::pool2_relu_row::<Self>(r0, r1, b, out)
     }
 
     /// One output row of `max_pool2d` with kernel and stride 2: `out[j]` is the maximum of
     /// `r0[2j..2j+2]` and `r1[2j..2j+2]`, or NaN if one is NaN — the value `max_pool2d`'s rule
     /// gives.
-    #[inline]
-    fn pool2_row(r0: &[Self], r1: &[Self], out: &mut [Self]) {
+    #[inline(always)]
+    fn pool2_row<I: Isa>(r0: &[Self], r1: &[Self], out: &mut [Self]) {
+        portable::pool2_row::<Self>(r0, r1, out)
+    }
+
+    /// The backward of [`PoolKernels::pool2_row`]: each `go[j]` is added to the gradient of its window's
+    /// first maximum in row-major order, or of its first NaN — `max_pool2d`'s rule. `g` holds the
+    /// gradient rows of `r0` (from 0) and `r1` (from `w`). With `relu` the pool's output went
+    /// through a ReLU: only windows whose value is > 0 pass their gradient (dfdx's ReLU rule).
+    #[inline(always)]
+    fn pool2_row_bwd<I: Isa>(
+        r0: &[Self],
+        r1: &[Self],
+        go: &[Self],
+        g: &mut [Self],
+        w: usize,
+        relu: bool,
+    ) {
+        portable::pool2_row_bwd::<Self>(r0, r1, go, g, w, relu)
+    }
+
+    /// `max_pool2d` with kernel and stride 2 over one plane `w` wide into `out` (rows `wo` wide),
+    /// then ReLU with `relu`: [`PoolKernels::pool2_row`] or [`PoolKernels::pool2_relu_row`] row by row.
+    #[inline(always)]
+    fn pool2_plane<I: Isa>(plane: &[Self], w: usize, out: &mut [Self], wo: usize, relu: bool) {
+        portable::pool2_plane::<Self, I>(plane, w, out, wo, relu)
+    }
+
+    /// The backward of [`PoolKernels::pool2_plane`]: [`PoolKernels::pool2_row_bwd`] row by row, into the
+    /// plane's gradient `g` (added to).
+    #[inline(always)]
+    fn pool2_plane_bwd<I: Isa>(
+        plane: &[Self],
+        w: usize,
+        go: &[Self],
+        g: &mut [Self],
+        wo: usize,
+        relu: bool,
+    ) {
+        portable::pool2_plane_bwd::<Self, I>(plane, w, go, g, wo, relu)
+    }
+}
+
+/// The portable forms (every element type, every level).
+mod portable {
+    use super::*;
+
+    /// [`PoolKernels::pool2_relu_row`] in portable code.
+    #[inline(always)]
+    pub(super) fn pool2_relu_row<E: PoolKernels>(r0: &[E], r1: &[E], b: E, out: &mut [E]) {
+        for ((o, a), c) in out
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *o = (pool2_value([a[0], a[1], c[0], c[1]]) + b).max(E::zero());
+        }
+    }
+
+    /// [`PoolKernels::pool2_row`] in portable code.
+    #[inline(always)]
+    pub(super) fn pool2_row<E: PoolKernels>(r0: &[E], r1: &[E], out: &mut [E]) {
         for ((o, a), c) in out
             .iter_mut()
             .zip(r0.chunks_exact(2))
@@ -36,43 +92,51 @@ pub trait PoolKernels: Simd {
         }
     }
 
-    /// The backward of [`PoolKernels::pool2_row`]: each `go[j]` is added to the gradient of its window's
-    /// first maximum in row-major order, or of its first NaN — `max_pool2d`'s rule. `g` holds the
-    /// gradient rows of `r0` (from 0) and `r1` (from `w`). With `relu` the pool's output went
-    /// through a ReLU: only windows whose value is > 0 pass their gradient (dfdx's ReLU rule).
-    #[inline]
-    fn pool2_row_bwd(r0: &[Self], r1: &[Self], go: &[Self], g: &mut [Self], w: usize, relu: bool) {
+    /// [`PoolKernels::pool2_row_bwd`] in portable code.
+    #[inline(always)]
+    pub(super) fn pool2_row_bwd<E: PoolKernels>(
+        r0: &[E],
+        r1: &[E],
+        go: &[E],
+        g: &mut [E],
+        w: usize,
+        relu: bool,
+    ) {
         pool2_bwd_scalar(r0, r1, go, g, w, 0, relu);
     }
 
-    /// `max_pool2d` with kernel and stride 2 over one plane `w` wide into `out` (rows `wo` wide),
-    /// then ReLU with `relu`: [`PoolKernels::pool2_row`] or [`PoolKernels::pool2_relu_row`] row by row.
-    #[inline]
-    fn pool2_plane(plane: &[Self], w: usize, out: &mut [Self], wo: usize, relu: bool) {
+    /// [`PoolKernels::pool2_plane`] in portable code.
+    #[inline(always)]
+    pub(super) fn pool2_plane<E: PoolKernels, I: Isa>(
+        plane: &[E],
+        w: usize,
+        out: &mut [E],
+        wo: usize,
+        relu: bool,
+    ) {
         for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
             let r0 = &plane[2 * oy * w..][..2 * wo];
             let r1 = &plane[(2 * oy + 1) * w..][..2 * wo];
             if relu {
-                Self::pool2_relu_row(r0, r1, Self::zero(), o);
+                E::pool2_relu_row::<I>(r0, r1, E::zero(), o);
             } else {
-                Self::pool2_row(r0, r1, o);
+                E::pool2_row::<I>(r0, r1, o);
             }
         }
     }
 
-    /// The backward of [`PoolKernels::pool2_plane`]: [`PoolKernels::pool2_row_bwd`] row by row, into the
-    /// plane's gradient `g` (added to).
-    #[inline]
-    fn pool2_plane_bwd(
-        plane: &[Self],
+    /// [`PoolKernels::pool2_plane_bwd`] in portable code.
+    #[inline(always)]
+    pub(super) fn pool2_plane_bwd<E: PoolKernels, I: Isa>(
+        plane: &[E],
         w: usize,
-        go: &[Self],
-        g: &mut [Self],
+        go: &[E],
+        g: &mut [E],
         wo: usize,
         relu: bool,
     ) {
         for (oy, go) in go.chunks_exact(wo).enumerate() {
-            Self::pool2_row_bwd(
+            E::pool2_row_bwd::<I>(
                 &plane[2 * oy * w..][..2 * wo],
                 &plane[(2 * oy + 1) * w..][..2 * wo],
                 go,
@@ -85,16 +149,87 @@ pub trait PoolKernels: Simd {
 }
 
 impl PoolKernels for f32 {
+    #[inline(always)]
+    fn pool2_relu_row<I: Isa>(r0: &[f32], r1: &[f32], b: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::pool2_relu_row(r0, r1, b, out) };
+        }
+        portable::pool2_relu_row::<f32>(r0, r1, b, out)
+    }
+
+    #[inline(always)]
+    fn pool2_row<I: Isa>(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::pool2_row(r0, r1, out) };
+        }
+        portable::pool2_row::<f32>(r0, r1, out)
+    }
+
+    #[inline(always)]
+    fn pool2_row_bwd<I: Isa>(
+        r0: &[f32],
+        r1: &[f32],
+        go: &[f32],
+        g: &mut [f32],
+        w: usize,
+        relu: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::pool2_row_bwd(r0, r1, go, g, w, relu) };
+        }
+        portable::pool2_row_bwd::<f32>(r0, r1, go, g, w, relu)
+    }
+
+    #[inline(always)]
+    fn pool2_plane<I: Isa>(plane: &[f32], w: usize, out: &mut [f32], wo: usize, relu: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::pool2_plane(plane, w, out, wo, relu) };
+        }
+        portable::pool2_plane::<f32, I>(plane, w, out, wo, relu)
+    }
+
+    #[inline(always)]
+    fn pool2_plane_bwd<I: Isa>(
+        plane: &[f32],
+        w: usize,
+        go: &[f32],
+        g: &mut [f32],
+        wo: usize,
+        relu: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::pool2_plane_bwd(plane, w, go, g, wo, relu) };
+        }
+        portable::pool2_plane_bwd::<f32, I>(plane, w, go, g, wo, relu)
+    }
+}
+
+impl PoolKernels for f64 {}
+
+/// The AVX2 forms of the f32 kernels. # Safety: each needs a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
     /// Eight outputs at a time with AVX2 where the build has it ([`pool2_windows8`]); a window
     /// with a NaN gives 0 (ReLU of NaN).
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    #[inline]
-    fn pool2_relu_row(r0: &[f32], r1: &[f32], b: f32, out: &mut [f32]) {
+    #[inline(always)]
+    pub(super) unsafe fn pool2_relu_row(r0: &[f32], r1: &[f32], b: f32, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let full = out.len() / 8 * 8;
         assert!(r0.len() >= 2 * out.len() && r1.len() >= 2 * out.len());
         for j in (0..full).step_by(8) {
-            // SAFETY: AVX2 is enabled for this build; the windows read r0/r1[2j..2j+16] and the
+            // SAFETY: AVX2 is available (the caller's contract); the windows read r0/r1[2j..2j+16] and the
             // store writes out[j..j+8], inside the slices (asserted above, j + 8 ≤ full).
             unsafe {
                 let (m, nan) = pool2_windows8(r0, r1, j);
@@ -112,14 +247,13 @@ impl PoolKernels for f32 {
     }
 
     /// As `pool2_relu_row`'s AVX2 path, without the bias and ReLU: NaN where a window holds one.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    #[inline]
-    fn pool2_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    #[inline(always)]
+    pub(super) unsafe fn pool2_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
         use std::arch::x86_64::*;
         let full = out.len() / 8 * 8;
         assert!(r0.len() >= 2 * out.len() && r1.len() >= 2 * out.len());
         for j in (0..full).step_by(8) {
-            // SAFETY: as in `pool2_relu_row`: AVX2 is enabled; r0/r1[2j..2j+16] and out[j..j+8]
+            // SAFETY: as in `pool2_relu_row`: AVX2 is available; r0/r1[2j..2j+16] and out[j..j+8]
             // are inside the slices.
             unsafe {
                 let (m, nan) = pool2_windows8(r0, r1, j);
@@ -139,16 +273,22 @@ impl PoolKernels for f32 {
     /// Eight outputs at a time with AVX2 where the build has it, without branches (which of four
     /// is the maximum is a coin toss a branch predictor loses): the windows deinterleaved, the
     /// first candidate of each chosen by masks, the gradients interleaved back.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    #[inline]
-    fn pool2_row_bwd(r0: &[f32], r1: &[f32], go: &[f32], g: &mut [f32], w: usize, relu: bool) {
+    #[inline(always)]
+    pub(super) unsafe fn pool2_row_bwd(
+        r0: &[f32],
+        r1: &[f32],
+        go: &[f32],
+        g: &mut [f32],
+        w: usize,
+        relu: bool,
+    ) {
         use std::arch::x86_64::*;
         let n = go.len();
         assert!(r0.len() >= 2 * n && r1.len() >= 2 * n && w >= 2 * n && g.len() >= w + 2 * n);
         let (g0, g1) = g.split_at_mut(w);
         let full = n / 8 * 8;
         for j in (0..full).step_by(8) {
-            // SAFETY: AVX2 is enabled; every access is to [2j, 2j+16) of r0, r1, g0, g1 or
+            // SAFETY: AVX2 is available; every access is to [2j, 2j+16) of r0, r1, g0, g1 or
             // [j, j+8) of go, inside the slices (asserted above, j + 8 ≤ full ≤ n); g0 and g1
             // are distinct.
             unsafe {
@@ -168,9 +308,14 @@ impl PoolKernels for f32 {
     /// Rows of 8-output groups as [`PoolKernels::pool2_row`]; where a row has 4 to 7 outputs past its
     /// last group (the seed's 12- and 4-wide pooled rows), those first 4 of two rows go through
     /// one 8-lane pass (instead of the scalar tail); the rest is scalar.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    #[inline]
-    fn pool2_plane(plane: &[f32], w: usize, out: &mut [f32], wo: usize, relu: bool) {
+    #[inline(always)]
+    pub(super) unsafe fn pool2_plane(
+        plane: &[f32],
+        w: usize,
+        out: &mut [f32],
+        wo: usize,
+        relu: bool,
+    ) {
         use std::arch::x86_64::*;
         let ho = out.len() / wo;
         let full = wo / 8 * 8;
@@ -178,14 +323,14 @@ impl PoolKernels for f32 {
         let row = |oy: usize, k: usize| &plane[(2 * oy + k) * w..][..2 * wo];
         for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
             if relu {
-                Self::pool2_relu_row(row(oy, 0), row(oy, 1), 0.0, &mut o[..full]);
+                pool2_relu_row(row(oy, 0), row(oy, 1), 0.0, &mut o[..full]);
             } else {
-                Self::pool2_row(row(oy, 0), row(oy, 1), &mut o[..full]);
+                pool2_row(row(oy, 0), row(oy, 1), &mut o[..full]);
             }
         }
         let (quad, paired) = paired_tail(ho, w, wo, full, plane.len());
         for oy in (0..paired).step_by(2) {
-            // SAFETY: AVX2 is enabled; the windows read columns [2·full, 2·full + 8) of rows
+            // SAFETY: AVX2 is available; the windows read columns [2·full, 2·full + 8) of rows
             // 2oy..2oy+4, inside `plane` (`paired_tail`: past 2·wo only into the next row); the
             // stores write out[oy·wo + full..+4] and out[(oy+1)·wo + full..+4], inside `out`
             // (full + 4 ≤ wo) when the pass is a whole quad; else through `lanes`, `quad` each.
@@ -221,16 +366,22 @@ impl PoolKernels for f32 {
 
     /// As [`PoolKernels::pool2_plane`]'s f32 path: 8-output groups per row, the first 4 outputs past
     /// them of two rows in one pass, the rest scalar.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    #[inline]
-    fn pool2_plane_bwd(plane: &[f32], w: usize, go: &[f32], g: &mut [f32], wo: usize, relu: bool) {
+    #[inline(always)]
+    pub(super) unsafe fn pool2_plane_bwd(
+        plane: &[f32],
+        w: usize,
+        go: &[f32],
+        g: &mut [f32],
+        wo: usize,
+        relu: bool,
+    ) {
         use std::arch::x86_64::*;
         let ho = go.len() / wo;
         let full = wo / 8 * 8;
         assert!(go.len() == ho * wo && 2 * wo <= w);
         assert!(plane.len() >= 2 * ho * w && g.len() >= 2 * ho * w);
         for (oy, go) in go.chunks_exact(wo).enumerate() {
-            Self::pool2_row_bwd(
+            pool2_row_bwd(
                 &plane[2 * oy * w..][..2 * full],
                 &plane[(2 * oy + 1) * w..][..2 * full],
                 &go[..full],
@@ -253,7 +404,7 @@ impl PoolKernels for f32 {
             ))
         };
         for oy in (0..paired).step_by(2) {
-            // SAFETY: AVX2 is enabled; reads and writes cover columns [2·full, 2·full + 8) of
+            // SAFETY: AVX2 is available; reads and writes cover columns [2·full, 2·full + 8) of
             // rows 2oy..2oy+4 of `plane` and `g` (`paired_tail`: inside both, past 2·wo only into
             // the next row, which this call alone writes; where pieces overlap, `pool2_bwd_ab`
             // adds them in turn and the lanes past `quad` add zero);
@@ -295,12 +446,10 @@ impl PoolKernels for f32 {
     }
 }
 
-impl PoolKernels for f64 {}
-
-/// `Real::pool2_row_bwd` from output `from` on, one output at a time without branches: the
+/// `PoolKernels::pool2_row_bwd` from output `from` on, one output at a time without branches: the
 /// candidates (the window's NaNs if it holds one, else its maxima), the first of them, and its
 /// position in `g` by arithmetic.
-#[inline]
+#[inline(always)]
 fn pool2_bwd_scalar<E: Simd>(
     r0: &[E],
     r1: &[E],
@@ -330,7 +479,7 @@ fn pool2_bwd_scalar<E: Simd>(
 /// of 4 conv rows from column `2·full`: with fewer than 4 outputs left (`quad` < 4: the seed's
 /// 11-wide localization.0 and 3-wide localization.3 rows) it runs past the row into the next,
 /// so only while that stays inside the `len` elements of the plane (its rows below the pass's).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(target_arch = "x86_64")]
 fn paired_tail(ho: usize, w: usize, wo: usize, full: usize, len: usize) -> (usize, usize) {
     let quad = (wo - full).min(4);
     if quad == 0 {
@@ -361,7 +510,7 @@ fn pool2_value<E: Simd>(v: [E; 4]) -> E {
 ///
 /// # Safety
 /// AVX2 must be available and `r0`, `r1` must hold `2j + 16` elements.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn pool2_windows8(
     r0: &[f32],
@@ -382,7 +531,7 @@ unsafe fn pool2_windows8(
 ///
 /// # Safety
 /// AVX2 must be available and each pointer must be valid for reading 8 floats.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn pool2_windows_ab(
     rows: [*const f32; 4],
@@ -418,7 +567,7 @@ unsafe fn pool2_windows_ab(
 /// reading and writing 8 floats. The `g` pieces are added to in the order top a, top b, bottom a,
 /// bottom b, each read after the ones before it are written, so they may overlap: a pooled row's
 /// tail pass (`paired_tail`) runs into the next conv row, where its masked lanes add zero.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn pool2_bwd_ab(
     rows: [*const f32; 4],
@@ -463,14 +612,16 @@ unsafe fn pool2_bwd_ab(
         _mm256_and_ps(s2, gv),
     );
     let d3 = _mm256_andnot_ps(taken, gv);
-    // Interleave (even, odd) back into the two 8-float pieces, and add.
-    let add = |pa: *mut f32, pb: *mut f32, e: __m256, o: __m256| {
+    // Interleave (even, odd) back into the two 8-float pieces, and add (a function, not a
+    // closure: closures are not always inlined, and one left out of line calls each intrinsic).
+    #[inline(always)]
+    unsafe fn add(pa: *mut f32, pb: *mut f32, e: __m256, o: __m256) {
         let (lo, hi) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
         let a = _mm256_permute2f128_ps::<0x20>(lo, hi);
         let b = _mm256_permute2f128_ps::<0x31>(lo, hi);
         _mm256_storeu_ps(pa, _mm256_add_ps(_mm256_loadu_ps(pa), a));
         _mm256_storeu_ps(pb, _mm256_add_ps(_mm256_loadu_ps(pb), b));
-    };
+    }
     add(g[0], g[1], d0, d1);
     add(g[2], g[3], d2, d3);
 }
