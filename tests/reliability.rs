@@ -820,3 +820,67 @@ fn outputs_get_the_umask_mode_and_help_and_errors_read_well() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn the_isa_level_is_reported_and_a_bad_stn_isa_is_refused() {
+    // --version names the kernels' level: the best this CPU runs, or STN_ISA's.
+    for bin in ["stn-train", "stn-infer", "stn-export"] {
+        let o = Command::new(exe(bin)).arg("--version").output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success() && out.contains("cpu kernels: "),
+            "{bin}: {out}"
+        );
+        let o = Command::new(exe(bin))
+            .arg("--version")
+            .env("STN_ISA", "scalar")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            out.contains("cpu kernels: scalar, 8 f32 lanes"),
+            "{bin}: {out}"
+        );
+    }
+    // An unknown level, or one above the CPU's, stops every binary before it runs a kernel.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    let (out_s, data) = (out.to_str().unwrap().to_string(), data());
+    let o = Command::new(exe("stn-train"))
+        .args(train_args(&out_s, &data))
+        .env("STN_ISA", "sse9")
+        .output()
+        .unwrap();
+    fails_with(&o, &["STN_ISA", "sse9", "scalar, avx2 or avx512"]);
+    assert!(!out.exists());
+    let o = Command::new(exe("stn-infer"))
+        .args(["--runtime", "fused", "--data", &data, "--offline"])
+        .env("STN_ISA", "avx3")
+        .output()
+        .unwrap();
+    fails_with(&o, &["STN_ISA", "avx3"]);
+    if stn_ops::isa::detected() < stn_ops::isa::Level::Avx512 {
+        let o = Command::new(exe("stn-train"))
+            .args(train_args(&out_s, &data))
+            .env("STN_ISA", "avx512")
+            .output()
+            .unwrap();
+        fails_with(&o, &["STN_ISA=avx512", "this CPU runs at most"]);
+    }
+    // A forced level runs and says so in the --json summary.
+    let o = Command::new(exe("stn-train"))
+        .args(train_args(&out_s, &data))
+        .args(["--epochs", "1", "--json"])
+        .env("STN_ISA", "avx2")
+        .output()
+        .unwrap();
+    let last = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    let j: serde_json::Value = serde_json::from_str(&last).expect("a JSON summary");
+    if stn_ops::isa::detected() >= stn_ops::isa::Level::Avx2 {
+        assert_eq!(j["isa"], "avx2", "{last}");
+    }
+}
