@@ -17,7 +17,7 @@ for rt in fused dfdx ort tract; do
       --batch "$b" --json 2>/dev/null | tail -n1 | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print(json.dumps({"runtime": r["runtime"], "batch": r["batch"], "threads": r["threads"], "img_per_s": round(r["img_per_s"], 1),
+print(json.dumps({"runtime": r["runtime"], "batch": r["batch"], "threads": r["threads"], "isa": r["isa"], "img_per_s": round(r["img_per_s"], 1),
                   "latency_us": round(1e3 * r["batch_latency_ms"], 1), "accuracy": r["accuracy"]}))'
   done
 done

@@ -7,8 +7,8 @@ use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
 use crate::isa::Isa;
-use crate::linalg::{gemm, DotAcc, PackedA};
-use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::linalg::{gemm_any, DotAcc, PackedA};
+use crate::op::{apply, Buf, CustomOp, HostCopy, Input, OpDevice, OpError, Real};
 use crate::simd::{Vector, V, V8};
 use crate::Dyn4;
 
@@ -113,8 +113,15 @@ impl Geom {
     /// row), so an 8-wide piece running past its segment lands where a later piece will write
     /// (`cols` has 8 spare entries at its end) — no `memcpy` call per 7-float segment. One image
     /// is `t = 1`.
+    /// [`Geom::im2col_group_at`] at the process's ISA level, out of line (as `linalg::gemm_any`).
+    #[inline(never)]
+    pub(crate) fn im2col_group<E: Real>(&self, xs: &[E], t: usize, cols: &mut [E]) {
+        crate::dispatch!(I => self.im2col_group_at::<E, I>(xs, t, cols))
+    }
+
+    /// The explicit im2col at level `I` (see [`Geom::im2col_group`]).
     #[inline(always)]
-    pub(crate) fn im2col_group<E: Real, I: Isa>(&self, xs: &[E], t: usize, cols: &mut [E]) {
+    pub(crate) fn im2col_group_at<E: Real, I: Isa>(&self, xs: &[E], t: usize, cols: &mut [E]) {
         let (p, wo, img) = (self.p(), self.wo, self.image());
         let np = t * p;
         assert!(xs.len() == t * img && cols.len() >= self.k() * np + 8);
@@ -158,14 +165,14 @@ impl Geom {
     /// step), and the rows of consecutive `kj` overlap one element apart. Consecutive stores here
     /// are a row apart, and the lanes past `Wo` add zero to their neighbours (8 lanes are written
     /// only where they lie inside `gx`; the last ones of the image go element by element).
+    #[inline(never)]
+    pub(crate) fn col2im_group_add<E: Real>(&self, dcols: &[E], t: usize, j: usize, gx: &mut [E]) {
+        crate::dispatch!(I => self.col2im_group_add_at::<E, I>(dcols, t, j, gx))
+    }
+
+    /// [`Geom::col2im_group_add`] at level `I`.
     #[inline(always)]
-    pub(crate) fn col2im_group_add<E: Real, I: Isa>(
-        &self,
-        dcols: &[E],
-        t: usize,
-        j: usize,
-        gx: &mut [E],
-    ) {
+    fn col2im_group_add_at<E: Real, I: Isa>(&self, dcols: &[E], t: usize, j: usize, gx: &mut [E]) {
         let (p, wo) = (self.p(), self.wo);
         let np = t * p;
         if wo < 8 {
@@ -266,17 +273,19 @@ impl<E: Real> CustomOp<E> for Conv2d {
                 .zip(x.par_chunks(group * g.image()))
                 .for_each_init(
                     || {
-                        let cols = vec![E::zero(); k * group * p + 8];
-                        (cols, vec![E::zero(); g.o * group * p])
+                        // Recycled, not zeroed: both are written before they are read (a fresh
+                        // zeroed buffer per job was a memset as large as the products).
+                        let cols = HostCopy::<E>::take(k * group * p + 8);
+                        (cols, HostCopy::<E>::take(g.o * group * p))
                     },
                     |(cols, res), (o, xs)| {
-                        crate::dispatch!(I => {
-                            let t = xs.len() / g.image();
-                            let np = t * p;
-                            g.im2col_group::<E, I>(xs, t, cols);
-                            let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
-                            let res_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
-                            gemm::<E, I, false>(&wp, np, cols, &col_offs, res, &res_offs);
+                        let t = xs.len() / g.image();
+                        let np = t * p;
+                        g.im2col_group(xs, t, cols);
+                        let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
+                        let res_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
+                        gemm_any::<E, false>(&wp, np, cols, &col_offs, res, &res_offs);
+                        crate::dispatch!(_I => {
                             for (j, o) in o.chunks_exact_mut(g.o * p).enumerate() {
                                 for (oc, (row, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
                                     let src = &res[oc * np + j * p..][..p];
@@ -292,11 +301,11 @@ impl<E: Real> CustomOp<E> for Conv2d {
         out.par_chunks_mut(g.o * p)
             .zip(x.par_chunks(g.image()))
             .for_each_init(
-                || vec![E::zero(); g.o * n],
+                || HostCopy::<E>::take(g.o * n),
                 |buf, (o, x)| {
-                    crate::dispatch!(I => {
-                        // wide[O, n] = W[O, K] · im2col(x)[K, n], then the valid columns + bias.
-                        gemm::<E, I, false>(&wp, n, x, &g.offs, buf, &g.out_offs);
+                    // wide[O, n] = W[O, K] · im2col(x)[K, n], then the valid columns + bias.
+                    gemm_any::<E, false>(&wp, n, x, &g.offs, buf, &g.out_offs);
+                    crate::dispatch!(_I => {
                         for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
                             for oy in 0..g.ho {
                                 let src = &buf[oc * n + oy * g.w..][..g.wo];
@@ -330,18 +339,20 @@ impl<E: Real> CustomOp<E> for Conv2d {
         // Fixed groups of images, each with its own partial weight gradient, summed in group order:
         // the result does not depend on the thread count or on rayon's scheduling, so training is
         // bit-for-bit reproducible (and resumable).
-        // Scratch per rayon job, reused by its groups: every buffer is overwritten before it is
-        // read (zeroing fresh ones per group was 4 MB of memset per conv2 backward).
+
+        // Scratch per rayon job, reused by its groups, from the recycled buffers (not zeroed):
+        // every buffer is overwritten before it is read (zeroing fresh ones was 4 MB of memset per
+        // conv2 backward).
         let group = g.group();
         let scratch = || {
             let acc = DotAcc::<E>::new(if want_w { g.o } else { 0 }, k);
             if g.packed {
                 let np = group * p;
-                (vec![E::zero(); k * np + 8], vec![E::zero(); g.o * np], acc)
+                (HostCopy::take(k * np + 8), HostCopy::take(g.o * np), acc)
             } else {
                 (
-                    vec![E::zero(); if want_x { k * n } else { 0 }],
-                    vec![E::zero(); g.o * n],
+                    HostCopy::take(if want_x { k * n } else { 0 }),
+                    HostCopy::take(g.o * n),
                     acc,
                 )
             }
@@ -349,14 +360,14 @@ impl<E: Real> CustomOp<E> for Conv2d {
         let partials: Vec<Vec<E>> = gx_images
             .par_chunks_mut(group)
             .enumerate()
-            .map_init(scratch, |(cols, go_buf, gw_acc), (grp, gxs)| crate::dispatch!(I => {
+            .map_init(scratch, |(cols, go_buf, gw_acc), (grp, gxs)| {
                 if g.packed {
                     // The group's images side by side (see `im2col_group`).
                     let t = gxs.len();
                     let np = t * p;
                     let b0 = grp * group;
                     let cols = &mut cols[..k * np + 8];
-                    g.im2col_group::<E, I>(&x[b0 * g.image()..(b0 + t) * g.image()], t, cols);
+                    g.im2col_group(&x[b0 * g.image()..(b0 + t) * g.image()], t, cols);
                     let col_offs: Vec<usize> = (0..k).map(|r| r * np).collect();
                     // gout of the group as [O, t·P].
                     let go = &grad_out[b0 * g.o * p..(b0 + t) * g.o * p];
@@ -368,15 +379,15 @@ impl<E: Real> CustomOp<E> for Conv2d {
                     }
                     if want_w {
                         // gW[O, K] += gout[O, t·P] · cols[K, t·P]ᵀ
-                        gw_acc.add_products::<I>(np, go_cat, cols, &col_offs);
+                        gw_acc.add_products_any(np, go_cat, cols, &col_offs);
                     }
                     if let Some(wt_t) = &wt_t {
                         // dcols[K, t·P] = W[O, K]ᵀ · gout[O, t·P], then col2im per image.
                         let go_offs: Vec<usize> = (0..g.o).map(|i| i * np).collect();
-                        gemm::<E, I, false>(wt_t, np, go_cat, &go_offs, cols, &col_offs);
+                        gemm_any::<E, false>(wt_t, np, go_cat, &go_offs, cols, &col_offs);
                         for (j, gx) in gxs.iter_mut().enumerate() {
                             if let Some(gx) = gx.as_deref_mut() {
-                                g.col2im_group_add::<E, I>(cols, t, j, gx);
+                                g.col2im_group_add(cols, t, j, gx);
                             }
                         }
                     }
@@ -388,31 +399,36 @@ impl<E: Real> CustomOp<E> for Conv2d {
                     let b = grp * group + t;
                     let go = &grad_out[b * g.o * p..(b + 1) * g.o * p];
                     // The output gradient in wide columns, zero in the dropped ones.
-                    for (oc, grow) in go.chunks_exact(p).enumerate() {
-                        for oy in 0..g.ho {
-                            let dst = &mut go_wide[oc * n + oy * g.w..][..g.w.min(n - oy * g.w)];
-                            V::<E, I>::copy(&mut dst[..g.wo], &grow[oy * g.wo..(oy + 1) * g.wo]);
-                            dst[g.wo..].fill(E::zero());
+                    crate::dispatch!(I => {
+                        for (oc, grow) in go.chunks_exact(p).enumerate() {
+                            for oy in 0..g.ho {
+                                let dst = &mut go_wide[oc * n + oy * g.w..][..g.w.min(n - oy * g.w)];
+                                let src = &grow[oy * g.wo..(oy + 1) * g.wo];
+                                V::<E, I>::copy(&mut dst[..g.wo], src);
+                                dst[g.wo..].fill(E::zero());
+                            }
                         }
-                    }
+                    });
                     let x = &x[b * g.image()..(b + 1) * g.image()];
                     if want_w {
                         // gW[O, K] += gout[O, n] · im2col(x)[K, n]ᵀ
-                        gw_acc.add_products::<I>(n, go_wide, x, &g.offs);
+                        gw_acc.add_products_any(n, go_wide, x, &g.offs);
                     }
                     if let (Some(gx), Some(wt_t)) = (gx.as_deref_mut(), &wt_t) {
                         // dcols[K, n] = W[O, K]ᵀ · gout[O, n], then col2im(gx) += dcols a row at a
                         // time. Why not the product added straight into gx's overlapping rows:
                         // each row's load then hit the previous row's store one element off, a
                         // store-forwarding stall per vector (15% of conv1's time).
-                        gemm::<E, I, false>(wt_t, n, go_wide, &g.out_offs, dcols, &dcol_offs);
-                        for (row, &off) in dcols.chunks_exact(n).zip(&g.offs) {
-                            V::<E, I>::add_rows(&mut gx[off..off + n], row);
-                        }
+                        gemm_any::<E, false>(wt_t, n, go_wide, &g.out_offs, dcols, &dcol_offs);
+                        crate::dispatch!(I => {
+                            for (row, &off) in dcols.chunks_exact(n).zip(&g.offs) {
+                                V::<E, I>::add_rows(&mut gx[off..off + n], row);
+                            }
+                        });
                     }
                 }
                 gw_acc.take_sums()
-            }))
+            })
             .collect();
         if let Some(gw) = gw.as_deref_mut() {
             // The groups' sums in group order.

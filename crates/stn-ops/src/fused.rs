@@ -118,7 +118,7 @@ impl ConvPoolRelu {
             (conv, wo8, g.ho * wo8)
         } else if g.packed {
             let (cols, res) = scratch.split_at_mut(k * p + 8);
-            g.im2col_group::<E, I>(x, 1, cols);
+            g.im2col_group_at::<E, I>(x, 1, cols);
             let res = &mut res[..g.o * p];
             gemm::<E, I, false>(&wt.0, p, cols, &g.col_offs, res, &g.p_offs);
             (res, g.wo, p)

@@ -1,4 +1,5 @@
-//! Recycled host buffers: the CPU copies of op inputs, and outputs zeroed in parallel.
+//! Recycled host buffers: the CPU copies of op inputs, kernels' scratch, and outputs zeroed in
+//! parallel.
 
 use crate::simd::Real;
 
@@ -63,6 +64,12 @@ impl<E: Real> std::ops::Deref for HostCopy<E> {
     type Target = [E];
     fn deref(&self) -> &[E] {
         &self.v
+    }
+}
+
+impl<E: Real> std::ops::DerefMut for HostCopy<E> {
+    fn deref_mut(&mut self) -> &mut [E] {
+        &mut self.v
     }
 }
 

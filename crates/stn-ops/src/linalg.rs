@@ -84,6 +84,22 @@ pub(crate) fn gemm_acc_rows<E: Real>(
     crate::dispatch!(I => gemm::<E, I, true>(&PackedA::new(m, k, a, sa), n, b, boff, c, coff))
 }
 
+/// [`gemm`] at the process's ISA level, out of line: one compiled function per level. Why not
+/// inlined into an op's per-image body (dispatched as a whole): in one function that large, LLVM
+/// stopped inlining the small iterator helpers around the kernels (a `Zip::new` call per row: 4%
+/// of a training step).
+#[inline(never)]
+pub(crate) fn gemm_any<E: Real, const ACC: bool>(
+    a: &PackedA<E>,
+    n: usize,
+    b: &[E],
+    boff: &[usize],
+    c: &mut [E],
+    coff: &[usize],
+) {
+    crate::dispatch!(I => gemm::<E, I, ACC>(a, n, b, boff, c, coff))
+}
+
 /// `c[coff[i] + j] (+)= Σ_p a[i, p] · b[boff[p] + j]` for `i < m`, `j < n`, `p < k`: added to
 /// `c` when `ACC`, else stored (then `c` is neither read nor needs zeroing, and its rows must not
 /// overlap). With `ACC`, rows of `c` may overlap (the transpose of an implicit im2col scatters
@@ -247,6 +263,12 @@ impl<E: Real> DotAcc<E> {
             k,
             fresh: true,
         }
+    }
+
+    /// [`DotAcc::add_products`] at the process's ISA level, out of line (as [`gemm_any`]).
+    #[inline(never)]
+    pub(crate) fn add_products_any(&mut self, n: usize, a: &[E], b: &[E], boff: &[usize]) {
+        crate::dispatch!(I => self.add_products::<I>(n, a, b, boff))
     }
 
     /// Adds the products at level `I` (every call between two `take_sums` at the same level).

@@ -148,25 +148,27 @@ mod portable {
     }
 }
 
+/// `avx2::f(args)` at the levels with AVX2, else the portable `f`.
+macro_rules! avx2_or_portable {
+    ($I:ident, $f:ident::<$($g:ty),+>($($a:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        if $I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::$f($($a),*) };
+        }
+        portable::$f::<$($g),+>($($a),*)
+    }};
+}
+
 impl PoolKernels for f32 {
     #[inline(always)]
     fn pool2_relu_row<I: Isa>(r0: &[f32], r1: &[f32], b: f32, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if I::LEVEL >= Level::Avx2 {
-            // SAFETY: the level has AVX2.
-            return unsafe { avx2::pool2_relu_row(r0, r1, b, out) };
-        }
-        portable::pool2_relu_row::<f32>(r0, r1, b, out)
+        avx2_or_portable!(I, pool2_relu_row::<f32>(r0, r1, b, out))
     }
 
     #[inline(always)]
     fn pool2_row<I: Isa>(r0: &[f32], r1: &[f32], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if I::LEVEL >= Level::Avx2 {
-            // SAFETY: the level has AVX2.
-            return unsafe { avx2::pool2_row(r0, r1, out) };
-        }
-        portable::pool2_row::<f32>(r0, r1, out)
+        avx2_or_portable!(I, pool2_row::<f32>(r0, r1, out))
     }
 
     #[inline(always)]
@@ -178,22 +180,12 @@ impl PoolKernels for f32 {
         w: usize,
         relu: bool,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if I::LEVEL >= Level::Avx2 {
-            // SAFETY: the level has AVX2.
-            return unsafe { avx2::pool2_row_bwd(r0, r1, go, g, w, relu) };
-        }
-        portable::pool2_row_bwd::<f32>(r0, r1, go, g, w, relu)
+        avx2_or_portable!(I, pool2_row_bwd::<f32>(r0, r1, go, g, w, relu))
     }
 
     #[inline(always)]
     fn pool2_plane<I: Isa>(plane: &[f32], w: usize, out: &mut [f32], wo: usize, relu: bool) {
-        #[cfg(target_arch = "x86_64")]
-        if I::LEVEL >= Level::Avx2 {
-            // SAFETY: the level has AVX2.
-            return unsafe { avx2::pool2_plane(plane, w, out, wo, relu) };
-        }
-        portable::pool2_plane::<f32, I>(plane, w, out, wo, relu)
+        avx2_or_portable!(I, pool2_plane::<f32, I>(plane, w, out, wo, relu))
     }
 
     #[inline(always)]
@@ -205,12 +197,7 @@ impl PoolKernels for f32 {
         wo: usize,
         relu: bool,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if I::LEVEL >= Level::Avx2 {
-            // SAFETY: the level has AVX2.
-            return unsafe { avx2::pool2_plane_bwd(plane, w, go, g, wo, relu) };
-        }
-        portable::pool2_plane_bwd::<f32, I>(plane, w, go, g, wo, relu)
+        avx2_or_portable!(I, pool2_plane_bwd::<f32, I>(plane, w, go, g, wo, relu))
     }
 }
 
