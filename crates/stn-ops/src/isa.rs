@@ -6,9 +6,17 @@
 //! ([`crate::simd::Vector`]); [`dispatch!`](crate::dispatch) runs a kernel body inside a
 //! `#[target_feature]` function of the level in use, so the body — and everything it inlines —
 //! is compiled for that level's instructions (LLVM inlines and vectorises with the caller's
-//! features). Hence the kernels' rule: a kernel called from a `dispatch!` body is
-//! `#[inline(always)]` down to its loops; a function left out of line is compiled for the
-//! baseline x86-64 (SSE2) and is correct, only slower.
+//! features). Hence the kernels' rules:
+//!
+//! * a kernel called from a `dispatch!` body is `#[inline(always)]` down to its loops, and hands
+//!   no closure to a library function that may stay out of line (`map`/`collect`/`fold`): such
+//!   code is compiled for the baseline x86-64 (SSE2), and where it holds intrinsics each becomes a
+//!   call (`scripts/check-isa.sh` fails the build's check on one);
+//! * a `dispatch!` body is one kernel, not an op's whole per-image body: in one very large
+//!   function LLVM stops inlining the small helpers (measured: training 15% slower). The matrix
+//!   products, im2col and col2im each dispatch by themselves (`linalg::gemm_any`).
+//!
+//! Code outside any `dispatch!` (the ops' glue, dfdx's own kernels) runs at the baseline.
 //!
 //! Why by hand rather than `multiversion` or `pulp`: `STN_ISA` must force a level (for tests and
 //! benchmarks), which neither crate's dispatcher offers, and the kernels already have a vector
