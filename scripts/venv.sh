@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/venv
-want="numpy==2.4.6 onnx==1.23.2 onnxruntime==1.32.0 torch==2.15.0 onnxscript==0.7.2"
+want="numpy==2.4.6 onnx==1.23.2 onnxruntime==1.32.0 torch==2.15.0 onnxscript==0.7.2 tritonclient==2.73.0"
 stamp=$dir/.stn-packages
 if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then echo "$dir"; exit 0; fi
 python3 -m venv "$dir"

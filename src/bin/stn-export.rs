@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use stn_model::Checkpoint;
 use stn_onnx::{export, to_bytes, ExportOptions, Output};
+use stn_serve::{write_repository, ModelInfo, Placement, TritonOptions};
 
 /// Write a trained network (a stn-train checkpoint) as an ONNX model that any ONNX runtime runs:
 /// GridSample for the spatial transformer, every head's grid from standard operators, initializers
@@ -25,9 +26,9 @@ use stn_onnx::{export, to_bytes, ExportOptions, Output};
 #[derive(Parser, Debug)]
 #[command(version = stn::version())]
 struct Args {
-    /// The ONNX file to write (atomically: no partial file on failure)
-    #[arg(value_name = "OUT.onnx")]
-    out: PathBuf,
+    /// The ONNX file to write (atomically: no partial file on failure); optional with --triton-repo
+    #[arg(value_name = "OUT.onnx", required_unless_present = "triton_repo")]
+    out: Option<PathBuf>,
     /// The stn-train checkpoint to export
     #[arg(long, value_name = "PATH", default_value = "models/stn.safetensors")]
     checkpoint: PathBuf,
@@ -36,7 +37,7 @@ struct Args {
     opset: Option<i64>,
     /// Where the model will run: ort-cuda, tensorrt, tract, ort (CPU) or any; picks the opset
     #[arg(long, value_name = "RUNTIME", value_parser = target)]
-    target: Option<i64>,
+    target: Option<Target>,
     /// Graph outputs, comma-separated: log_probs (always), theta (the head's parameters: theta
     /// [N,2,3] for affine, transform [N,P] for the other heads), warped [N,C,Ho,Wo]
     #[arg(
@@ -46,13 +47,52 @@ struct Args {
         value_name = "NAMES"
     )]
     outputs: Vec<Output>,
+    /// Also (or only) write the model into this Triton model repository: DIR/NAME/VERSION/model.onnx
+    /// and DIR/NAME/config.pbtxt (ONNX Runtime backend, dynamic batching), which stn-serve
+    /// --model-repo serves too. --target ort-cuda or tensorrt places it on Triton's GPU
+    #[arg(long, value_name = "DIR")]
+    triton_repo: Option<PathBuf>,
+    /// The model's name in the repository (letters, digits, '_', '-', '.')
+    #[arg(
+        long,
+        default_value = "stn",
+        value_name = "NAME",
+        requires = "triton_repo"
+    )]
+    name: String,
+    /// The model's version in the repository [1 or more]
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "triton_repo",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    version: u64,
+    /// Triton's max_batch_size (its dynamic batcher's largest batch) [1 to 65536]
+    #[arg(long, default_value_t = 64, value_name = "N", requires = "triton_repo",
+          value_parser = stn::usize_in(1, 65_536))]
+    max_batch: usize,
+    /// Triton's dynamic_batching max_queue_delay_microseconds [0 to 10000000]
+    #[arg(long, default_value_t = 500, value_name = "US", requires = "triton_repo",
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    max_delay_us: u64,
+    /// Replace the repository's model.onnx of --version if it exists (otherwise refused)
+    #[arg(long, requires = "triton_repo")]
+    overwrite: bool,
+}
+
+/// A serving target: the opset it needs and where Triton places it.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    opset: i64,
+    placement: Placement,
 }
 
 /// The opset a serving target needs (see the command's help).
-fn target(s: &str) -> Result<i64, String> {
+fn target(s: &str) -> Result<Target, String> {
+    let t = |opset, placement| Ok(Target { opset, placement });
     match s {
-        "ort-cuda" | "tensorrt" | "tract" | "any" => Ok(16),
-        "ort" => Ok(20),
+        "ort-cuda" => t(16, Placement::Gpu),
+        "tensorrt" => t(16, Placement::TensorRt),
+        "tract" => t(16, Placement::Cpu),
+        "any" => t(16, Placement::Any),
+        "ort" => t(20, Placement::Cpu),
         _ => Err(format!(
             "{s}: expected ort-cuda, tensorrt, tract, ort or any"
         )),
@@ -71,11 +111,13 @@ fn main() -> ExitCode {
     stn::run_main(|| {
         let args = Args::parse();
         stn::isa_level()?;
-        stn::check_outputs(
-            &[("--checkpoint", &args.checkpoint)],
-            &[("the output", &args.out)],
-        )?;
-        let opset = args.opset.or(args.target).unwrap_or(16);
+        if let Some(out) = &args.out {
+            stn::check_outputs(
+                &[("--checkpoint", &args.checkpoint)],
+                &[("the output", out)],
+            )?;
+        }
+        let opset = args.opset.or(args.target.map(|t| t.opset)).unwrap_or(16);
         let ck = Checkpoint::load(&args.checkpoint).context("--checkpoint")?;
         let bad = ck.params.non_finite();
         if !bad.is_empty() {
@@ -115,16 +157,36 @@ fn main() -> ExitCode {
             },
         )?;
         let bytes = to_bytes(&model);
-        stn_data::write_atomic(&args.out, &bytes)
-            .with_context(|| format!("{}", args.out.display()))?;
-        eprintln!(
-            "wrote {} ({} bytes, opset {}, outputs {:?}, {})",
-            args.out.display(),
-            bytes.len(),
-            opset,
-            args.outputs,
-            ck.params.net
-        );
+        if let Some(dir) = &args.triton_repo {
+            let shown = dir.join(&args.name).join(args.version.to_string());
+            let loaded = stn_onnx::read_model(&bytes, &shown.display().to_string())?;
+            let info = ModelInfo::of(&args.name, args.version, &shown, &loaded);
+            let opts = TritonOptions {
+                max_batch_size: args.max_batch,
+                max_queue_delay_us: args.max_delay_us,
+                placement: args.target.map_or(Placement::Any, |t| t.placement),
+            };
+            let file = write_repository(dir, &info, &bytes, &opts, args.overwrite)?;
+            eprintln!(
+                "wrote {} and its config.pbtxt (Triton model repository {}: model '{}' version {}, max_batch_size {})",
+                file.display(),
+                dir.display(),
+                args.name,
+                args.version,
+                args.max_batch
+            );
+        }
+        if let Some(out) = &args.out {
+            stn_data::write_atomic(out, &bytes).with_context(|| format!("{}", out.display()))?;
+            eprintln!(
+                "wrote {} ({} bytes, opset {}, outputs {:?}, {})",
+                out.display(),
+                bytes.len(),
+                opset,
+                args.outputs,
+                ck.params.net
+            );
+        }
         Ok(())
     })
 }

@@ -15,6 +15,8 @@ use crate::OnnxError;
 pub struct LoadedModel {
     /// The network's parameters, by PyTorch's names, with the architecture the input implies.
     pub params: Params,
+    /// The graph's (one) input, `[N, C, H, W]` float32.
+    pub input: String,
     /// The default-domain opset the model imports.
     pub opset: i64,
     /// The graph's output names, in order (the log-probs first).
@@ -193,6 +195,7 @@ pub fn read_model(bytes: &[u8], path: &str) -> Result<LoadedModel, OnnxError> {
     })?;
     Ok(LoadedModel {
         params,
+        input: input_name,
         opset,
         outputs,
         metadata: model

@@ -17,6 +17,7 @@ enum Dev {
 pub struct DfdxRunner {
     params: Params,
     warped: bool,
+    transform: bool,
     dev: Dev,
 }
 
@@ -26,9 +27,11 @@ impl DfdxRunner {
     pub fn load(bytes: &[u8], path: &str, f64: bool) -> Result<Self, RuntimeError> {
         let m = stn_onnx::read_model(bytes, path)?;
         let warped = m.outputs.iter().any(|o| o == "warped");
+        let transform = crate::transform_output(&m.outputs).is_some();
         Ok(DfdxRunner {
             params: m.params,
             warped,
+            transform,
             dev: Dev::Cpu(Cpu::default(), f64),
         })
     }
@@ -37,6 +40,7 @@ impl DfdxRunner {
     pub fn load_cuda(bytes: &[u8], path: &str, ordinal: usize) -> Result<Self, RuntimeError> {
         let m = stn_onnx::read_model(bytes, path)?;
         let warped = m.outputs.iter().any(|o| o == "warped");
+        let transform = crate::transform_output(&m.outputs).is_some();
         #[cfg(feature = "cuda")]
         {
             let dev =
@@ -48,12 +52,13 @@ impl DfdxRunner {
             Ok(DfdxRunner {
                 params: m.params,
                 warped,
+                transform,
                 dev: Dev::Cuda(dev),
             })
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (warped, ordinal);
+            let _ = (warped, transform, ordinal);
             Err(RuntimeError::Load {
                 runtime: "dfdx",
                 path: path.into(),
@@ -90,6 +95,11 @@ impl DfdxRunner {
         };
         Ok(RunOutput {
             log_probs: back(out.log_probs.as_vec()),
+            transform: if self.transform {
+                out.theta.map(|t| back(t.as_vec()))
+            } else {
+                None
+            },
             warped: if self.warped {
                 out.warped.map(|w| back(w.as_vec()))
             } else {

@@ -7,6 +7,7 @@ use crate::{check_batch, RunOutput, Runner, RuntimeError};
 pub struct FusedRunner {
     net: FusedNet<f32>,
     warped: bool,
+    transform: bool,
 }
 
 impl FusedRunner {
@@ -22,6 +23,7 @@ impl FusedRunner {
         Ok(FusedRunner {
             net,
             warped: m.outputs.iter().any(|o| o == "warped"),
+            transform: crate::transform_output(&m.outputs).is_some(),
         })
     }
 }
@@ -38,6 +40,7 @@ impl Runner for FusedRunner {
         let out = self.net.forward_with(images, n, self.warped);
         Ok(RunOutput {
             log_probs: out.log_probs,
+            transform: (self.transform && !out.theta.is_empty()).then_some(out.theta),
             warped: (self.warped && !out.warped.is_empty()).then_some(out.warped),
         })
     }

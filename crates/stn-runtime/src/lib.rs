@@ -24,8 +24,19 @@ pub use tract_runner::{register_tract_ops, TractRunner};
 pub struct RunOutput {
     /// `[N, classes]`
     pub log_probs: Vec<f32>,
+    /// `[N, P]` when the model has a `theta` or `transform` output: the transform head's
+    /// parameters (for the affine heads the 2×3 maps row by row, `theta [N, 2, 3]`).
+    pub transform: Option<Vec<f32>>,
     /// `[N, C, Ho, Wo]` when the model has a `warped` output (the STN's images).
     pub warped: Option<Vec<f32>>,
+}
+
+/// The graph's name of the transform head's parameters, if it is one of `outputs`.
+pub(crate) fn transform_output(outputs: &[String]) -> Option<&str> {
+    outputs
+        .iter()
+        .map(String::as_str)
+        .find(|o| *o == "theta" || *o == "transform")
 }
 
 /// What can go wrong loading or running a model; each names the runtime and the file.

@@ -83,6 +83,7 @@ pub struct OrtRunner {
     session: Session,
     dims: [usize; 3],
     warped: bool,
+    transform: Option<String>,
     device: Device,
 }
 
@@ -133,6 +134,7 @@ impl OrtRunner {
             session,
             dims: m.params.net.input_dims(),
             warped: m.outputs.iter().any(|o| o == "warped"),
+            transform: crate::transform_output(&m.outputs).map(str::to_string),
             device,
         })
     }
@@ -169,6 +171,7 @@ impl Runner for OrtRunner {
         };
         Ok(RunOutput {
             log_probs: get("log_probs")?,
+            transform: self.transform.as_deref().map(get).transpose()?,
             warped: if self.warped {
                 Some(get("warped")?)
             } else {

@@ -104,6 +104,10 @@ impl Runner for TractRunner {
         check_batch("tract", images, n, self.dims)?;
         let [c, h, w] = self.dims;
         let warped_at = self.outputs.iter().position(|o| o == "warped");
+        let transform_at = self
+            .outputs
+            .iter()
+            .position(|o| o == "theta" || o == "transform");
         let plan = self.plan(n)?;
         let run_err = |e: TractError| RuntimeError::Run {
             runtime: "tract",
@@ -121,6 +125,7 @@ impl Runner for TractRunner {
         };
         Ok(RunOutput {
             log_probs: vec(0)?,
+            transform: transform_at.map(vec).transpose()?,
             warped: warped_at.map(vec).transpose()?,
         })
     }
