@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# stn-serve against its peer, KServe's Python model server around onnxruntime
+# (scripts/serve_peer_kserve.py), on the same ONNX file, protocol, machine and threads: wrk sends
+# one 28×28 image per JSON request from 1, 16 and 64 connections; prints requests/s, p50/p99/p99.9
+# latency and errors for each, and the ratios. Needs wrk (Debian's package) and a Python with
+# kserve and onnxruntime: KSERVE_PYTHON (made in target/kserve-venv on first use).
+#   scripts/bench-serve.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+command -v wrk >/dev/null || { echo "bench-serve: needs wrk (apt-get install wrk)" >&2; exit 1; }
+py=${KSERVE_PYTHON:-}
+if [[ -z $py ]]; then
+  if [[ ! -x target/kserve-venv/bin/python ]]; then
+    python3 -m venv target/kserve-venv
+    target/kserve-venv/bin/pip install --quiet --disable-pip-version-check kserve==0.21.0 onnxruntime==1.32.0 >&2
+  fi
+  py=target/kserve-venv/bin/python
+fi
+[[ -n ${STN_NO_BUILD:-} ]] || cargo build --release --quiet --bin stn-serve
+tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+python3 - "$tmp/one.json" <<'PY'
+import json, sys
+x = [((i * 37) % 255 / 255 - 0.1307) / 0.3081 for i in range(784)]
+json.dump({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x}]}, open(sys.argv[1], "w"))
+PY
+cat > "$tmp/post.lua" <<LUA
+wrk.method = "POST"
+local f = io.open("$tmp/one.json", "rb"); wrk.body = f:read("*all"); f:close()
+wrk.headers["Content-Type"] = "application/json"
+done = function(s, lat, req)
+  io.write(string.format("%.0f %.3f %.3f %.3f %d\n", s.requests / (s.duration / 1e6), lat:percentile(50) / 1000,
+    lat:percentile(99) / 1000, lat:percentile(99.9) / 1000,
+    s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout + s.errors.status))
+end
+LUA
+wait_up() { for _ in $(seq 100); do curl -sf "localhost:$1/v2/health/ready" >/dev/null && return; sleep 0.2; done; echo "server on $1 did not start" >&2; exit 1; }
+run() { # port clients -> "rps p50 p99 p999 errors"
+  local t=$(( $2 < 2 ? 1 : 2 ))
+  wrk -t$t -c$2 -d${secs}s -s "$tmp/post.lua" "http://127.0.0.1:$1/v2/models/stn/infer" | tail -1
+}
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'); isa: $(./target/release/stn-serve --version)"
+./target/release/stn-serve --model models/stn.onnx --addr 127.0.0.1:8123 --threads 2 --http-threads 2 >/dev/null 2>"$tmp/stn.log" &
+"$py" scripts/serve_peer_kserve.py --model models/stn.onnx --port 8124 --threads 2 >"$tmp/peer.log" 2>&1 &
+wait_up 8123; wait_up 8124
+printf "%-8s %-10s %9s %8s %8s %9s %7s\n" clients server req/s p50_ms p99_ms p99.9_ms errors
+for c in 1 16 64; do
+  read -r a1 a2 a3 a4 a5 < <(run 8123 $c)
+  read -r b1 b2 b3 b4 b5 < <(run 8124 $c)
+  printf "%-8s %-10s %9s %8s %8s %9s %7s\n" $c stn-serve $a1 $a2 $a3 $a4 $a5 $c kserve $b1 $b2 $b3 $b4 $b5
+  python3 -c "print(f'         ratio: throughput {$a1/$b1:.1f}x, p99 {$a3/$b3:.2f} of the peer\'s')"
+done
