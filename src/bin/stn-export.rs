@@ -61,7 +61,7 @@ struct Args {
     )]
     name: String,
     /// The model's version in the repository [1 or more]
-    #[arg(long, default_value_t = 1, value_name = "N", requires = "triton_repo",
+    #[arg(long = "model-version", default_value_t = 1, value_name = "N", requires = "triton_repo",
           value_parser = clap::value_parser!(u64).range(1..))]
     version: u64,
     /// Triton's max_batch_size (its dynamic batcher's largest batch) [1 to 65536]
@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, default_value_t = 500, value_name = "US", requires = "triton_repo",
           value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     max_delay_us: u64,
-    /// Replace the repository's model.onnx of --version if it exists (otherwise refused)
+    /// Replace the repository's model.onnx of --model-version if it exists (otherwise refused)
     #[arg(long, requires = "triton_repo")]
     overwrite: bool,
 }

@@ -114,7 +114,7 @@ pub fn write_repository(
         )));
     }
     if info.version == 0 {
-        return Err(err("--version 0: Triton's versions start at 1".into()));
+        return Err(err("--model-version 0: Triton's versions start at 1".into()));
     }
     if opts.max_batch_size == 0 {
         return Err(err(
@@ -126,7 +126,7 @@ pub fn write_repository(
     let file = version_dir.join("model.onnx");
     if file.exists() && !overwrite {
         return Err(err(format!(
-            "{}/{}/model.onnx exists: give another --version, or --overwrite to replace it",
+            "{}/{}/model.onnx exists: give another --model-version, or --overwrite to replace it",
             info.name, info.version
         )));
     }
