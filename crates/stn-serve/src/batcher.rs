@@ -8,6 +8,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
 use stn_runtime::{RunOutput, Runner};
 use tokio::sync::oneshot;
 
@@ -73,14 +74,20 @@ impl Batcher {
         bytes: Vec<u8>,
         runner: &RunnerOptions,
         opts: BatchOptions,
-        metrics: Metrics,
+        metrics: &Metrics,
     ) -> Result<Batcher, String> {
         let (jobs, queue) = sync_channel::<Job>(opts.max_queue.max(1));
         let (loaded_tx, loaded) = std::sync::mpsc::channel();
         let path = info.path.display().to_string();
         let runner_opts = runner.clone();
         let worker_path = path.clone();
-        let labels = [info.name.clone(), info.version.to_string()];
+        let version = info.version.to_string();
+        let labels = [info.name.as_str(), version.as_str()];
+        let histograms = Histograms {
+            queue_seconds: metrics.queue_seconds.with_label_values(&labels),
+            compute_seconds: metrics.compute_seconds.with_label_values(&labels),
+            batch_size: metrics.batch_size.with_label_values(&labels),
+        };
         let arriving = Arc::new(AtomicUsize::new(0));
         let worker_arriving = arriving.clone();
         std::thread::Builder::new()
@@ -101,8 +108,7 @@ impl Batcher {
                     runner: runner.as_mut(),
                     queue,
                     opts,
-                    metrics,
-                    labels,
+                    metrics: histograms,
                     arriving: worker_arriving,
                 };
                 worker.run();
@@ -136,12 +142,18 @@ impl Batcher {
     }
 }
 
+/// One model version's histograms, resolved once (no label lookups per batch).
+struct Histograms {
+    queue_seconds: Histogram,
+    compute_seconds: Histogram,
+    batch_size: Histogram,
+}
+
 struct Worker<'r> {
     runner: &'r mut dyn Runner,
     queue: Receiver<Job>,
     opts: BatchOptions,
-    metrics: Metrics,
-    labels: [String; 2],
+    metrics: Histograms,
     arriving: Arc<AtomicUsize>,
 }
 
@@ -193,12 +205,9 @@ impl Worker<'_> {
 
     fn run_batch(&mut self, jobs: Vec<Job>) {
         let start = Instant::now();
-        let labels = self.labels.clone();
-        let labels = [labels[0].as_str(), labels[1].as_str()];
         for j in &jobs {
             self.metrics
                 .queue_seconds
-                .with_label_values(&labels)
                 .observe((start - j.queued).as_secs_f64());
         }
         let n: usize = jobs.iter().map(|j| j.n).sum();
@@ -213,12 +222,8 @@ impl Worker<'_> {
         };
         self.metrics
             .compute_seconds
-            .with_label_values(&labels)
             .observe(start.elapsed().as_secs_f64());
-        self.metrics
-            .batch_size
-            .with_label_values(&labels)
-            .observe(n as f64);
+        self.metrics.batch_size.observe(n as f64);
         match result {
             Ok(out) => split(out, jobs),
             // One request must not fail the others: run each alone, so only a bad one fails.

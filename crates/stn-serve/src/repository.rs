@@ -142,8 +142,7 @@ impl ModelSet {
             let loaded =
                 stn_onnx::read_model(&bytes, &path).map_err(|e| load_err(e.to_string()))?;
             let info = ModelInfo::of(&s.name, s.version, &s.path, &loaded);
-            let batcher =
-                Batcher::start(&info, bytes, runner, batch, metrics.clone()).map_err(load_err)?;
+            let batcher = Batcher::start(&info, bytes, runner, batch, metrics).map_err(load_err)?;
             let versions = models.entry(s.name.clone()).or_default();
             if versions.contains_key(&s.version) {
                 return Err(load_err(format!(

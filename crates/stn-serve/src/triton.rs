@@ -2,7 +2,6 @@
 //! protobuf text format of Triton's `ModelConfig`) and `DIR/<name>/<version>/model.onnx`.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::model::ModelInfo;
@@ -132,18 +131,9 @@ pub fn write_repository(
     }
     std::fs::create_dir_all(&version_dir)
         .map_err(|e| err(format!("{}: {e}", version_dir.display())))?;
-    write_atomically(&file, onnx).map_err(|e| err(format!("{}: {e}", file.display())))?;
+    stn_data::write_atomic(&file, onnx).map_err(|e| err(format!("{}: {e}", file.display())))?;
     let config = model_dir.join("config.pbtxt");
-    write_atomically(&config, config_pbtxt(info, opts).as_bytes())
+    stn_data::write_atomic(&config, config_pbtxt(info, opts).as_bytes())
         .map_err(|e| err(format!("{}: {e}", config.display())))?;
     Ok(file)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
