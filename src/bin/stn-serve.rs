@@ -14,7 +14,8 @@ use stn_serve::{
 };
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: stn_serve::heap::Counting<mimalloc::MiMalloc> =
+    stn_serve::heap::Counting(mimalloc::MiMalloc);
 
 /// Serve stn's ONNX models over the Open Inference Protocol (KServe v2 HTTP/REST, as Triton and
 /// KServe speak it): health, server and model metadata, and infer with JSON tensors or the binary
@@ -84,7 +85,8 @@ struct Args {
     /// Most open connections; more wait to be accepted [1 to 1000000]
     #[arg(long, default_value_t = 4096, value_name = "N", value_parser = stn::usize_in(1, 1_000_000))]
     max_connections: usize,
-    /// Longest a client may take to send a request's headers, in ms [1 to 3600000]
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may sit idle before its next request; then it is closed. In ms [1 to 3600000]
     #[arg(long, default_value_t = 10_000, value_name = "MS", value_parser = stn::usize_in(1, 3_600_000))]
     header_timeout_ms: usize,
     /// Longest an infer request may take (its body, queue and run), in ms; then 408 [1 to 3600000]

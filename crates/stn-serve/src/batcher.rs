@@ -126,11 +126,12 @@ impl Batcher {
         Arrival(self.arriving.clone())
     }
 
-    /// Queues `job` (its [`Arrival`] ends after it is queued); 503 when the queue is full.
+    /// Queues `job`; 503 when the queue is full.
     pub fn submit(&self, job: Job, arrival: Arrival) -> Result<(), ApiError> {
-        let sent = self.jobs.try_send(job);
+        // The arrival ends before the job is queued: a worker woken by this job must not find it
+        // still "on its way" and wait `max_delay` for company that is already there.
         drop(arrival);
-        match sent {
+        match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ApiError::unavailable(
                 "the model's queue is full (--max-queue); try again",

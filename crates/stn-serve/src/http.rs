@@ -37,7 +37,9 @@ pub struct Limits {
     pub max_concurrency: usize,
     /// Most open connections (`--max-connections`): more wait to be accepted.
     pub max_connections: usize,
-    /// Longest a client may take to send a request's headers (`--header-timeout-ms`).
+    /// Longest a client may take to send a request's headers (`--header-timeout-ms`); hyper's
+    /// timer also runs while a kept-alive connection waits for its next request, so it is the
+    /// idle timeout too.
     pub header_timeout: Duration,
     /// Longest an infer request may take, body and queue included (`--request-timeout-ms`): 408.
     pub request_timeout: Duration,
@@ -234,12 +236,15 @@ async fn infer_model(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let served = app.models.get(name, version)?.clone();
+    let served = match app.models.get(name, version) {
+        Ok(s) => s.clone(),
+        Err(e) => return Err(discard_body(&app, body, e).await),
+    };
     let labels = [served.info.name.clone(), served.info.version.to_string()];
     let Ok(_permit) = app.permits.clone().try_acquire_owned() else {
-        return Err(ApiError::unavailable(
-            "too many requests in flight (--max-concurrency); try again",
-        ));
+        let busy =
+            ApiError::unavailable("too many requests in flight (--max-concurrency); try again");
+        return Err(discard_body(&app, body, busy).await);
     };
     let timeout = app.limits.request_timeout;
     let result = match tokio::time::timeout(timeout, answer(&app, &served, headers, body)).await {
@@ -260,6 +265,15 @@ async fn infer_model(
     result
 }
 
+/// `error`, once the body it answers has been read and dropped (as [`read_body`] bounds it, within
+/// the request timeout): a client still sending its body then reads the answer, and its
+/// connection stays open, instead of a broken pipe.
+async fn discard_body(app: &App, body: Body, error: ApiError) -> ApiError {
+    let limit = app.limits.max_body_bytes;
+    let _ = tokio::time::timeout(app.limits.request_timeout, read_body(body, limit)).await;
+    error
+}
+
 async fn answer(
     app: &App,
     served: &Served,
@@ -268,6 +282,16 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let arrival = served.batcher.arrival();
     let limit = app.limits.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes (--max-body-bytes)"),
+        )
+    };
+    let bytes = read_body(body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => too_large(),
+        BodyError::Read(e) => ApiError::bad_request(format!("reading the request body: {e}")),
+    })?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -279,16 +303,6 @@ async fn answer(
                 })?,
         ),
     };
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than {limit} bytes (--max-body-bytes)"),
-        )
-    };
-    let bytes = read_body(body, limit).await.map_err(|e| match e {
-        BodyError::TooLarge => too_large(),
-        BodyError::Read(e) => ApiError::bad_request(format!("reading the request body: {e}")),
-    })?;
     let mut req = parse_request(&bytes, header_len, &served.info)?;
     drop(bytes);
     let n = req.n;

@@ -11,6 +11,7 @@
 
 pub mod batcher;
 pub mod error;
+pub mod heap;
 pub mod http;
 pub mod metrics;
 pub mod model;

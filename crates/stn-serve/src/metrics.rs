@@ -23,6 +23,8 @@ pub struct Metrics {
     pub compute_seconds: HistogramVec,
     /// Requests being answered now.
     pub in_flight: IntGauge,
+    /// Live heap bytes, set when rendered (when the binary counts them: [`crate::heap`]).
+    heap_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -48,6 +50,16 @@ impl Metrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("unique");
+        let heap_bytes = IntGauge::new(
+            "stn_heap_live_bytes",
+            "Bytes allocated and not freed by the server process",
+        )
+        .expect("valid metric");
+        if crate::heap::live_bytes().is_some() {
+            registry
+                .register(Box::new(heap_bytes.clone()))
+                .expect("unique");
+        }
         Metrics {
             requests: counter(
                 "stn_inference_requests_total",
@@ -80,12 +92,16 @@ impl Metrics {
                 seconds,
             ),
             in_flight,
+            heap_bytes,
             registry,
         }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(n) = crate::heap::live_bytes() {
+            self.heap_bytes.set(n as i64);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
