@@ -293,6 +293,13 @@ impl<E: Real> FusedNet<E> {
             warped: vec![E::zero(); if keep_warped { n * sampled } else { 0 }],
         };
         let (lp, theta) = (&mut out.log_probs, &mut out.theta);
+        if n == 1 {
+            // One image is not split: it runs on the calling thread, not through rayon's pool,
+            // whose two thread hops would cost more than its forward (a served request's latency).
+            let warped = keep_warped.then_some(&mut out.warped[..]);
+            self.image(images, &mut self.scratch(), lp, theta, warped);
+            return out;
+        }
         if keep_warped {
             self.run(
                 images,

@@ -286,6 +286,19 @@ fn fused_inference_reproduces_pytorch() {
     assert_eq!(lean.log_probs, out.log_probs);
     assert_eq!(lean.theta, out.theta);
     assert!(lean.warped.is_empty());
+    // One image runs on the calling thread, not through rayon: the same bits as its batch row.
+    let net = stn_model::FusedNet::<f32>::new(&params).unwrap();
+    let (len, classes) = (images.len() / n, out.log_probs.len() / n);
+    let (per_theta, per_warped) = (out.theta.len() / n, out.warped.len() / n);
+    for i in 0..n {
+        for keep in [true, false] {
+            let one = net.forward_with(&images[i * len..(i + 1) * len], 1, keep);
+            assert_eq!(one.log_probs, out.log_probs[i * classes..(i + 1) * classes]);
+            assert_eq!(one.theta, out.theta[i * per_theta..(i + 1) * per_theta]);
+            let warped = &out.warped[i * per_warped..(i + 1) * per_warped];
+            assert_eq!(one.warped, if keep { warped } else { &[] });
+        }
+    }
 }
 
 /// The dfdx forward (eval mode) in `E` on the CPU: log-probs, theta, warped.

@@ -28,6 +28,21 @@ impl FusedRunner {
     }
 }
 
+impl FusedRunner {
+    /// [`Runner::run`] through a shared reference: the fused forward keeps no state between
+    /// runs, so one runner may serve several threads at once (stn-serve runs a lone request on
+    /// its own HTTP thread this way).
+    pub fn run_shared(&self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
+        check_batch("fused", images, n, self.net.network().input_dims())?;
+        let out = self.net.forward_with(images, n, self.warped);
+        Ok(RunOutput {
+            log_probs: out.log_probs,
+            transform: (self.transform && !out.theta.is_empty()).then_some(out.theta),
+            warped: (self.warped && !out.warped.is_empty()).then_some(out.warped),
+        })
+    }
+}
+
 impl Runner for FusedRunner {
     fn name(&self) -> String {
         "fused".into()
@@ -36,12 +51,19 @@ impl Runner for FusedRunner {
         self.net.network().input_dims()
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
-        check_batch("fused", images, n, self.input_dims())?;
-        let out = self.net.forward_with(images, n, self.warped);
-        Ok(RunOutput {
-            log_probs: out.log_probs,
-            transform: (self.transform && !out.theta.is_empty()).then_some(out.theta),
-            warped: (self.warped && !out.warped.is_empty()).then_some(out.warped),
-        })
+        self.run_shared(images, n)
+    }
+}
+
+/// One fused runner shared between threads ([`FusedRunner::run_shared`]).
+impl Runner for std::sync::Arc<FusedRunner> {
+    fn name(&self) -> String {
+        "fused".into()
+    }
+    fn input_dims(&self) -> [usize; 3] {
+        self.net.network().input_dims()
+    }
+    fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
+        self.run_shared(images, n)
     }
 }

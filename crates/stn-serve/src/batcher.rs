@@ -1,6 +1,10 @@
 //! Dynamic batching: each model version has one worker thread that owns its runner, gathers the
 //! queued requests into one batch (up to `max_batch` images, waiting at most `max_delay` after the
 //! first), runs it, and sends each request its own rows back.
+//!
+//! A lone one-image request on the fused runtime (nothing queued or running, no one else
+//! arriving) skips the queue and runs on its HTTP thread: there is no batch to join, and the two
+//! thread hops to the worker and back cost more than its forward.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,12 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::Histogram;
-use stn_runtime::{RunOutput, Runner};
+use stn_runtime::{Device, FusedRunner, RunOutput, Runner, RuntimeError};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::model::{open_runner, ModelInfo, RunnerOptions};
+use crate::model::{open_runner, ModelInfo, RunnerOptions, RuntimeKind};
 
 /// How requests are gathered.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +59,11 @@ pub struct Batcher {
     /// Requests that have passed their route and are being read or parsed: the worker does not
     /// wait for company that is not coming (no one parsing, queue empty: run now).
     arriving: Arc<AtomicUsize>,
+    /// Jobs queued or in the worker's batch.
+    outstanding: Arc<AtomicUsize>,
+    /// The runner, when it can also run on the caller's thread (the fused one).
+    shared: Option<Arc<FusedRunner>>,
+    metrics: Histograms,
 }
 
 /// A request on its way to the queue ([`Batcher::arriving`]); counted until dropped.
@@ -89,11 +98,26 @@ impl Batcher {
             batch_size: metrics.batch_size.with_label_values(&labels),
         };
         let arriving = Arc::new(AtomicUsize::new(0));
-        let worker_arriving = arriving.clone();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let shared = match runner.runtime {
+            // (The fused runner on another device is open_runner's error, on the worker.)
+            RuntimeKind::Fused if runner.device == Device::Cpu => Some(Arc::new(
+                FusedRunner::load(&bytes, &path).map_err(|e| e.to_string())?,
+            )),
+            _ => None,
+        };
+        let worker_shared = shared.clone();
+        let (worker_arriving, worker_outstanding) = (arriving.clone(), outstanding.clone());
+        let worker_metrics = histograms.clone();
         std::thread::Builder::new()
             .name(format!("stn-batch-{}-{}", info.name, info.version))
             .spawn(move || {
-                let mut runner = match open_runner(&runner_opts, &bytes, &worker_path) {
+                let opened = match worker_shared {
+                    Some(fused) => Ok(Box::new(fused) as Box<dyn Runner>),
+                    // Other runners are made on the thread that runs them, and never leave it.
+                    None => open_runner(&runner_opts, &bytes, &worker_path),
+                };
+                let mut runner = match opened {
                     Ok(r) => {
                         let _ = loaded_tx.send(Ok(()));
                         r
@@ -108,8 +132,9 @@ impl Batcher {
                     runner: runner.as_mut(),
                     queue,
                     opts,
-                    metrics: histograms,
+                    metrics: worker_metrics,
                     arriving: worker_arriving,
+                    outstanding: worker_outstanding,
                 };
                 worker.run();
             })
@@ -117,7 +142,13 @@ impl Batcher {
         loaded
             .recv()
             .map_err(|_| format!("{}: the model's worker stopped", info.path.display()))??;
-        Ok(Batcher { jobs, arriving })
+        Ok(Batcher {
+            jobs,
+            arriving,
+            outstanding,
+            shared,
+            metrics: histograms,
+        })
     }
 
     /// Counts a request from its route to its queue (see [`Batcher::submit`]).
@@ -126,24 +157,63 @@ impl Batcher {
         Arrival(self.arriving.clone())
     }
 
-    /// Queues `job`; 503 when the queue is full.
-    pub fn submit(&self, job: Job, arrival: Arrival) -> Result<(), ApiError> {
+    /// Runs `n` images (`images`, checked against the model's input), batched with whatever
+    /// else is arriving; the request's [`Arrival`] ends here. 503 when the queue is full.
+    pub async fn infer(
+        &self,
+        images: Vec<f32>,
+        n: usize,
+        arrival: Arrival,
+    ) -> Result<RunOutput, ApiError> {
+        if let Some(fused) = &self.shared {
+            let alone = self.arriving.load(Ordering::Acquire) == 1
+                && self.outstanding.load(Ordering::Acquire) == 0;
+            if n == 1 && alone {
+                drop(arrival);
+                let start = Instant::now();
+                self.metrics.queue_seconds.observe(0.0);
+                let out = guarded(|| fused.run_shared(&images, n));
+                self.metrics
+                    .compute_seconds
+                    .observe(start.elapsed().as_secs_f64());
+                self.metrics.batch_size.observe(n as f64);
+                return out;
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            images,
+            n,
+            queued: Instant::now(),
+            reply,
+        };
         // The arrival ends before the job is queued: a worker woken by this job must not find it
         // still "on its way" and wait `max_delay` for company that is already there.
         drop(arrival);
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(ApiError::unavailable(
-                "the model's queue is full (--max-queue); try again",
-            )),
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        let sent = self.jobs.try_send(job);
+        if sent.is_err() {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        }
+        match sent {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ApiError::unavailable(
+                    "the model's queue is full (--max-queue); try again",
+                ))
+            }
             Err(TrySendError::Disconnected(_)) => {
-                Err(ApiError::unavailable("the model's worker has stopped"))
+                return Err(ApiError::unavailable("the model's worker has stopped"))
             }
         }
+        answer
+            .await
+            .map_err(|_| ApiError::unavailable("the model's worker stopped"))?
     }
 }
 
 /// One model version's histograms, resolved once (no label lookups per batch).
+#[derive(Clone)]
 struct Histograms {
     queue_seconds: Histogram,
     compute_seconds: Histogram,
@@ -156,6 +226,7 @@ struct Worker<'r> {
     opts: BatchOptions,
     metrics: Histograms,
     arriving: Arc<AtomicUsize>,
+    outstanding: Arc<AtomicUsize>,
 }
 
 impl Worker<'_> {
@@ -197,10 +268,12 @@ impl Worker<'_> {
                 jobs.push(next);
             }
             // A client that went away is not computed for.
+            let taken = jobs.len();
             jobs.retain(|j| !j.reply.is_closed());
             if !jobs.is_empty() {
                 self.run_batch(jobs);
             }
+            self.outstanding.fetch_sub(taken, Ordering::AcqRel);
         }
     }
 
@@ -242,20 +315,24 @@ impl Worker<'_> {
         }
     }
 
-    /// The runner's result; a runtime error or a panic in it is a 500, and the worker goes on.
     fn run_guarded(&mut self, images: &[f32], n: usize) -> Result<RunOutput, ApiError> {
         let runner = &mut *self.runner;
-        match catch_unwind(AssertUnwindSafe(|| runner.run(images, n))) {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            )),
-            Err(_) => Err(ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "the runtime failed on this batch (a panic; see the server's log)",
-            )),
-        }
+        guarded(|| runner.run(images, n))
+    }
+}
+
+/// A run's result; a runtime error or a panic in it is a 500, and the server goes on.
+fn guarded(run: impl FnOnce() -> Result<RunOutput, RuntimeError>) -> Result<RunOutput, ApiError> {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the runtime failed on this batch (a panic; see the server's log)",
+        )),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -19,9 +19,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::batcher::Job;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::TensorInfo;
@@ -306,19 +305,10 @@ async fn answer(
     let mut req = parse_request(&bytes, header_len, &served.info)?;
     drop(bytes);
     let n = req.n;
-    let (reply, answer) = oneshot::channel();
-    served.batcher.submit(
-        Job {
-            images: std::mem::take(&mut req.images),
-            n,
-            queued: Instant::now(),
-            reply,
-        },
-        arrival,
-    )?;
-    let out = answer
-        .await
-        .map_err(|_| ApiError::unavailable("the model's worker stopped"))??;
+    let out = served
+        .batcher
+        .infer(std::mem::take(&mut req.images), n, arrival)
+        .await?;
     app.metrics
         .images
         .with_label_values(&[served.info.name.as_str(), &served.info.version.to_string()])
