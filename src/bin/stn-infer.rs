@@ -8,9 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use stn_data::{DataDir, Mnist, MNIST_MEAN, MNIST_STD};
-use stn_runtime::{
-    find_ort_library, Device, DfdxRunner, FusedRunner, OrtRunner, Runner, TractRunner,
-};
+use stn_runtime::{open_runner, Device, Runner, RunnerOptions, RuntimeKind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -96,72 +94,30 @@ enum DeviceArg {
     Cuda,
 }
 
+/// The runner `which` of the model `bytes`, as `--device`, `--threads`, `--ort-lib` and
+/// `--allow-cpu-fallback` ask (a fallback to the CPU is said on stderr).
 fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn Runner>> {
-    let path = args.model.display().to_string();
-    if args.device == DeviceArg::Cuda
-        && matches!(
-            which,
-            RuntimeArg::Tract | RuntimeArg::DfdxF64 | RuntimeArg::Fused
-        )
-    {
-        if args.allow_cpu_fallback {
-            eprintln!(
-                "warning: --device cuda: {which:?} runs on the CPU only; running it on the CPU"
-            );
-        } else {
-            bail!("--device cuda: {which:?} runs on the CPU only (the CUDA runtimes are ort and dfdx)");
-        }
+    let opts = RunnerOptions {
+        runtime: match which {
+            RuntimeArg::Tract => RuntimeKind::Tract,
+            RuntimeArg::Ort => RuntimeKind::Ort,
+            RuntimeArg::Dfdx => RuntimeKind::Dfdx,
+            RuntimeArg::DfdxF64 => RuntimeKind::DfdxF64,
+            RuntimeArg::Fused => RuntimeKind::Fused,
+        },
+        device: match args.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        },
+        threads: args.threads,
+        ort_lib: args.ort_lib.clone(),
+        allow_cpu_fallback: args.allow_cpu_fallback,
+    };
+    let opened = open_runner(&opts, bytes, &args.model.display().to_string())?;
+    if let Some(why) = opened.fallback {
+        eprintln!("warning: {why}");
     }
-    if args.device == DeviceArg::Cuda && which == RuntimeArg::Dfdx {
-        return match DfdxRunner::load_cuda(bytes, &path, 0) {
-            Ok(r) => Ok(Box::new(r)),
-            Err(e) if args.allow_cpu_fallback => {
-                eprintln!("warning: {e}; --allow-cpu-fallback: running dfdx on the CPU");
-                Ok(Box::new(DfdxRunner::load(bytes, &path, false)?))
-            }
-            Err(e) => Err(e.into()),
-        };
-    }
-    Ok(match which {
-        RuntimeArg::Tract => Box::new(TractRunner::load(bytes, &path)?),
-        RuntimeArg::Dfdx => Box::new(DfdxRunner::load(bytes, &path, false)?),
-        RuntimeArg::DfdxF64 => Box::new(DfdxRunner::load(bytes, &path, true)?),
-        RuntimeArg::Fused => Box::new(FusedRunner::load(bytes, &path)?),
-        RuntimeArg::Ort => {
-            let device = if args.device == DeviceArg::Cuda {
-                Device::Cuda
-            } else {
-                Device::Cpu
-            };
-            let lib = find_ort_library(args.ort_lib.as_deref(), device).with_context(|| {
-                format!(
-                    "--runtime ort --device {}",
-                    if device == Device::Cuda {
-                        "cuda"
-                    } else {
-                        "cpu"
-                    }
-                )
-            })?;
-            match OrtRunner::load(bytes, &path, &lib, device, args.threads) {
-                Err(e) if device == Device::Cuda && args.allow_cpu_fallback => {
-                    eprintln!(
-                        "warning: {e}; --allow-cpu-fallback: running ONNX Runtime on the CPU"
-                    );
-                    let lib = find_ort_library(args.ort_lib.as_deref(), Device::Cpu)
-                        .or_else(|_| Ok::<_, anyhow::Error>(lib))?;
-                    Box::new(OrtRunner::load(
-                        bytes,
-                        &path,
-                        &lib,
-                        Device::Cpu,
-                        args.threads,
-                    )?)
-                }
-                r => Box::new(r?),
-            }
-        }
-    })
+    Ok(opened.runner)
 }
 
 /// Every image's log-probs, `batch` at a time; returns them with the seconds spent in the runner.

@@ -109,6 +109,8 @@ enum RuntimeArg {
     Tract,
     Ort,
     Dfdx,
+    #[value(name = "dfdx-f64")]
+    DfdxF64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -159,6 +161,7 @@ fn main() -> ExitCode {
                 RuntimeArg::Tract => RuntimeKind::Tract,
                 RuntimeArg::Ort => RuntimeKind::Ort,
                 RuntimeArg::Dfdx => RuntimeKind::Dfdx,
+                RuntimeArg::DfdxF64 => RuntimeKind::DfdxF64,
             },
             device: match args.device {
                 DeviceArg::Cpu => Device::Cpu,
@@ -166,6 +169,8 @@ fn main() -> ExitCode {
             },
             threads,
             ort_lib: args.ort_lib.clone(),
+            // A server asked for the GPU does not quietly serve from the CPU.
+            allow_cpu_fallback: false,
         };
         let batch = BatchOptions {
             max_batch: args.max_batch,

@@ -7,6 +7,7 @@
 
 mod dfdx_runner;
 mod fused_runner;
+mod open;
 mod ort_runner;
 mod tract_affine_grid;
 mod tract_conv;
@@ -16,6 +17,7 @@ mod tract_runner;
 
 pub use dfdx_runner::DfdxRunner;
 pub use fused_runner::FusedRunner;
+pub use open::{open_runner, Opened, RunnerOptions, RuntimeKind};
 pub use ort_runner::{find_ort_library, Device, OrtRunner};
 pub use tract_runner::{register_tract_ops, TractRunner};
 

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::Histogram;
-use stn_runtime::{Device, FusedRunner, RunOutput, Runner, RuntimeError};
+use stn_runtime::{
+    open_runner, Device, FusedRunner, RunOutput, Runner, RunnerOptions, RuntimeError, RuntimeKind,
+};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::model::{open_runner, ModelInfo, RunnerOptions, RuntimeKind};
+use crate::model::ModelInfo;
 
 /// How requests are gathered.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +117,7 @@ impl Batcher {
                 let opened = match worker_shared {
                     Some(fused) => Ok(Box::new(fused) as Box<dyn Runner>),
                     // Other runners are made on the thread that runs them, and never leave it.
-                    None => open_runner(&runner_opts, &bytes, &worker_path),
+                    None => open_runner(&runner_opts, &bytes, &worker_path).map(|o| o.runner),
                 };
                 let mut runner = match opened {
                     Ok(r) => {

@@ -7,7 +7,7 @@
 //! The pieces, in the order a request meets them: [`http`] (routes, limits, shutdown),
 //! [`protocol`] (the request and response bodies), [`repository`] (which models and versions),
 //! [`batcher`] (the queue and the worker thread that owns each model's runner), [`model`] (what a
-//! model's tensors are, and its runner).
+//! model's tensors are).
 
 pub mod batcher;
 pub mod error;
@@ -23,8 +23,9 @@ pub use batcher::BatchOptions;
 pub use error::ApiError;
 pub use http::{serve, Limits};
 pub use metrics::Metrics;
-pub use model::{open_runner, ModelInfo, RunnerOptions, RuntimeKind, TensorInfo};
+pub use model::{ModelInfo, TensorInfo};
 pub use repository::{scan_repository, ModelSet, ModelSource};
+pub use stn_runtime::{RunnerOptions, RuntimeKind};
 pub use triton::{config_pbtxt, write_repository, Placement, TritonOptions};
 
 /// Why a server could not start, or a repository not be written; each names the file.

@@ -1,11 +1,9 @@
-//! A served model: what its tensors are (from the ONNX file) and the runner that computes it.
+//! A served model: what its tensors are (from the ONNX file). Its runner is opened by
+//! [`stn_runtime::open_runner`], as stn-infer opens one.
 
 use std::path::{Path, PathBuf};
 
 use stn_onnx::LoadedModel;
-use stn_runtime::{
-    find_ort_library, Device, DfdxRunner, FusedRunner, OrtRunner, Runner, RuntimeError, TractRunner,
-};
 
 /// One tensor of a model, without its batch dimension (always the first, `-1` in metadata).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,88 +86,4 @@ impl ModelInfo {
     pub fn output(&self, name: &str) -> Option<usize> {
         self.outputs.iter().position(|o| o.name == name)
     }
-}
-
-/// The runtime a server computes with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeKind {
-    /// The network's forward fused per image on our CPU kernels (the fastest on a CPU).
-    Fused,
-    /// tract, with our Conv and GridSample kernels.
-    Tract,
-    /// ONNX Runtime (the library found as stn-infer finds it).
-    Ort,
-    /// Our dfdx model.
-    Dfdx,
-}
-
-impl RuntimeKind {
-    /// Its command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            RuntimeKind::Fused => "fused",
-            RuntimeKind::Tract => "tract",
-            RuntimeKind::Ort => "ort",
-            RuntimeKind::Dfdx => "dfdx",
-        }
-    }
-}
-
-/// How to open each model's runner.
-#[derive(Debug, Clone)]
-pub struct RunnerOptions {
-    /// The runtime.
-    pub runtime: RuntimeKind,
-    /// `cuda` for ONNX Runtime's CUDA provider or dfdx's CUDA device.
-    pub device: Device,
-    /// ONNX Runtime's intra-op threads (0: its default). Our kernels use rayon's global pool.
-    pub threads: usize,
-    /// ONNX Runtime's library, if not the one found by default.
-    pub ort_lib: Option<PathBuf>,
-}
-
-impl Default for RunnerOptions {
-    fn default() -> Self {
-        RunnerOptions {
-            runtime: RuntimeKind::Fused,
-            device: Device::Cpu,
-            threads: 0,
-            ort_lib: None,
-        }
-    }
-}
-
-/// The runner of `bytes` (the ONNX file `path`) that `opts` asks for; runtimes that have no CUDA
-/// path refuse `--device cuda` rather than run on the CPU unasked.
-pub fn open_runner(
-    opts: &RunnerOptions,
-    bytes: &[u8],
-    path: &str,
-) -> Result<Box<dyn Runner>, RuntimeError> {
-    let cuda = opts.device == Device::Cuda;
-    let cpu_only = |runtime: &'static str| RuntimeError::Load {
-        runtime,
-        path: path.into(),
-        what:
-            "--device cuda: this runtime runs on the CPU only (the CUDA runtimes are ort and dfdx)"
-                .into(),
-    };
-    Ok(match opts.runtime {
-        RuntimeKind::Fused if cuda => return Err(cpu_only("fused")),
-        RuntimeKind::Tract if cuda => return Err(cpu_only("tract")),
-        RuntimeKind::Fused => Box::new(FusedRunner::load(bytes, path)?),
-        RuntimeKind::Tract => Box::new(TractRunner::load(bytes, path)?),
-        RuntimeKind::Dfdx if cuda => Box::new(DfdxRunner::load_cuda(bytes, path, 0)?),
-        RuntimeKind::Dfdx => Box::new(DfdxRunner::load(bytes, path, false)?),
-        RuntimeKind::Ort => {
-            let lib = find_ort_library(opts.ort_lib.as_deref(), opts.device)?;
-            Box::new(OrtRunner::load(
-                bytes,
-                path,
-                &lib,
-                opts.device,
-                opts.threads,
-            )?)
-        }
-    })
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use crate::batcher::{BatchOptions, Batcher};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::model::{ModelInfo, RunnerOptions};
+use stn_runtime::RunnerOptions;
+
+use crate::model::ModelInfo;
 use crate::ServeError;
 
 /// The file a model version is read from.
