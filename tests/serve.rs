@@ -203,11 +203,23 @@ fn a_triton_repository_served_answers_each_image_with_stn_infers_log_probs() {
 fn bad_options_and_models_stop_stn_serve_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.onnx");
+    // Each must exit by itself: one that starts serving instead fails here, not hangs the suite.
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_stn-serve"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stn-serve"))
             .args(args)
-            .output()
-            .unwrap()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("stn-serve {args:?} did not exit: it should have refused to start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
     };
     let o = run(&["--model", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
