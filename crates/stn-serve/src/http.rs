@@ -239,7 +239,6 @@ async fn infer_model(
         Ok(s) => s.clone(),
         Err(e) => return Err(discard_body(&app, body, e).await),
     };
-    let labels = [served.info.name.clone(), served.info.version.to_string()];
     let Ok(_permit) = app.permits.clone().try_acquire_owned() else {
         let busy =
             ApiError::unavailable("too many requests in flight (--max-concurrency); try again");
@@ -256,11 +255,10 @@ async fn infer_model(
             ),
         )),
     };
-    let outcome = if result.is_ok() { "success" } else { "failure" };
-    app.metrics
-        .requests
-        .with_label_values(&[labels[0].as_str(), labels[1].as_str(), outcome])
-        .inc();
+    match result {
+        Ok(_) => served.counters.success.inc(),
+        Err(_) => served.counters.failure.inc(),
+    }
     result
 }
 
@@ -309,10 +307,7 @@ async fn answer(
         .batcher
         .infer(std::mem::take(&mut req.images), n, arrival)
         .await?;
-    app.metrics
-        .images
-        .with_label_values(&[served.info.name.as_str(), &served.info.version.to_string()])
-        .inc_by(n as u64);
+    served.counters.images.inc_by(n as u64);
     let encoded = encode_response(&served.info, &req, &out);
     let mut resp = Response::new(Body::from(encoded.body));
     let h = resp.headers_mut();

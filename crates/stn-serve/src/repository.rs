@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use prometheus::IntCounter;
+use stn_runtime::RunnerOptions;
+
 use crate::batcher::{BatchOptions, Batcher};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use stn_runtime::RunnerOptions;
-
 use crate::model::ModelInfo;
 use crate::ServeError;
 
@@ -104,6 +105,34 @@ pub struct Served {
     pub info: ModelInfo,
     /// Its worker.
     pub batcher: Batcher,
+    /// Its counters, resolved once (no label lookups or label strings per request).
+    pub counters: ModelCounters,
+}
+
+/// One model version's request and image counters.
+pub struct ModelCounters {
+    /// Inference requests answered 200.
+    pub success: IntCounter,
+    /// Inference requests that failed.
+    pub failure: IntCounter,
+    /// Images inferred.
+    pub images: IntCounter,
+}
+
+impl ModelCounters {
+    fn of(metrics: &Metrics, name: &str, version: u64) -> ModelCounters {
+        let version = version.to_string();
+        let requests = |outcome| {
+            metrics
+                .requests
+                .with_label_values(&[name, &version, outcome])
+        };
+        ModelCounters {
+            success: requests("success"),
+            failure: requests("failure"),
+            images: metrics.images.with_label_values(&[name, &version]),
+        }
+    }
 }
 
 /// Every model a server answers for.
@@ -152,7 +181,15 @@ impl ModelSet {
                     s.name, s.version
                 )));
             }
-            versions.insert(s.version, Arc::new(Served { info, batcher }));
+            let counters = ModelCounters::of(metrics, &s.name, s.version);
+            versions.insert(
+                s.version,
+                Arc::new(Served {
+                    info,
+                    batcher,
+                    counters,
+                }),
+            );
         }
         Ok(ModelSet { models })
     }
