@@ -78,8 +78,9 @@ impl Drop for Arrival {
 }
 
 impl Batcher {
-    /// Loads `bytes` on a new worker thread with the runner `runner` asks for (the runner never
-    /// leaves that thread) and starts it; an error if the model does not load.
+    /// Loads `bytes` with the runner `runner` asks for and starts its worker thread; an error if
+    /// the model does not load. The fused runner is shared with the HTTP threads (for lone
+    /// requests, [`Batcher::infer`]); any other is made on the worker thread and never leaves it.
     pub fn start(
         info: &ModelInfo,
         bytes: Vec<u8>,
