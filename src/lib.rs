@@ -93,6 +93,53 @@ pub fn check_outputs<P: AsRef<Path>>(
     Ok(())
 }
 
+/// `--runtime`, as stn-infer and stn-serve take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeArg {
+    /// tract, with our kernels.
+    Tract,
+    /// ONNX Runtime.
+    Ort,
+    /// Our dfdx model in f32.
+    Dfdx,
+    /// Our dfdx model in f64, the reference.
+    #[value(name = "dfdx-f64")]
+    DfdxF64,
+    /// Our fused CPU forward.
+    Fused,
+}
+
+impl From<RuntimeArg> for stn_runtime::RuntimeKind {
+    fn from(r: RuntimeArg) -> Self {
+        use stn_runtime::RuntimeKind as K;
+        match r {
+            RuntimeArg::Tract => K::Tract,
+            RuntimeArg::Ort => K::Ort,
+            RuntimeArg::Dfdx => K::Dfdx,
+            RuntimeArg::DfdxF64 => K::DfdxF64,
+            RuntimeArg::Fused => K::Fused,
+        }
+    }
+}
+
+/// `--device`, as stn-infer and stn-serve take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// CUDA device 0.
+    Cuda,
+}
+
+impl From<DeviceArg> for stn_runtime::Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => stn_runtime::Device::Cpu,
+            DeviceArg::Cuda => stn_runtime::Device::Cuda,
+        }
+    }
+}
+
 /// `--threads N` bounded by this machine's CPUs (0: all of them): more threads than CPUs only
 /// make the kernels' loops wait on each other (1000 threads made inference 80× slower), so a
 /// larger N is lowered, with a note on stderr.

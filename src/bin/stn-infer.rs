@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use stn::{DeviceArg, RuntimeArg};
 use stn_data::{DataDir, Mnist, MNIST_MEAN, MNIST_STD};
-use stn_runtime::{open_runner, Device, Runner, RunnerOptions, RuntimeKind};
+use stn_runtime::{open_runner, Runner, RunnerOptions};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,37 +79,12 @@ struct Args {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum RuntimeArg {
-    Tract,
-    Ort,
-    Dfdx,
-    #[value(name = "dfdx-f64")]
-    DfdxF64,
-    Fused,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-}
-
 /// The runner `which` of the model `bytes`, as `--device`, `--threads`, `--ort-lib` and
 /// `--allow-cpu-fallback` ask (a fallback to the CPU is said on stderr).
 fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn Runner>> {
     let opts = RunnerOptions {
-        runtime: match which {
-            RuntimeArg::Tract => RuntimeKind::Tract,
-            RuntimeArg::Ort => RuntimeKind::Ort,
-            RuntimeArg::Dfdx => RuntimeKind::Dfdx,
-            RuntimeArg::DfdxF64 => RuntimeKind::DfdxF64,
-            RuntimeArg::Fused => RuntimeKind::Fused,
-        },
-        device: match args.device {
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda,
-        },
+        runtime: which.into(),
+        device: args.device.into(),
         threads: args.threads,
         ort_lib: args.ort_lib.clone(),
         allow_cpu_fallback: args.allow_cpu_fallback,

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use stn_runtime::Device;
+use stn::{DeviceArg, RuntimeArg};
 use stn_serve::{
     scan_repository, BatchOptions, Limits, Metrics, ModelSet, ModelSource, RunnerOptions,
-    RuntimeKind,
 };
 
 #[global_allocator]
@@ -104,22 +103,6 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum RuntimeArg {
-    Fused,
-    Tract,
-    Ort,
-    Dfdx,
-    #[value(name = "dfdx-f64")]
-    DfdxF64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -156,17 +139,8 @@ fn main() -> ExitCode {
             (None, None) => unreachable!("clap requires --model or --model-repo"),
         };
         let runner = RunnerOptions {
-            runtime: match args.runtime {
-                RuntimeArg::Fused => RuntimeKind::Fused,
-                RuntimeArg::Tract => RuntimeKind::Tract,
-                RuntimeArg::Ort => RuntimeKind::Ort,
-                RuntimeArg::Dfdx => RuntimeKind::Dfdx,
-                RuntimeArg::DfdxF64 => RuntimeKind::DfdxF64,
-            },
-            device: match args.device {
-                DeviceArg::Cpu => Device::Cpu,
-                DeviceArg::Cuda => Device::Cuda,
-            },
+            runtime: args.runtime.into(),
+            device: args.device.into(),
             threads,
             ort_lib: args.ort_lib.clone(),
             // A server asked for the GPU does not quietly serve from the CPU.

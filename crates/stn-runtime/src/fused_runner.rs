@@ -33,7 +33,7 @@ impl FusedRunner {
     /// runs, so one runner may serve several threads at once (stn-serve runs a lone request on
     /// its own HTTP thread this way).
     pub fn run_shared(&self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
-        check_batch("fused", images, n, self.net.network().input_dims())?;
+        check_batch("fused", images, n, Runner::input_dims(self))?;
         let out = self.net.forward_with(images, n, self.warped);
         Ok(RunOutput {
             log_probs: out.log_probs,
@@ -58,10 +58,10 @@ impl Runner for FusedRunner {
 /// One fused runner shared between threads ([`FusedRunner::run_shared`]).
 impl Runner for std::sync::Arc<FusedRunner> {
     fn name(&self) -> String {
-        "fused".into()
+        FusedRunner::name(self)
     }
     fn input_dims(&self) -> [usize; 3] {
-        self.net.network().input_dims()
+        FusedRunner::input_dims(self)
     }
     fn run(&mut self, images: &[f32], n: usize) -> Result<RunOutput, RuntimeError> {
         self.run_shared(images, n)

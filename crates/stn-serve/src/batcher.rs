@@ -154,7 +154,7 @@ impl Batcher {
         })
     }
 
-    /// Counts a request from its route to its queue (see [`Batcher::submit`]).
+    /// Counts a request from its route to its queue (see [`Batcher::infer`]).
     pub fn arrival(&self) -> Arrival {
         self.arriving.fetch_add(1, Ordering::AcqRel);
         Arrival(self.arriving.clone())
@@ -194,20 +194,12 @@ impl Batcher {
         // still "on its way" and wait `max_delay` for company that is already there.
         drop(arrival);
         self.outstanding.fetch_add(1, Ordering::AcqRel);
-        let sent = self.jobs.try_send(job);
-        if sent.is_err() {
+        if let Err(e) = self.jobs.try_send(job) {
             self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        }
-        match sent {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(ApiError::unavailable(
-                    "the model's queue is full (--max-queue); try again",
-                ))
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(ApiError::unavailable("the model's worker has stopped"))
-            }
+            return Err(ApiError::unavailable(match e {
+                TrySendError::Full(_) => "the model's queue is full (--max-queue); try again",
+                TrySendError::Disconnected(_) => "the model's worker has stopped",
+            }));
         }
         answer
             .await
