@@ -1,10 +1,11 @@
-"""Writes the ONNX standard's backend node tests of GridSample and AffineGrid.
+"""Writes the ONNX standard's backend node tests of the operators stn computes on tract with its
+own kernels: GridSample, AffineGrid, MaxPool and Conv.
 
     python scripts/onnx_node_tests.py OUT_DIR
 
 The onnx wheel no longer ships onnx/backend/test/data/node; its case generators
-(onnx.backend.test.case.node) rebuild it. This writes the cases of the two operators stn
-implements in the onnx repository's layout: OUT_DIR/<case>/model.onnx and
+(onnx.backend.test.case.node) rebuild it. This writes those operators' cases in the onnx
+repository's layout: OUT_DIR/<case>/model.onnx and
 OUT_DIR/<case>/test_data_set_<i>/{input,output}_<j>.pb (TensorProto), `_expanded` variants
 (the function body instead of the operator) included.
 """
@@ -24,7 +25,8 @@ def main():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cases = [c for c in node.collect_testcases()
-                 if c.name.startswith(("test_gridsample", "test_affine_grid"))]
+                 if c.name.startswith(("test_gridsample", "test_affine_grid", "test_maxpool",
+                                       "test_basic_conv", "test_conv_"))]
     for case in cases:
         d = os.path.join(out, case.name)
         if os.path.exists(d):

@@ -259,6 +259,9 @@ impl<E: Real> CustomOp<E> for Conv2d {
         Ok(vec![x[0], w[0], x[2] - w[2] + 1, x[3] - w[3] + 1])
     }
 
+    // Both paths below write `bias + product` to every output element.
+    const CPU_FWD_WRITES_ALL: bool = true;
+
     fn cpu_fwd(&self, inputs: &[Buf<E>], out: &mut [E]) {
         let g = Geom::new(inputs[0].dims, inputs[1].dims);
         let (x, wt, bias) = (inputs[0].data, inputs[1].data, inputs[2].data);

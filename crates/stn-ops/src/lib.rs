@@ -87,7 +87,7 @@ pub use conv_pool_relu::{conv_pool_relu, conv_pool_relu_scaled, ConvPoolReluOp};
 pub use fused::{ConvPoolRelu, PackedWeights};
 pub use grid_sample::{grid_sample, grid_sample_with, GridSample, Mode, Padding};
 pub use max_pool2d::{max_pool2d, max_pool2d_relu, MaxPool2d};
-pub use op::{forward_cpu, CustomOp, OpDevice, OpError, Real, Simd};
+pub use op::{checked_out_dims, forward_cpu, CustomOp, OpDevice, OpError, Real, Simd};
 pub use projective_grid::{projective_grid, ProjectiveGrid};
 pub use strided_conv2d::{strided_conv2d, StridedConv2d};
 pub use tps_grid::{tps_grid, TpsGrid};

@@ -10,4 +10,4 @@ pub use crate::host_pool::{HostCopy, HostPool};
 pub use crate::max_pool2d::kernels::PoolKernels;
 pub use crate::simd::{Real, Simd};
 pub(crate) use crate::tape::per_image;
-pub use crate::tape::{apply, forward_cpu, Buf, CustomOp, Input, OpDevice};
+pub use crate::tape::{apply, checked_out_dims, forward_cpu, Buf, CustomOp, Input, OpDevice};

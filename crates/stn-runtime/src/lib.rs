@@ -11,8 +11,10 @@ mod open;
 mod ort_runner;
 mod tract_affine_grid;
 mod tract_conv;
+mod tract_eval;
 mod tract_grid_sample;
 mod tract_log_softmax;
+mod tract_max_pool;
 mod tract_runner;
 
 pub use dfdx_runner::DfdxRunner;

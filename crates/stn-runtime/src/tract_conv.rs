@@ -15,8 +15,6 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use stn_ops::op::Buf;
-
 type OpBuilder =
     fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
@@ -145,27 +143,7 @@ impl EvalOp for StnConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (x, w, b) = args_3!(inputs);
-        let dims = [x.shape().to_vec(), w.shape().to_vec(), b.shape().to_vec()];
-        let (x, w, b) = (
-            x.try_as_plain_ram()?,
-            w.try_as_plain_ram()?,
-            b.try_as_plain_ram()?,
-        );
-        let data = [
-            x.as_slice::<f32>()?,
-            w.as_slice::<f32>()?,
-            b.as_slice::<f32>()?,
-        ];
-        let bufs: Vec<Buf<f32>> = data
-            .iter()
-            .zip(&dims)
-            .map(|(data, dims)| Buf { data, dims })
-            .collect();
-        let (out, out_dims) =
-            stn_ops::forward_cpu(&stn_ops::Conv2d, &bufs).map_err(|e| format_err!("{e}"))?;
-        let out = tract_ndarray::ArrayD::from_shape_vec(out_dims, out)?;
-        Ok(tvec!(out.into_tensor().into_tvalue()))
+        crate::tract_eval::eval_stn_op(&stn_ops::Conv2d, &inputs)
     }
 }
 

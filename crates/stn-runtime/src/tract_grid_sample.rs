@@ -16,7 +16,6 @@ use tract_onnx::tract_core::ops::nn::grid_sample::{
 };
 use tract_onnx::tract_hir::internal::*;
 
-use stn_ops::op::Buf;
 use stn_ops::Padding;
 
 /// The `OpBuilder` of `GridSample`: the same attributes and checks as tract's own builder.
@@ -141,23 +140,7 @@ impl EvalOp for StnGridSample {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (x, grid) = args_2!(inputs);
-        let (xs, gs) = (x.shape().to_vec(), grid.shape().to_vec());
-        let (x, grid) = (x.try_as_plain_ram()?, grid.try_as_plain_ram()?);
-        let (x, grid) = (x.as_slice::<f32>()?, grid.as_slice::<f32>()?);
-        let (out, out_dims) = stn_ops::forward_cpu(
-            &self.0,
-            &[
-                Buf { data: x, dims: &xs },
-                Buf {
-                    data: grid,
-                    dims: &gs,
-                },
-            ],
-        )
-        .map_err(|e| format_err!("{e}"))?;
-        let out = tract_ndarray::ArrayD::from_shape_vec(out_dims, out)?;
-        Ok(tvec!(out.into_tensor().into_tvalue()))
+        crate::tract_eval::eval_stn_op(&self.0, &inputs)
     }
 }
 

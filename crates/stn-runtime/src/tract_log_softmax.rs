@@ -79,11 +79,15 @@ impl EvalOp for StnLogSoftmax {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        let shape = x.shape().to_vec();
-        let k = shape[1].max(1);
-        let x = x.try_as_plain_ram()?;
-        let mut out = x.as_slice::<f32>()?.to_vec();
-        for row in out.chunks_mut(k) {
+        let k = x.shape()[1].max(1);
+        // In place when tract hands the only reference over (it does: nothing else reads the
+        // logits), else on a copy.
+        let mut out = x.into_tensor();
+        for row in out
+            .try_as_plain_ram_mut()?
+            .as_slice_mut::<f32>()?
+            .chunks_mut(k)
+        {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
             let ln = sum.ln();
@@ -91,8 +95,7 @@ impl EvalOp for StnLogSoftmax {
                 *v = *v - max - ln;
             }
         }
-        let out = tract_ndarray::ArrayD::from_shape_vec(shape, out)?;
-        Ok(tvec!(out.into_tensor().into_tvalue()))
+        Ok(tvec!(out.into_tvalue()))
     }
 }
 

@@ -32,6 +32,8 @@ fn load_err(path: &str, e: impl std::fmt::Display) -> RuntimeError {
 ///   padding mode and `align_corners`, by our kernel (tract's is scalar and unthreaded); the other
 ///   modes by tract's;
 /// * plain `Conv` (stride 1, no padding, one group) by our kernels, other convolutions by tract's;
+/// * plain `MaxPool` (square window, equal strides, no padding, no `Indices` output) by our
+///   kernel, other pools by tract's;
 /// * a `LogSoftmax` that stays finite where tract's underflows to −∞ (below about −104).
 ///
 /// ```no_run
@@ -47,6 +49,7 @@ pub fn register_tract_ops(onnx: &mut tract_onnx::model::Onnx) {
     onnx.op_register
         .insert("LogSoftmax", crate::tract_log_softmax::log_softmax);
     crate::tract_conv::register(onnx);
+    crate::tract_max_pool::register(onnx);
 }
 
 impl TractRunner {

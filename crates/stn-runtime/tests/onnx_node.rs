@@ -1,7 +1,10 @@
-//! The ONNX standard's backend node tests of GridSample and AffineGrid (26 cases, rebuilt by
-//! `scripts/onnx_node_tests.py` from the onnx wheel's generators) on tract through
-//! `stn_runtime::register_tract_ops`. Inputs are given as run-time values (their shapes known
-//! when the model is planned, not their values): AffineGrid's `size` is a run-time input.
+//! The ONNX standard's backend node tests of the operators `stn_runtime::register_tract_ops`
+//! puts in tract's table — GridSample and AffineGrid (26 cases), MaxPool (19) and Conv (6), rebuilt
+//! by `scripts/onnx_node_tests.py` from the onnx wheel's generators — on tract. Our MaxPool and
+//! Conv take the plain cases (`test_maxpool_2d_default`, `_strides`, `_precomputed_strides`,
+//! `test_basic_conv_without_padding`) and hand the others to tract's, so both paths are checked.
+//! Inputs are given as run-time values (their shapes known when the model is planned, not their
+//! values): AffineGrid's `size` is a run-time input.
 //!
 //! Every case that holds the operators passes at 1e-5 (the hand-typed, 4-decimal
 //! `test_gridsample_bicubic` at ONNX's own node-test tolerance, rtol 1e-3, atol 1e-7). The
@@ -58,7 +61,7 @@ fn run_case(dir: &Path, rtol: f32, atol: f32) -> TractResult<f32> {
 }
 
 #[test]
-fn onnx_backend_node_tests_of_gridsample_and_affinegrid_pass_on_tract() {
+fn onnx_backend_node_tests_of_our_operators_pass_on_tract() {
     let python = std::env::var("STN_PYTHON")
         .expect("STN_PYTHON: a Python with onnx (scripts/test.sh sets it)");
     let dir = tempfile::tempdir().unwrap();
@@ -74,11 +77,27 @@ fn onnx_backend_node_tests_of_gridsample_and_affinegrid_pass_on_tract() {
         .map(|e| e.unwrap().path())
         .collect();
     cases.sort();
+    let count = |prefixes: &[&str]| {
+        cases
+            .iter()
+            .filter(|c| {
+                let name = c.file_name().unwrap().to_string_lossy();
+                prefixes.iter().any(|p| name.starts_with(p))
+            })
+            .count()
+    };
     assert_eq!(
-        cases.len(),
+        count(&["test_gridsample", "test_affine_grid"]),
         26,
         "the onnx wheel's GridSample and AffineGrid cases"
     );
+    assert_eq!(count(&["test_maxpool"]), 19, "its MaxPool cases");
+    assert_eq!(
+        count(&["test_basic_conv", "test_conv_"]),
+        6,
+        "its Conv cases"
+    );
+    assert_eq!(cases.len(), 51);
     let mut failed = Vec::new();
     let mut report = Vec::new();
     for case in &cases {
