@@ -34,7 +34,7 @@ struct Args {
     /// The ONNX model
     #[arg(long, default_value = "models/stn.onnx", value_name = "PATH")]
     model: PathBuf,
-    /// Threads of ONNX Runtime and of our kernels (dfdx, fused, tract's Conv and GridSample);
+    /// Threads of ONNX Runtime and of our kernels (dfdx, fused, tract's Conv, MaxPool and GridSample);
     /// 0: all cores; more than the cores is lowered to them
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,

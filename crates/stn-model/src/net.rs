@@ -6,13 +6,13 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use serde::{Deserialize, Serialize};
 use stn_ops::{
-    affine_grid, affine_sample, avg_pool2d, conv2d, conv_pool_relu, conv_pool_relu_scaled,
+    affine_grid, affine_sample_with, avg_pool2d, conv2d, conv_pool_relu, conv_pool_relu_scaled,
     grid_sample_with, max_pool2d, max_pool2d_relu, projective_grid, strided_conv2d, tps_grid, Dyn4,
     OpDevice, OpError, Real,
 };
 
 use crate::spec::{
-    InputSpec, Layer, ModelSpec, Naming, Plan, PlannedLayer, SampleMode, Shape as Dims, Transform,
+    InputSpec, Layer, ModelSpec, Naming, Plan, PlannedLayer, Shape as Dims, Transform,
 };
 
 /// Which variant of the seed network: the input canvas side (28 for MNIST, 42 for RTS, 60 for T)
@@ -211,9 +211,8 @@ where
             let theta = theta
                 .try_reshape_like(&(n, 2usize, 3usize))
                 .map_err(dev_err("forward"))?;
-            if D::HOST && s.padding == crate::spec::Padding::Zeros && s.mode == SampleMode::Bilinear
-            {
-                return affine_sample(x, theta, (ho, wo), s.align_corners);
+            if D::HOST && s.padding == crate::spec::Padding::Zeros {
+                return affine_sample_with(x, theta, (ho, wo), s.align_corners, s.op().mode);
             }
             affine_grid(theta, [n, c, ho, wo], s.align_corners)?
         }

@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use stn_ops::op::{apply, Buf, Input};
 use stn_ops::simd::Vector;
 use stn_ops::{
-    affine_grid, affine_sample, conv2d, grid_sample, grid_sample_with, max_pool2d, CustomOp,
-    GridSample, Mode, OpError, Padding,
+    affine_grid, affine_sample, affine_sample_with, conv2d, grid_sample, grid_sample_with,
+    max_pool2d, CustomOp, GridSample, Mode, OpError, Padding,
 };
 
 /// The harness's loss, `Σ y`, as a parallel op of ours: dfdx's generic `sum` (one thread,
@@ -144,6 +144,8 @@ fn bench() {
             "affine_sample_fwd_bwd",
             "grid_sample_nearest_fwd_bwd",
             "grid_sample_bicubic_fwd_bwd",
+            "affine_sample_nearest_fwd_bwd",
+            "affine_sample_bicubic_fwd_bwd",
         ];
         if !samplers.iter().any(|s| wanted(s)) {
             continue;
@@ -178,17 +180,27 @@ fn bench() {
         // The other sampling modes, zero padding, as PyTorch's grid_sample(mode=…).
         for (mode, name) in [(Mode::Nearest, "nearest"), (Mode::Bicubic, "bicubic")] {
             let op = format!("grid_sample_{name}_fwd_bwd");
+            if wanted(&op) {
+                let us = median_us(|| {
+                    let g = affine_grid(theta.leaky_trace(), [n, c, 28, 28], false).unwrap();
+                    let s = GridSample {
+                        mode,
+                        padding: Padding::Zeros,
+                        align_corners: false,
+                    };
+                    let y = grid_sample_with(x.clone(), g, s).unwrap();
+                    let _ = sum_all(y).backward();
+                });
+                println!(r#"{{"op":"{op}","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);
+            }
+            // And as the network runs them on the CPU: one op, no grid tensor.
+            let op = format!("affine_sample_{name}_fwd_bwd");
             if !wanted(&op) {
                 continue;
             }
             let us = median_us(|| {
-                let g = affine_grid(theta.leaky_trace(), [n, c, 28, 28], false).unwrap();
-                let s = GridSample {
-                    mode,
-                    padding: Padding::Zeros,
-                    align_corners: false,
-                };
-                let y = grid_sample_with(x.clone(), g, s).unwrap();
+                let y = affine_sample_with(x.clone(), theta.leaky_trace(), (28, 28), false, mode)
+                    .unwrap();
                 let _ = sum_all(y).backward();
             });
             println!(r#"{{"op":"{op}","shape":[{n},{c},28,28],"ours_us":{us:.1}}}"#);

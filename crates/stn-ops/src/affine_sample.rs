@@ -1,13 +1,15 @@
-//! Training on the CPU: `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo]), zeros, align_corners)`
-//! as one op, with the gradient for theta (the STN's case: the images are data).
+//! Training on the CPU: `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo]), mode, zeros,
+//! align_corners)` as one op, with the gradient for theta (the STN's case: the images are data),
+//! for each sampling mode.
 //!
 //! Why: as two ops the grid is a tensor — written, copied again as the sampler's input, and its
 //! gradient allocated, zeroed, written and read back by `affine_grid`'s backward, all of it
 //! 16 bytes per sampled pixel. Here each image's grid and grid gradient live in per-thread scratch
 //! that stays in cache. The arithmetic is the two ops' (the grid from `AffineGrid`'s base
 //! coordinates and formula, the zero-padding sampler, theta's gradient summed in f64 in the same
-//! order), so values and gradients are bit for bit theirs. CUDA composes the two ops
-//! ([`OpDevice::HOST`]).
+//! order; the other modes through the same per-image kernels as `GridSample`'s), so values and
+//! gradients are bit for bit theirs. Nearest sampling has no gradient for the grid, so none for
+//! theta: its backward adds nothing. CUDA composes the two ops ([`OpDevice::HOST`]).
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -15,20 +17,23 @@ use rayon::prelude::*;
 use crate::grid_sample::{paired_len, zeros_bwd_grid_image, zeros_fwd_image, Axis};
 use crate::op::{apply, Buf, CustomOp, Input, OpDevice, OpError, Real};
 use crate::{AffineGrid, Dyn4};
+use crate::{GridSample, Mode, Padding};
 
 #[cfg(feature = "cuda")]
 use crate::cuda::{CudaBuf, CudaKernels};
 #[cfg(feature = "cuda")]
 use cudarc::driver::CudaSlice;
 
-/// `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo], align_corners), "zeros", align_corners)`;
-/// inputs `x [N, C, H, W]` (no gradient) and `theta [N, 2, 3]`.
+/// `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo], align_corners), mode, "zeros",
+/// align_corners)`; inputs `x [N, C, H, W]` (no gradient) and `theta [N, 2, 3]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AffineSampler {
     /// The sampled size `(Ho, Wo)`.
     pub out_hw: (usize, usize),
     /// PyTorch's `align_corners`, of the grid and the sampler.
     pub align_corners: bool,
+    /// The sampling mode.
+    pub mode: Mode,
 }
 
 struct Geom<E> {
@@ -43,6 +48,15 @@ struct Geom<E> {
 }
 
 impl AffineSampler {
+    /// The sampler of the other modes, whose per-image kernels this op runs.
+    fn modes(&self) -> GridSample {
+        GridSample {
+            mode: self.mode,
+            padding: Padding::Zeros,
+            align_corners: self.align_corners,
+        }
+    }
+
     /// The sizes of a call on input dims `[N, C, H, W]`, the grid's base coordinates and the
     /// sampler's axes — what the forward and the backward both start from.
     fn geom<E: Real>(&self, x: &[usize]) -> Geom<E> {
@@ -101,6 +115,25 @@ impl<E: Real> CustomOp<E> for AffineSampler {
             ay,
         } = self.geom(inputs[0].dims);
         let p = self.out_hw.0 * wo;
+        if self.mode != Mode::Bilinear {
+            let s = self.modes();
+            return out
+                .par_chunks_mut(c * p)
+                .zip(inputs[0].data.par_chunks(c * h * w))
+                .zip(inputs[1].data.par_chunks(6))
+                .for_each_init(
+                    || (vec![E::zero(); 2 * p], Vec::new()),
+                    |(grid, framed), ((o, x), t)| {
+                        s.modes_level(
+                            #[inline(always)]
+                            || {
+                                AffineGrid::image_grid(t, &xs, &ys, grid);
+                                s.modes_fast_fwd_image(x, grid, &ax, &ay, framed, o);
+                            },
+                        )
+                    },
+                );
+        }
         out.par_chunks_mut(c * p)
             .zip(inputs[0].data.par_chunks(c * h * w))
             .zip(inputs[1].data.par_chunks(6))
@@ -122,6 +155,10 @@ impl<E: Real> CustomOp<E> for AffineSampler {
         let Some(gt) = grads[1].as_deref_mut() else {
             return;
         };
+        if self.mode == Mode::Nearest {
+            // The grid's gradient is zero, and so theta's.
+            return;
+        }
         let Geom {
             c,
             h,
@@ -133,6 +170,28 @@ impl<E: Real> CustomOp<E> for AffineSampler {
             ay,
         } = self.geom(inputs[0].dims);
         let p = self.out_hw.0 * wo;
+        if self.mode == Mode::Bicubic {
+            let s = self.modes();
+            return gt
+                .par_chunks_mut(6)
+                .zip(inputs[0].data.par_chunks(c * h * w))
+                .zip(inputs[1].data.par_chunks(6))
+                .zip(grad_out.par_chunks(c * p))
+                .for_each_init(
+                    || (vec![E::zero(); 2 * p], vec![E::zero(); 2 * p], Vec::new()),
+                    |(grid, gg, framed), (((gt, x), t), go)| {
+                        s.modes_level(
+                            #[inline(always)]
+                            || {
+                                AffineGrid::image_grid(t, &xs, &ys, grid);
+                                gg.fill(E::zero());
+                                s.modes_fast_bwd_grid_image(x, grid, go, &ax, &ay, framed, gg);
+                                AffineGrid::theta_grad(gg, &xs, &ys, gt);
+                            },
+                        )
+                    },
+                );
+        }
         gt.par_chunks_mut(6)
             .zip(inputs[0].data.par_chunks(c * h * w))
             .zip(inputs[1].data.par_chunks(6))
@@ -185,13 +244,31 @@ impl<E: Real> CustomOp<E> for AffineSampler {
     }
 }
 
-/// `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo]))` with zero padding, the gradient for theta
-/// only (`x` carries no tape), on the CPU.
+/// `grid_sample(x, affine_grid(theta, [N, C, Ho, Wo]))` with zero padding, bilinear, the gradient
+/// for theta only (`x` carries no tape), on the CPU.
 pub fn affine_sample<Sx, St, E, D, T>(
     x: Tensor<Sx, E, D>,
     theta: Tensor<St, E, D, T>,
     out_hw: (usize, usize),
     align_corners: bool,
+) -> Result<Tensor<Dyn4, E, D, T>, OpError>
+where
+    Sx: Shape,
+    St: Shape,
+    E: Real,
+    D: OpDevice<E>,
+    T: Tape<E, D>,
+{
+    affine_sample_with(x, theta, out_hw, align_corners, Mode::Bilinear)
+}
+
+/// [`affine_sample`] with any sampling `mode`.
+pub fn affine_sample_with<Sx, St, E, D, T>(
+    x: Tensor<Sx, E, D>,
+    theta: Tensor<St, E, D, T>,
+    out_hw: (usize, usize),
+    align_corners: bool,
+    mode: Mode,
 ) -> Result<Tensor<Dyn4, E, D, T>, OpError>
 where
     Sx: Shape,
@@ -207,6 +284,7 @@ where
         AffineSampler {
             out_hw,
             align_corners,
+            mode,
         },
         &dev,
         vec![x, theta],

@@ -79,7 +79,7 @@ mod tape;
 mod tps_grid;
 
 pub use affine_grid::{affine_grid, AffineGrid};
-pub use affine_sample::{affine_sample, AffineSampler};
+pub use affine_sample::{affine_sample, affine_sample_with, AffineSampler};
 pub use avg_pool2d::{avg_pool2d, AvgPool2d};
 pub use awake::with_awake_workers;
 pub use conv2d::{conv2d, Conv2d};

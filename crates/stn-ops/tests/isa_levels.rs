@@ -157,18 +157,22 @@ fn cases() -> Vec<Case> {
             (x.clone(), vec![3, c, 28, 28]),
             (theta.clone(), vec![3, 2, 3]),
         ];
-        add(
-            format!("affine_sample c={c}"),
-            Box::new(move || {
-                fwd_bwd(
-                    &AffineSampler {
-                        out_hw: (28, 28),
-                        align_corners: false,
-                    },
-                    &inputs,
-                )
-            }),
-        );
+        for mode in [Mode::Bilinear, Mode::Nearest, Mode::Bicubic] {
+            let inputs = inputs.clone();
+            add(
+                format!("affine_sample {mode:?} c={c}"),
+                Box::new(move || {
+                    fwd_bwd(
+                        &AffineSampler {
+                            out_hw: (28, 28),
+                            align_corners: false,
+                            mode,
+                        },
+                        &inputs,
+                    )
+                }),
+            );
+        }
     }
     // The heads' grids.
     let theta = f32s(&mut rng, 4 * 6, 0.8);

@@ -1,9 +1,9 @@
 #![warn(missing_docs)]
 //! One [`Runner`] trait over the runtimes of the same ONNX model: [`TractRunner`] (tract, with our
-//! Conv and GridSample kernels in its op table), [`OrtRunner`] (ONNX Runtime through `ort`, loaded
-//! at run time), [`DfdxRunner`] (our dfdx model, read from the ONNX file's initializers; in f32,
-//! or f64 as the reference) and [`FusedRunner`] (the same model's inference forward fused per
-//! image on our CPU kernels, without dfdx's tensors).
+//! Conv, MaxPool and GridSample kernels in its op table), [`OrtRunner`] (ONNX Runtime through
+//! `ort`, loaded at run time), [`DfdxRunner`] (our dfdx model, read from the ONNX file's
+//! initializers; in f32, or f64 as the reference) and [`FusedRunner`] (the same model's inference
+//! forward fused per image on our CPU kernels, without dfdx's tensors).
 
 mod dfdx_runner;
 mod fused_runner;

@@ -7,7 +7,8 @@ use crate::{check_batch, RunOutput, Runner, RuntimeError};
 type Plan = std::sync::Arc<TypedRunnableModel>;
 
 /// The model on tract, optimised once per batch size (tract plans for concrete shapes). tract plans
-/// and runs the graph; its Conv and GridSample nodes run our kernels ([`TractRunner::onnx`]).
+/// and runs the graph; its plain Conv, MaxPool and GridSample nodes run our kernels
+/// ([`TractRunner::onnx`]).
 pub struct TractRunner {
     model: InferenceModel,
     dims: [usize; 3],
