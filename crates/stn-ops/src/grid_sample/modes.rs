@@ -14,7 +14,9 @@
 //! channel. Scalar code, generic over the element type; the bilinear mode keeps its SIMD kernels.
 
 use super::{clip, reflect, Axis, GridSample, Padding};
+use crate::isa::Isa;
 use crate::op::Real;
+use crate::simd::{Vector, V8};
 
 /// PyTorch's cubic convolution constant.
 const A: f64 = -0.75;
@@ -285,26 +287,27 @@ impl GridSample {
         self.padding == Padding::Zeros && self.mode != Mode::Bilinear && !input_grad
     }
 
-    /// Nearest, zero padding: each point's flat index and whether it reads a pixel.
+    /// Nearest, zero padding: each point's flat index in its plane, or `H·W` — the zero just past
+    /// the plane in [`GridSample::modes_fast_fwd_image`]'s copy — for a point outside (or not
+    /// finite). Branch-free, so that it vectorises at the level's width.
     ///
     /// A loop, as in every kernel: a closure handed to `map` may be left out of line, outside the
     /// ISA level's `target_feature` context (see `isa`).
     #[inline(always)]
-    fn nearest_points<E: Real>(g: &[E], ax: &Axis<E>, ay: &Axis<E>) -> Vec<(u32, bool)> {
-        let mut pts = Vec::with_capacity(g.len() / 2);
-        for p in g.chunks_exact(2) {
+    fn nearest_flat_indices<E: Real>(g: &[E], ax: &Axis<E>, ay: &Axis<E>, idx: &mut [u32]) {
+        let outside = (ax.size * ay.size) as i32;
+        let w = ax.size as i32;
+        for (p, i) in g.chunks_exact(2).zip(idx.iter_mut()) {
             let x = round_half_even(p[0] * ax.scale + ax.offset);
             let y = round_half_even(p[1] * ay.scale + ay.offset);
             // False for NaN too.
-            let ok = x >= E::zero() && x < ax.size_e && y >= E::zero() && y < ay.size_e;
-            let i = if ok {
-                E::to_i32_sat(y) as usize * ax.size + E::to_i32_sat(x) as usize
-            } else {
-                0
-            };
-            pts.push((i as u32, ok));
+            let ok = (x >= E::zero()) & (x < ax.size_e) & (y >= E::zero()) & (y < ay.size_e);
+            // Inside the plane when ok; wrapping, as it is discarded when not.
+            let at = E::to_i32_sat(y)
+                .wrapping_mul(w)
+                .wrapping_add(E::to_i32_sat(x));
+            *i = if ok { at } else { outside } as u32;
         }
-        pts
     }
 
     /// Bicubic, zero padding: each point in the frame of [`CUBIC_BORDER`].
@@ -377,13 +380,8 @@ impl GridSample {
         let (h, w) = (ay.size, ax.size);
         match self.mode {
             Mode::Nearest => {
-                let pts = Self::nearest_points(g, ax, ay);
-                for (plane, o) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(p)) {
-                    for (o, &(i, ok)) in o.iter_mut().zip(&pts) {
-                        let v = plane[i as usize];
-                        *o = if ok { v } else { E::zero() };
-                    }
-                }
+                // The gathers want the level as a type, which this closure-run body lacks.
+                crate::dispatch!(I => nearest_zeros_fwd_image::<E, I>(x, g, ax, ay, framed, out))
             }
             _ => {
                 let pts = Self::cubic_points(g, ax, ay);
@@ -403,7 +401,42 @@ impl GridSample {
             }
         }
     }
+}
 
+/// Nearest, zero padding, one image `x [C, H, W]` at grid `g [P, 2]` into `out [C, P]`: each
+/// plane copied in front of one zero, which the points outside read, then eight points at a time
+/// gathered (`SampleKernels::gather`; LLVM does not vectorise the gather by itself).
+#[inline(always)]
+fn nearest_zeros_fwd_image<E: Real, I: Isa>(
+    x: &[E],
+    g: &[E],
+    ax: &Axis<E>,
+    ay: &Axis<E>,
+    framed: &mut Vec<E>,
+    out: &mut [E],
+) {
+    let p = g.len() / 2;
+    let hw = ax.size * ay.size;
+    let mut idx = vec![0u32; p];
+    GridSample::nearest_flat_indices(g, ax, ay, &mut idx);
+    framed.clear();
+    framed.resize(hw + 1, E::zero());
+    for (plane, o) in x.chunks_exact(hw).zip(out.chunks_exact_mut(p)) {
+        framed[..hw].copy_from_slice(plane);
+        let f = &framed[..=hw];
+        let mut o8 = o.chunks_exact_mut(8);
+        let mut i8 = idx.chunks_exact(8);
+        for (o, i) in (&mut o8).zip(&mut i8) {
+            let i: &[u32; 8] = i.try_into().expect("eight");
+            V8::<E, I>::store(o, E::gather::<I>(f, i));
+        }
+        for (o, &i) in o8.into_remainder().iter_mut().zip(i8.remainder()) {
+            *o = f[(i as usize).min(hw)];
+        }
+    }
+}
+
+impl GridSample {
     /// The fast grid gradient of one image (nearest's is zero: nothing to add).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
