@@ -64,6 +64,50 @@ pub trait SampleKernels: Simd {
     fn weights8<I: Isa>(f: &Framed8<Self, I>) -> [V8<Self, I>; 4] {
         weights8_portable(f)
     }
+
+    /// Bicubic, eight points at a time: for each point `k`, the sums over its 4×4 window of
+    /// `plane` (rows `fw` apart from `base[k]`) weighted by each of `weights` — `weights[m][k]`
+    /// holds point `k`'s 16 weights, row by row. Summed in a fixed tree: within rows 0 and 2 and
+    /// within rows 1 and 3 lane by lane (a multiply, then a multiply-add), then the lanes in pairs.
+    /// Every window must lie inside `plane` (it panics if not).
+    #[inline(always)]
+    fn cubic8<I: Isa, const M: usize>(
+        plane: &[Self],
+        fw: usize,
+        base: &[u32; 8],
+        weights: [&[[Self; 16]; 8]; M],
+    ) -> [V8<Self, I>; M] {
+        cubic8_portable::<Self, I, M>(plane, fw, base, weights)
+    }
+}
+
+/// [`SampleKernels::cubic8`] in portable code: the AVX2 form's order, without its fused
+/// multiply-add.
+#[inline(always)]
+fn cubic8_portable<E: Simd, I: Isa, const M: usize>(
+    plane: &[E],
+    fw: usize,
+    base: &[u32; 8],
+    weights: [&[[E; 16]; 8]; M],
+) -> [V8<E, I>; M] {
+    // Loops, not closures (see the AVX2 form).
+    let mut sums = [V8::<E, I>::splat(E::zero()); M];
+    for m in 0..M {
+        let mut out = [E::zero(); 8];
+        for k in 0..8 {
+            let b = base[k] as usize;
+            let wk = &weights[m][k];
+            // Lane j < 4: rows 0 and 2; lane j ≥ 4: rows 1 and 3.
+            let mut s = [E::zero(); 8];
+            for j in 0..4 {
+                s[j] = plane[b + j] * wk[j] + plane[b + 2 * fw + j] * wk[8 + j];
+                s[4 + j] = plane[b + fw + j] * wk[4 + j] + plane[b + 3 * fw + j] * wk[12 + j];
+            }
+            out[k] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+        }
+        sums[m] = V8::<E, I>::load(&out);
+    }
+    sums
 }
 
 /// [`SampleKernels::corners`] in portable code.
@@ -167,6 +211,22 @@ impl SampleKernels for f32 {
             return unsafe { avx2::gather::<I>(plane, idx) };
         }
         V8::<f32, I>::from_array(idx.map(|i| plane[i as usize]))
+    }
+
+    /// AVX2's form at the AVX2 levels: each window's rows 0–1 and 2–3 in two registers.
+    #[inline(always)]
+    fn cubic8<I: Isa, const M: usize>(
+        plane: &[f32],
+        fw: usize,
+        base: &[u32; 8],
+        weights: [&[[f32; 16]; 8]; M],
+    ) -> [V8<f32, I>; M] {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2 and FMA.
+            return unsafe { avx2::cubic8::<I, M>(plane, fw, base, weights) };
+        }
+        cubic8_portable::<f32, I, M>(plane, fw, base, weights)
     }
 }
 
@@ -301,5 +361,58 @@ mod avx2 {
         // Every index is inside `plane` (checked above) and fits an i32.
         let vi = _mm256_loadu_si256(idx.as_ptr() as *const __m256i);
         lanes::<I>(_mm256_i32gather_ps::<4>(plane.as_ptr(), vi))
+    }
+
+    /// Eight vectors' lane sums: lane `k` of the result is the sum of `a[k]`'s lanes, as
+    /// `cubic8_portable` adds them (pairs, then pairs of pairs, then the two halves).
+    #[inline(always)]
+    unsafe fn lane_sums(a: [__m256; 8]) -> __m256 {
+        let h01 = _mm256_hadd_ps(a[0], a[1]);
+        let h23 = _mm256_hadd_ps(a[2], a[3]);
+        let h45 = _mm256_hadd_ps(a[4], a[5]);
+        let h67 = _mm256_hadd_ps(a[6], a[7]);
+        // Lane k (< 4) of q0's low half: a[k]'s lanes 0–3; of its high half: a[k]'s lanes 4–7.
+        let q0 = _mm256_hadd_ps(h01, h23);
+        let q1 = _mm256_hadd_ps(h45, h67);
+        let low = _mm256_permute2f128_ps::<0x20>(q0, q1);
+        let high = _mm256_permute2f128_ps::<0x31>(q0, q1);
+        _mm256_add_ps(low, high)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the AVX2 level).
+    #[inline(always)]
+    pub(super) unsafe fn cubic8<I: Isa, const M: usize>(
+        plane: &[f32],
+        fw: usize,
+        base: &[u32; 8],
+        weights: [&[[f32; 16]; 8]; M],
+    ) -> [V8<f32, I>; M] {
+        let max = base.iter().fold(0, |m, &i| m.max(i)) as usize;
+        assert!(max + 3 * fw + 4 <= plane.len());
+        let p = plane.as_ptr();
+        // Each window's rows 0 and 1, and 2 and 3, in one register each (row 0 in the low half),
+        // read once for every weight set; inside `plane` (checked above). Loops, not `from_fn` or
+        // `map` closures, which LLVM may leave out of line, outside the level's target features
+        // (where each intrinsic becomes a call: five times slower).
+        let mut rows = [[_mm256_setzero_ps(); 2]; 8];
+        for k in 0..8 {
+            let b = p.add(base[k] as usize);
+            rows[k] = [
+                _mm256_loadu2_m128(b.add(fw), b),
+                _mm256_loadu2_m128(b.add(3 * fw), b.add(2 * fw)),
+            ];
+        }
+        let mut out = [V8::<f32, I>::splat(0.0); M];
+        for m in 0..M {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for k in 0..8 {
+                let wk = weights[m][k].as_ptr();
+                let lo = _mm256_mul_ps(rows[k][0], _mm256_loadu_ps(wk));
+                acc[k] = _mm256_fmadd_ps(rows[k][1], _mm256_loadu_ps(wk.add(8)), lo);
+            }
+            out[m] = lanes::<I>(lane_sums(acc));
+        }
+        out
     }
 }

@@ -32,12 +32,6 @@ pub(crate) fn round_half_even<E: Real>(x: E) -> E {
 /// point whose taps all fall outside the image reads only zeros (as PyTorch's, which skips them).
 const CUBIC_BORDER: usize = 4;
 
-/// `((r0·w0 + r1·w1) + r2·w2) + r3·w3`: one row of 4 taps, in the general path's order.
-#[inline(always)]
-fn dot4<E: Real>(r: &[E], w: &[E; 4]) -> E {
-    r[0] * w[0] + r[1] * w[1] + r[2] * w[2] + r[3] * w[3]
-}
-
 /// A bicubic point in a framed plane: the frame index of its top-left tap, the weights by axis,
 /// their derivatives (zero for a point that is not finite).
 #[derive(Clone, Copy)]
@@ -310,40 +304,50 @@ impl GridSample {
         }
     }
 
-    /// Bicubic, zero padding: each point in the frame of [`CUBIC_BORDER`].
+    /// Bicubic, zero padding: the point `(gx, gy)` in the frame of [`CUBIC_BORDER`] (the
+    /// weights' derivatives only with `grads`, else zero).
     #[inline(always)]
-    fn cubic_points<E: Real>(g: &[E], ax: &Axis<E>, ay: &Axis<E>) -> Vec<FramedCubic<E>> {
+    fn cubic_point<E: Real>(
+        gx: E,
+        gy: E,
+        ax: &Axis<E>,
+        ay: &Axis<E>,
+        grads: bool,
+    ) -> FramedCubic<E> {
         let fw = ax.size + 2 * CUBIC_BORDER;
         let b = CUBIC_BORDER as i32;
-        let mut pts = Vec::with_capacity(g.len() / 2);
-        for p in g.chunks_exact(2) {
-            let (x, y) = (p[0] * ax.scale + ax.offset, p[1] * ay.scale + ay.offset);
-            let (x0, y0) = (x.floor(), y.floor());
-            if !(x.is_finite() && y.is_finite()) {
-                let z = [E::zero(); 4];
-                pts.push(FramedCubic {
-                    base: 0,
-                    wx: z,
-                    wy: z,
-                    dwx: z,
-                    dwy: z,
-                });
-                continue;
-            }
-            let (tx, ty) = (x - x0, y - y0);
-            // Clamped so that the taps stay in the frame; a clamped axis has all four taps
-            // outside the image, in the zero border.
-            let cx = E::to_i32_sat(x0).clamp(1 - b, ax.size as i32 + b - 3);
-            let cy = E::to_i32_sat(y0).clamp(1 - b, ay.size as i32 + b - 3);
-            pts.push(FramedCubic {
-                base: (cy - 1 + b) as usize * fw + (cx - 1 + b) as usize,
-                wx: cubic_weights(tx),
-                wy: cubic_weights(ty),
-                dwx: cubic_weight_derivatives(tx),
-                dwy: cubic_weight_derivatives(ty),
-            });
+        let (x, y) = (gx * ax.scale + ax.offset, gy * ay.scale + ay.offset);
+        let (x0, y0) = (x.floor(), y.floor());
+        if !(x.is_finite() && y.is_finite()) {
+            let z = [E::zero(); 4];
+            return FramedCubic {
+                base: 0,
+                wx: z,
+                wy: z,
+                dwx: z,
+                dwy: z,
+            };
         }
-        pts
+        let (tx, ty) = (x - x0, y - y0);
+        // Clamped so that the taps stay in the frame; a clamped axis has all four taps
+        // outside the image, in the zero border.
+        let cx = E::to_i32_sat(x0).clamp(1 - b, ax.size as i32 + b - 3);
+        let cy = E::to_i32_sat(y0).clamp(1 - b, ay.size as i32 + b - 3);
+        FramedCubic {
+            base: (cy - 1 + b) as usize * fw + (cx - 1 + b) as usize,
+            wx: cubic_weights(tx),
+            wy: cubic_weights(ty),
+            dwx: if grads {
+                cubic_weight_derivatives(tx)
+            } else {
+                [E::zero(); 4]
+            },
+            dwy: if grads {
+                cubic_weight_derivatives(ty)
+            } else {
+                [E::zero(); 4]
+            },
+        }
     }
 
     /// The planes of `x` (`[C, H·W]`) in zero frames of [`CUBIC_BORDER`] pixels, into `framed`
@@ -376,28 +380,14 @@ impl GridSample {
         framed: &mut Vec<E>,
         out: &mut [E],
     ) {
-        let p = g.len() / 2;
-        let (h, w) = (ay.size, ax.size);
         match self.mode {
             Mode::Nearest => {
                 // The gathers want the level as a type, which this closure-run body lacks.
                 crate::dispatch!(I => nearest_zeros_fwd_image::<E, I>(x, g, ax, ay, framed, out))
             }
             _ => {
-                let pts = Self::cubic_points(g, ax, ay);
-                Self::frame_cubic(x, h, w, framed);
-                let fw = w + 2 * CUBIC_BORDER;
-                let plane = fw * (h + 2 * CUBIC_BORDER);
-                for (f, o) in framed.chunks_exact(plane).zip(out.chunks_exact_mut(p)) {
-                    for (o, pt) in o.iter_mut().zip(&pts) {
-                        let mut v = E::zero();
-                        for i in 0..4 {
-                            let r = &f[pt.base + i * fw..pt.base + i * fw + 4];
-                            v += dot4(r, &pt.wx) * pt.wy[i];
-                        }
-                        *o = v;
-                    }
-                }
+                // As for nearest; bicubic stays at the AVX2 level (see `modes_level`).
+                crate::dispatch!(avx2, I => cubic_zeros_fwd_image::<E, I>(x, g, ax, ay, framed, out))
             }
         }
     }
@@ -453,30 +443,114 @@ impl GridSample {
         if self.mode == Mode::Nearest {
             return;
         }
-        let p = g.len() / 2;
-        let (h, w) = (ay.size, ax.size);
-        let pts = Self::cubic_points(g, ax, ay);
-        Self::frame_cubic(x, h, w, framed);
-        let fw = w + 2 * CUBIC_BORDER;
-        let plane = fw * (h + 2 * CUBIC_BORDER);
-        let mut acc = vec![(E::zero(), E::zero()); p];
-        // Channel by channel (a framed plane stays in L1), each point's sums over channels.
-        for (f, go) in framed.chunks_exact(plane).zip(go.chunks_exact(p)) {
-            for ((pt, &o), (dx, dy)) in pts.iter().zip(go).zip(acc.iter_mut()) {
-                // Σ_ij v_ij·w'x_j·wy_i and Σ_ij v_ij·wx_j·w'y_i.
-                let (mut sx, mut sy) = (E::zero(), E::zero());
-                for i in 0..4 {
-                    let r = &f[pt.base + i * fw..pt.base + i * fw + 4];
-                    sx += dot4(r, &pt.dwx) * pt.wy[i];
-                    sy += dot4(r, &pt.wx) * pt.dwy[i];
-                }
-                *dx += sx * o;
-                *dy += sy * o;
+        crate::dispatch!(avx2, I => cubic_zeros_bwd_grid_image::<E, I>(x, g, go, ax, ay, framed, gg))
+    }
+}
+
+/// Bicubic, zero padding: eight points from `s` of grid `g` (x, y pairs; `P` points in all) —
+/// their frame indices and 16 weights each (row by row, `wy_i·wx_j`), and with `grads` the grid
+/// gradient's `wy_i·w'x_j` and `w'y_i·wx_j`. Points past `P` get zero weights at the frame's
+/// corner, which reads the zero border.
+struct CubicGroup<E> {
+    base: [u32; 8],
+    w: [[E; 16]; 8],
+    dx: [[E; 16]; 8],
+    dy: [[E; 16]; 8],
+}
+
+#[inline(always)]
+fn cubic_group<E: Real>(
+    g: &[E],
+    s: usize,
+    ax: &Axis<E>,
+    ay: &Axis<E>,
+    grads: bool,
+) -> CubicGroup<E> {
+    let p = g.len() / 2;
+    let z = [[E::zero(); 16]; 8];
+    let mut q = CubicGroup {
+        base: [0; 8],
+        w: z,
+        dx: z,
+        dy: z,
+    };
+    // Loops, not `map` closures (see `nearest_flat_indices`).
+    for k in 0..(p - s).min(8) {
+        let pt = GridSample::cubic_point(g[2 * (s + k)], g[2 * (s + k) + 1], ax, ay, grads);
+        q.base[k] = pt.base as u32;
+        for m in 0..16 {
+            let (i, j) = (m / 4, m % 4);
+            q.w[k][m] = pt.wy[i] * pt.wx[j];
+            if grads {
+                q.dx[k][m] = pt.wy[i] * pt.dwx[j];
+                q.dy[k][m] = pt.dwy[i] * pt.wx[j];
             }
         }
-        for (q, (dx, dy)) in acc.into_iter().enumerate() {
-            gg[2 * q] += dx * ax.scale;
-            gg[2 * q + 1] += dy * ay.scale;
+    }
+    q
+}
+
+/// Bicubic, zero padding, one image `x [C, H, W]` at grid `g [P, 2]` into `out [C, P]`: eight
+/// points at a time ([`SampleKernels::cubic8`]), their weights made once for every channel.
+#[inline(always)]
+fn cubic_zeros_fwd_image<E: Real, I: Isa>(
+    x: &[E],
+    g: &[E],
+    ax: &Axis<E>,
+    ay: &Axis<E>,
+    framed: &mut Vec<E>,
+    out: &mut [E],
+) {
+    let p = g.len() / 2;
+    let (h, w) = (ay.size, ax.size);
+    GridSample::frame_cubic(x, h, w, framed);
+    let fw = w + 2 * CUBIC_BORDER;
+    let plane = fw * (h + 2 * CUBIC_BORDER);
+    for s in (0..p).step_by(8) {
+        let q = cubic_group(g, s, ax, ay, false);
+        let n = (p - s).min(8);
+        for (f, o) in framed.chunks_exact(plane).zip(out.chunks_exact_mut(p)) {
+            let [v] = E::cubic8::<I, 1>(f, fw, &q.base, [&q.w]);
+            o[s..s + n].copy_from_slice(&V8::<E, I>::lanes(v).as_ref()[..n]);
+        }
+    }
+}
+
+/// The grid's gradient of [`cubic_zeros_fwd_image`] (`gg += `): each point's sums over the
+/// channels of `Σ_ij v_ij·wy_i·w'x_j` and `Σ_ij v_ij·w'y_i·wx_j`, times its output's gradient.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn cubic_zeros_bwd_grid_image<E: Real, I: Isa>(
+    x: &[E],
+    g: &[E],
+    go: &[E],
+    ax: &Axis<E>,
+    ay: &Axis<E>,
+    framed: &mut Vec<E>,
+    gg: &mut [E],
+) {
+    let p = g.len() / 2;
+    let (h, w) = (ay.size, ax.size);
+    GridSample::frame_cubic(x, h, w, framed);
+    let fw = w + 2 * CUBIC_BORDER;
+    let plane = fw * (h + 2 * CUBIC_BORDER);
+    for s in (0..p).step_by(8) {
+        let q = cubic_group(g, s, ax, ay, true);
+        let n = (p - s).min(8);
+        let (mut acc_x, mut acc_y) = (V8::<E, I>::splat(E::zero()), V8::<E, I>::splat(E::zero()));
+        for (f, go) in framed.chunks_exact(plane).zip(go.chunks_exact(p)) {
+            // The padding points' output gradient is zero.
+            let mut o = [E::zero(); 8];
+            o[..n].copy_from_slice(&go[s..s + n]);
+            let o = V8::<E, I>::load(&o);
+            let [sx, sy] = E::cubic8::<I, 2>(f, fw, &q.base, [&q.dx, &q.dy]);
+            acc_x = V8::<E, I>::fma(sx, o, acc_x);
+            acc_y = V8::<E, I>::fma(sy, o, acc_y);
+        }
+        let (acc_x, acc_y) = (V8::<E, I>::lanes(acc_x), V8::<E, I>::lanes(acc_y));
+        for k in 0..n {
+            gg[2 * (s + k)] += acc_x.as_ref()[k] * ax.scale;
+            gg[2 * (s + k) + 1] += acc_y.as_ref()[k] * ay.scale;
         }
     }
 }
