@@ -538,9 +538,9 @@ fn naive_zeros_sample(
                         let (x0, y0) = (sx.floor(), sy.floor());
                         let (wx, wy) = (cubic(sx - x0), cubic(sy - y0));
                         let mut v = 0.0;
-                        for i in 0..4 {
-                            for j in 0..4 {
-                                v += wy[i] * wx[j] * at(y0 - 1.0 + i as f64, x0 - 1.0 + j as f64);
+                        for (i, wyi) in wy.iter().enumerate() {
+                            for (j, wxj) in wx.iter().enumerate() {
+                                v += wyi * wxj * at(y0 - 1.0 + i as f64, x0 - 1.0 + j as f64);
                             }
                         }
                         v
