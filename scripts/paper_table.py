@@ -2,7 +2,9 @@
 """The STN paper's Table 1 from the runs of `scripts/runs.sh paper-table`: test error % (mean of
 the seeds that finished, and each seed's), beside the paper's figures, with each run's wall time.
 
-    python3 scripts/paper_table.py target/runs [--markdown]
+    python3 scripts/paper_table.py target/runs [--recipe long]
+
+`--recipe long`: the runs of `scripts/runs.sh paper-table-long` (named paper-long-*).
 """
 import glob
 import json
@@ -20,10 +22,10 @@ PAPER = {  # Jaderberg et al. 2015, Table 1 (test error %)
 DISTS = ["r", "rts", "p", "e"]
 
 
-def runs(d):
+def runs(d, prefix):
     out = {}
-    for log in glob.glob(os.path.join(d, "paper-*-s*.log")):
-        m = re.match(r"paper-(r|rts|p|e)-(.+)-s(\d+)\.log$", os.path.basename(log))
+    for log in glob.glob(os.path.join(d, f"{prefix}-*-s*.log")):
+        m = re.match(prefix + r"-(r|rts|p|e)-(.+)-s(\d+)\.log$", os.path.basename(log))
         if not m:
             continue
         last = None
@@ -40,8 +42,17 @@ def runs(d):
 
 
 def main():
-    d = sys.argv[1] if len(sys.argv) > 1 else "target/runs"
-    r = runs(d)
+    args = sys.argv[1:]
+    prefix = "paper"
+    if "--recipe" in args:
+        i = args.index("--recipe")
+        recipe = args[i + 1] if i + 1 < len(args) else ""
+        if recipe != "long":
+            sys.exit(f"--recipe: 'long' is the one other recipe, not {recipe!r}")
+        prefix = "paper-long"
+        del args[i:i + 2]
+    d = args[0] if args else "target/runs"
+    r = runs(d, prefix)
     print("| model | " + " | ".join(x.upper() for x in DISTS) + " |")
     print("|---|" + "---|" * len(DISTS))
     for model, paper in PAPER.items():

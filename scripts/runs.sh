@@ -2,6 +2,7 @@
 # The training runs recorded in BENCHMARKS.md and models/README.md (~15 minutes on 2 cores).
 #   scripts/runs.sh [all|default|best-adam|best-cosine|rts|rts-cosine|rts-b32|rts-long|rts-search]
 #   scripts/runs.sh paper-table [DISTORTIONS] [MODELS] [SEEDS]   # the STN paper's Table 1 (hours)
+#   scripts/runs.sh paper-table-long [DISTORTIONS] [MODELS] [SEEDS]   # the same at batch 256 (4× the hours)
 # Each run writes its log and metrics under target/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,24 +57,32 @@ case "${1:-all}" in
     run rts-search-loc01 "${rts[@]}" --batch 32 --lr 0.001 --loc-lr-scale 0.1 --out target/runs/rts-search-loc01.safetensors
     run rts-search-fresh "${rts[@]}" --batch 32 --lr 0.001 --loc-lr-scale 0.3 --fresh-distortions \
       --out target/runs/rts-search-fresh.safetensors ;;
-  paper-table)
+  paper-table|paper-table-long)
     # The paper's Table 1 (docs/paper-table.md): its CNN and ST-CNNs on R, RTS, P and E, a tenth
     # of its training at most (it ran 150k iterations at batch 256; here 15 epochs at batch 64 =
     # 14,070 iterations), new distortions every epoch as its data, Adam with a cosine schedule,
     # the localisation net at 0.3× the learning rate, clipping at norm 5. Each run ~5–15 minutes
     # on 2 cores; not in `all`. The summary: scripts/paper_table.py target/runs.
+    # paper-table-long: the paper's batch, 256, for 63 epochs (14,805 iterations, a tenth of its
+    # 150k at most; 4.2× the images of the short recipe and of its time), lr 0.002; runs named
+    # paper-long-*, summed up by scripts/paper_table.py target/runs --recipe long.
     dists=${2:-"r rts p e"}; models=${3:-"cnn st-affine st-projective st-tps"}; seeds=${4:-"1 2 3"}
+    if [[ $1 == paper-table-long ]]; then
+      prefix=paper-long; recipe=(--epochs 63 --batch 256 --lr 0.002); table=(--recipe long)
+    else
+      prefix=paper; recipe=(--epochs 15 --batch 64 --lr 0.001); table=()
+    fi
     for seed in $seeds; do
       for d in $dists; do
         for m in $models; do
           preset=paper-$m; [[ $d == rts ]] && preset=$preset-42
-          name=paper-$d-$m-s$seed
+          name=$prefix-$d-$m-s$seed
           [[ -f target/runs/$name.safetensors && -s target/runs/$name.log ]] && continue
           run "$name" --spec "$preset" --distort "$d" --fresh-distortions --seed "$seed" \
-            --epochs 15 --batch 64 --optimizer adam --lr 0.001 --schedule cosine --clip 5 --loc-lr-scale 0.3 \
+            "${recipe[@]}" --optimizer adam --schedule cosine --clip 5 --loc-lr-scale 0.3 \
             --out "target/runs/$name.safetensors"
         done
       done
     done
-    python3 scripts/paper_table.py target/runs ;;
+    python3 scripts/paper_table.py target/runs "${table[@]}" ;;
 esac
