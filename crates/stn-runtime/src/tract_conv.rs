@@ -15,18 +15,14 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-type OpBuilder =
-    fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+use crate::tract_eval::{register_over, OpBuilder};
 
 /// tract's own Conv builder, for the convolutions ours does not cover.
 static TRACT_CONV: OnceLock<OpBuilder> = OnceLock::new();
 
 /// Puts our `Conv` in `onnx`'s op table, keeping tract's for the other cases.
 pub fn register(onnx: &mut Onnx) {
-    if let Some(&tract_conv) = onnx.op_register.0.get("Conv") {
-        TRACT_CONV.get_or_init(|| tract_conv);
-    }
-    onnx.op_register.insert("Conv", conv);
+    register_over(onnx, "Conv", &TRACT_CONV, conv);
 }
 
 fn conv(

@@ -1,11 +1,35 @@
-//! Runs one of our ops' CPU forward as a tract op's `eval`: the inputs read in place from tract's
-//! tensors, the output written straight into a new tract tensor.
+//! What our tract ops share: our op's CPU forward run as a tract op's `eval` (the inputs read in
+//! place from tract's tensors, the output written straight into a new tract tensor), and the
+//! registration of an op over tract's own, kept for the cases ours does not cover.
 //!
-//! Why: building the output as a `Vec` and handing it over (`ArrayD::into_tensor`) copies it into
-//! tract's aligned storage — at batch 1000 that copy was 14% of the tract runner's time.
+//! Why the direct write: building the output as a `Vec` and handing it over
+//! (`ArrayD::into_tensor`) copies it into tract's aligned storage — at batch 1000 that copy was 14%
+//! of the tract runner's time.
 
+use std::sync::OnceLock;
+
+use tract_onnx::model::{Onnx, ParsingContext};
+use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
+
+/// An ONNX op builder of tract's table.
+pub(crate) type OpBuilder =
+    fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+/// Puts `ours` in `onnx`'s op table as `name`, keeping tract's own builder in `theirs` for the
+/// nodes `ours` hands back.
+pub(crate) fn register_over(
+    onnx: &mut Onnx,
+    name: &'static str,
+    theirs: &'static OnceLock<OpBuilder>,
+    ours: OpBuilder,
+) {
+    if let Some(&builder) = onnx.op_register.0.get(name) {
+        theirs.get_or_init(|| builder);
+    }
+    onnx.op_register.insert(name, ours);
+}
 
 use stn_ops::op::Buf;
 use stn_ops::CustomOp;

@@ -19,18 +19,14 @@ use tract_onnx::tract_hir::ops::nn::DataFormat;
 
 use stn_ops::MaxPool2d;
 
-type OpBuilder =
-    fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+use crate::tract_eval::{register_over, OpBuilder};
 
 /// tract's own MaxPool builder, for the pools ours does not cover.
 static TRACT_MAX_POOL: OnceLock<OpBuilder> = OnceLock::new();
 
 /// Puts our `MaxPool` in `onnx`'s op table, keeping tract's for the other cases.
 pub fn register(onnx: &mut Onnx) {
-    if let Some(&tract_max_pool) = onnx.op_register.0.get("MaxPool") {
-        TRACT_MAX_POOL.get_or_init(|| tract_max_pool);
-    }
-    onnx.op_register.insert("MaxPool", max_pool);
+    register_over(onnx, "MaxPool", &TRACT_MAX_POOL, max_pool);
 }
 
 /// Our kernel's `MaxPool2d` for `node`, if the node is the plain case it computes.

@@ -351,9 +351,10 @@ impl GridSample {
     }
 
     /// The planes of `x` (`[C, H·W]`) in zero frames of [`CUBIC_BORDER`] pixels, into `framed`
-    /// (zeroed where the frame is: only the image's pixels are written).
+    /// (zeroed where the frame is: only the image's pixels are written); returns the framed
+    /// width and plane length.
     #[inline(always)]
-    fn frame_cubic<E: Real>(x: &[E], h: usize, w: usize, framed: &mut Vec<E>) {
+    fn frame_cubic<E: Real>(x: &[E], h: usize, w: usize, framed: &mut Vec<E>) -> (usize, usize) {
         let fw = w + 2 * CUBIC_BORDER;
         let plane = fw * (h + 2 * CUBIC_BORDER);
         let c = x.len() / (h * w);
@@ -367,6 +368,7 @@ impl GridSample {
                 dst[o..o + w].copy_from_slice(&src[r * w..(r + 1) * w]);
             }
         }
+        (fw, plane)
     }
 
     /// The fast forward of one image (see [`GridSample::modes_fast`]).
@@ -503,9 +505,7 @@ fn cubic_zeros_fwd_image<E: Real, I: Isa>(
 ) {
     let p = g.len() / 2;
     let (h, w) = (ay.size, ax.size);
-    GridSample::frame_cubic(x, h, w, framed);
-    let fw = w + 2 * CUBIC_BORDER;
-    let plane = fw * (h + 2 * CUBIC_BORDER);
+    let (fw, plane) = GridSample::frame_cubic(x, h, w, framed);
     for s in (0..p).step_by(8) {
         let q = cubic_group(g, s, ax, ay, false);
         let n = (p - s).min(8);
@@ -531,9 +531,7 @@ fn cubic_zeros_bwd_grid_image<E: Real, I: Isa>(
 ) {
     let p = g.len() / 2;
     let (h, w) = (ay.size, ax.size);
-    GridSample::frame_cubic(x, h, w, framed);
-    let fw = w + 2 * CUBIC_BORDER;
-    let plane = fw * (h + 2 * CUBIC_BORDER);
+    let (fw, plane) = GridSample::frame_cubic(x, h, w, framed);
     for s in (0..p).step_by(8) {
         let q = cubic_group(g, s, ax, ay, true);
         let n = (p - s).min(8);
