@@ -185,23 +185,39 @@ impl<E: Real> CustomOp<E> for TpsGrid {
         let k = inputs[0].dims[1];
         let m = inputs[1].data;
         let p = self.size[0] * self.size[1];
+        // M transposed, [K, P]: each control point's column of the spline, so that the sums run
+        // along the grid points in SIMD lanes (along K, 16 terms, they were one scalar chain per
+        // point — a tenth of a TPS training step). The same products added in the same order.
+        let mut mt = vec![E::zero(); k * p];
+        for (q, row) in m.chunks_exact(k).enumerate() {
+            for (kk, &v) in row.iter().enumerate() {
+                mt[kk * p + q] = v;
+            }
+        }
         inputs[0]
             .data
             .par_chunks_exact(2 * k)
             .zip(out.par_chunks_exact_mut(2 * p))
-            .for_each(|(v, g)| {
-                crate::dispatch!(I => {
-                    for (row, g) in m.chunks_exact(k).zip(g.chunks_exact_mut(2)) {
-                        let (mut gx, mut gy) = (E::zero(), E::zero());
-                        for (kk, &mk) in row.iter().enumerate() {
-                            gx += mk * v[2 * kk];
-                            gy += mk * v[2 * kk + 1];
+            .for_each_init(
+                || (vec![E::zero(); p], vec![E::zero(); p]),
+                |(gx, gy), (v, g)| {
+                    crate::dispatch!(I => {
+                        gx.fill(E::zero());
+                        gy.fill(E::zero());
+                        for (kk, col) in mt.chunks_exact(p).enumerate() {
+                            let (vx, vy) = (v[2 * kk], v[2 * kk + 1]);
+                            for ((x, y), &mk) in gx.iter_mut().zip(gy.iter_mut()).zip(col) {
+                                *x += mk * vx;
+                                *y += mk * vy;
+                            }
                         }
-                        g[0] = gx;
-                        g[1] = gy;
-                    }
-                })
-            });
+                        for ((g, &x), &y) in g.chunks_exact_mut(2).zip(gx.iter()).zip(gy.iter()) {
+                            g[0] = x;
+                            g[1] = y;
+                        }
+                    })
+                },
+            );
     }
 
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {
