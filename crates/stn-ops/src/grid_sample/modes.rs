@@ -11,7 +11,10 @@
 //!   the taps' padding either.
 //!
 //! The per-point work (coordinates, weights, tap indices) is done once and reused by every
-//! channel. Scalar code, generic over the element type; the bilinear mode keeps its SIMD kernels.
+//! channel. The general paths are scalar code, generic over the element type. Zero padding
+//! without the input's gradient (the STN's case) has fast paths: nearest gathers eight points at
+//! a time from a copy of each plane followed by one zero; bicubic reads each point's 4×4 window
+//! from a zero-framed plane, eight points at a time (`SampleKernels::cubic8`).
 
 use super::{clip, reflect, Axis, GridSample, Padding};
 use crate::isa::Isa;
@@ -282,8 +285,8 @@ impl GridSample {
     }
 
     /// Nearest, zero padding: each point's flat index in its plane, or `H·W` — the zero just past
-    /// the plane in [`GridSample::modes_fast_fwd_image`]'s copy — for a point outside (or not
-    /// finite). Branch-free, so that it vectorises at the level's width.
+    /// the plane in `nearest_zeros_fwd_image`'s copy — for a point outside (or not finite).
+    /// Branch-free, so that it vectorises at the level's width.
     ///
     /// A loop, as in every kernel: a closure handed to `map` may be left out of line, outside the
     /// ISA level's `target_feature` context (see `isa`).
