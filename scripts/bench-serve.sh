@@ -5,6 +5,7 @@
 # latency and errors for each, and the ratios. Needs wrk (Debian's package) and a Python with
 # kserve and onnxruntime: KSERVE_PYTHON (made in target/kserve-venv on first use).
 #   scripts/bench-serve.sh [SECONDS]
+#   SERVE_CPUS=0 LOAD_CPUS=1 scripts/bench-serve.sh   # servers and wrk on separate CPUs (taskset lists)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -34,14 +35,16 @@ done = function(s, lat, req)
     s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout + s.errors.status))
 end
 LUA
+# Runs a command on the CPUs of a taskset list, or anywhere when the list is empty.
+pin() { local cpus=$1; shift; if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi; }
 wait_up() { for _ in $(seq 100); do curl -sf "localhost:$1/v2/health/ready" >/dev/null && return; sleep 0.2; done; echo "server on $1 did not start" >&2; exit 1; }
 run() { # port clients -> "rps p50 p99 p999 errors"
   local t=$(( $2 < 2 ? 1 : 2 ))
-  wrk -t$t -c$2 -d${secs}s -s "$tmp/post.lua" "http://127.0.0.1:$1/v2/models/stn/infer" | tail -1
+  pin "${LOAD_CPUS:-}" wrk -t$t -c$2 -d${secs}s -s "$tmp/post.lua" "http://127.0.0.1:$1/v2/models/stn/infer" | tail -1
 }
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'); isa: $(./target/release/stn-serve --version)"
-./target/release/stn-serve --model models/stn.onnx --addr 127.0.0.1:8123 --threads 2 --http-threads 2 >/dev/null 2>"$tmp/stn.log" &
-"$py" scripts/serve_peer_kserve.py --model models/stn.onnx --port 8124 --threads 2 >"$tmp/peer.log" 2>&1 &
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'); isa: $(./target/release/stn-serve --version); servers on CPUs ${SERVE_CPUS:-any}, wrk on ${LOAD_CPUS:-any}"
+pin "${SERVE_CPUS:-}" ./target/release/stn-serve --model models/stn.onnx --addr 127.0.0.1:8123 --threads 2 --http-threads 2 >/dev/null 2>"$tmp/stn.log" &
+pin "${SERVE_CPUS:-}" "$py" scripts/serve_peer_kserve.py --model models/stn.onnx --port 8124 --threads 2 >"$tmp/peer.log" 2>&1 &
 wait_up 8123; wait_up 8124
 printf "%-8s %-10s %9s %8s %8s %9s %7s\n" clients server req/s p50_ms p99_ms p99.9_ms errors
 for c in 1 16 64; do
