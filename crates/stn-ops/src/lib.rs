@@ -13,7 +13,8 @@
 //!   matrix times the predicted points, the matrix solved once in f64);
 //! * [`grid_sample_with`] — every mode: bilinear, nearest and bicubic (A = −0.75);
 //! * [`affine_sample`] — `affine_grid` then zero-padding `grid_sample` as one op on the CPU (the
-//!   STN's transformer without a grid tensor), bit-identical to the two;
+//!   STN's transformer without a grid tensor), bit-identical to the two; [`affine_sample_with`]
+//!   for every sampling mode;
 //! * [`conv_pool_relu`] — `relu(max_pool2d(conv2d(x, w, b), 2, 2))` as one op on the CPU (no conv
 //!   output tensor), bit-identical to the three; [`conv_pool_relu_scaled`] with a per-plane scale
 //!   (Dropout2d's mask) between conv and pool.
