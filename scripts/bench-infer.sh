@@ -14,7 +14,7 @@ cargo build --release --locked -q
 for rt in fused dfdx ort tract; do
   for b in 1 64 1000; do
     ./target/release/stn-infer --runtime "$rt" --model "$model" --data "$data" --offline --threads "$threads" \
-      --batch "$b" --json 2>/dev/null | tail -n1 | python3 -c '
+      --batch "$b" --warmup 5 --json 2>/dev/null | tail -n1 | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 print(json.dumps({"runtime": r["runtime"], "batch": r["batch"], "threads": r["threads"], "isa": r["isa"], "img_per_s": round(r["img_per_s"], 1),

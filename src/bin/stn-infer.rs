@@ -74,6 +74,10 @@ struct Args {
     /// ONNX Runtime's shared library [default: $ORT_DYLIB_PATH, else what scripts/fetch-onnxruntime.sh fetched]
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
+    /// Run the first N batches once, untimed, before the timed pass: a runtime's first runs
+    /// allocate its buffers and arenas (onnxruntime-Python's benchmark here warms up 5) [0 to 1000]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = stn::usize_in(0, 1000))]
+    warmup: usize,
     /// Print one JSON object with the figures as the last line of stdout
     #[arg(long)]
     json: bool,
@@ -96,14 +100,20 @@ fn load(args: &Args, which: RuntimeArg, bytes: &[u8]) -> anyhow::Result<Box<dyn 
     Ok(opened.runner)
 }
 
-/// Every image's log-probs, `batch` at a time; returns them with the seconds spent in the runner.
+/// Every image's log-probs, `batch` at a time; returns them with the seconds spent in the runner
+/// and the number of runs. The first `warmup` batches run once untimed before.
 fn run_all(
     r: &mut dyn Runner,
     images: &[f32],
     n: usize,
     batch: usize,
+    warmup: usize,
 ) -> anyhow::Result<(Vec<f32>, f64, usize)> {
     let px: usize = r.input_dims().iter().product();
+    for start in (0..n).step_by(batch.max(1)).take(warmup) {
+        let k = batch.max(1).min(n - start);
+        r.run(&images[start * px..(start + k) * px], k)?;
+    }
     let mut out = Vec::new();
     let mut secs = 0.0;
     let mut runs = 0;
@@ -324,10 +334,10 @@ fn main() -> ExitCode {
 
             if !args.compare.is_empty() {
                 let mut results: Vec<(String, Vec<f32>, f64)> = Vec::new();
-                let (lp, secs, _) = run_all(first.as_mut(), &images, n, args.batch)?;
+                let (lp, secs, _) = run_all(first.as_mut(), &images, n, args.batch, args.warmup)?;
                 results.push((first.name(), lp, secs));
                 for mut r in others {
-                    let (lp, secs, _) = run_all(r.as_mut(), &images, n, args.batch)?;
+                    let (lp, secs, _) = run_all(r.as_mut(), &images, n, args.batch, args.warmup)?;
                     results.push((r.name(), lp, secs));
                 }
                 let mut pairs = Vec::new();
@@ -357,7 +367,7 @@ fn main() -> ExitCode {
                 return Ok(());
             }
 
-            let (lp, secs, runs) = run_all(first.as_mut(), &images, n, args.batch)?;
+            let (lp, secs, runs) = run_all(first.as_mut(), &images, n, args.batch, args.warmup)?;
             if let Some(path) = &args.visualize {
                 let Some([ho, wo]) = meta.params.net.spec().transform.output() else {
                     bail!(

@@ -13,7 +13,9 @@ use crate::Network;
 enum GridGen<E> {
     /// θ (the parameters, or attention's and similarity's expanded by their basis) to affine_grid.
     Affine {
-        op: AffineGrid,
+        /// `AffineGrid::base` of the output's width and height, made once.
+        xs: Vec<E>,
+        ys: Vec<E>,
         basis: Option<Vec<[E; 6]>>,
     },
     Projective(ProjectiveGrid),
@@ -59,10 +61,8 @@ impl<E: Real> Warp<E> {
                     k: h.grid * h.grid,
                 },
                 _ => GridGen::Affine {
-                    op: AffineGrid {
-                        size: [1, c, ho, wo],
-                        align_corners: smp.align_corners,
-                    },
+                    xs: AffineGrid::base(wo, smp.align_corners),
+                    ys: AffineGrid::base(ho, smp.align_corners),
                     basis: t
                         .theta_basis()
                         .map(|rows| rows.iter().map(|r| r.map(|v| E::of(v as f64))).collect()),
@@ -81,7 +81,7 @@ impl<E: Real> Warp<E> {
     /// One image's grid `[Ho·Wo, 2]` from its head parameters `p`.
     pub(crate) fn grid(&self, p: &[E], grid: &mut [E]) {
         match &self.grid {
-            GridGen::Affine { op, basis } => {
+            GridGen::Affine { xs, ys, basis } => {
                 let theta: [E; 6] = match basis {
                     Some(b) => std::array::from_fn(|j| {
                         p.iter()
@@ -90,13 +90,8 @@ impl<E: Real> Warp<E> {
                     }),
                     None => p.try_into().expect("6 parameters"),
                 };
-                op.cpu_fwd(
-                    &[Buf {
-                        data: &theta,
-                        dims: &[1, 2, 3],
-                    }],
-                    grid,
-                )
+                // affine_grid's forward of one image, without its per-call bases and thread pool.
+                AffineGrid::image_grid(&theta, xs, ys, grid)
             }
             GridGen::Projective(op) => op.cpu_fwd(
                 &[Buf {

@@ -25,9 +25,10 @@ pub struct AffineGrid {
 impl AffineGrid {
     /// One image's grid `[H·W, 2]` into `g` from its `theta` (6 values) and the base coordinates:
     /// `(x·t0 + y·t1 + t2, x·t3 + y·t4 + t5)` — the forward's arithmetic, shared with
-    /// `affine_sample` so that the two agree bit for bit.
+    /// `affine_sample` so that the two agree bit for bit. `xs` and `ys` are [`AffineGrid::base`]
+    /// of the width and the height: a one-image caller (the fused forward) makes them once.
     #[inline(always)]
-    pub(crate) fn image_grid<E: Real>(t: &[E], xs: &[E], ys: &[E], g: &mut [E]) {
+    pub fn image_grid<E: Real>(t: &[E], xs: &[E], ys: &[E], g: &mut [E]) {
         let w = xs.len();
         for (i, &y) in ys.iter().enumerate() {
             for (j, &x) in xs.iter().enumerate() {

@@ -11,12 +11,16 @@
 use crate::conv2d::Geom;
 use crate::isa::Isa;
 use crate::linalg::{gemm, PackedA};
-use crate::simd::{Vector, V8};
+use crate::simd::{Vector, V, V8};
 use crate::Real;
 
 /// A [`ConvPoolRelu`]'s kernel, packed for its products: in row blocks for the general path, and
 /// p-major with all output channels together (`[K][O]`) for the one-channel row kernel.
 pub struct PackedWeights<E>(PackedA<E>, Vec<E>);
+
+/// Spare elements after the explicit im2col: 8 for its 8-wide copies, and at least a column block
+/// of the products (4 vectors: 64 f32 with AVX-512) so they read the last, partial one in place.
+const COLS_SPARE: usize = 64;
 
 /// One conv (stride 1, no padding) → max-pool 2×2 → ReLU block for a `C×H×W` image and an
 /// `O×C×K×K` kernel.
@@ -50,7 +54,7 @@ impl ConvPoolRelu {
     pub fn scratch_len(&self) -> usize {
         let g = &self.g;
         if g.packed {
-            g.k() * g.p() + 8 + g.o * g.p()
+            g.k() * g.p() + COLS_SPARE + g.o * g.p()
         } else if self.rows() {
             g.image() + 8 + g.o * g.ho * g.wo.next_multiple_of(8)
         } else {
@@ -117,7 +121,7 @@ impl ConvPoolRelu {
             }
             (conv, wo8, g.ho * wo8)
         } else if g.packed {
-            let (cols, res) = scratch.split_at_mut(k * p + 8);
+            let (cols, res) = scratch.split_at_mut(k * p + COLS_SPARE);
             g.im2col_group_at::<E, I>(x, 1, cols);
             let res = &mut res[..g.o * p];
             gemm::<E, I, false>(&wt.0, p, cols, &g.col_offs, res, &g.p_offs);
@@ -138,10 +142,12 @@ impl ConvPoolRelu {
     }
 }
 
-/// One-channel conv products, output rows in 8-pixel blocks with all `R` channels in registers:
-/// `conv[o, y, x] = Σ_p w[p, o] · x[offs[p] + y·W + x]` (no bias), rows `wo8` long. The sum runs
-/// over p in order from zero with one multiply-add each, as the general kernel's, so the products
-/// are bit for bit the same.
+/// One-channel conv products, output rows in blocks of level `I`'s full vectors (16 pixels with
+/// AVX-512) and then 8-pixel blocks, with all `R` channels in registers: `conv[o, y, x] = Σ_p
+/// w[p, o] · x[offs[p] + y·W + x]` (no bias), rows `wo8` long. The sum runs over p in order from
+/// zero with one multiply-add each, as the general kernel's, so the products are bit for bit the
+/// same at every lane width. Why the wide blocks: a 24- or 22-pixel row is one 16-lane and one
+/// 8-lane block instead of three 8-lane ones, a third fewer multiply-adds issued.
 #[inline(always)]
 fn conv_rows<E: Real, I: Isa, const R: usize>(
     g: &Geom,
@@ -156,24 +162,71 @@ fn conv_rows<E: Real, I: Isa, const R: usize>(
         .offs
         .iter()
         .all(|&o| o + (g.ho - 1) * g.w + wo8 <= xp.len()));
+    let nv = V::<E, I>::N;
+    // With 32 registers (AVX-512), two rows share each weight's broadcast: 2·R accumulators,
+    // half the loads per multiply-add. AVX2's 16 registers hold one row's.
+    let pair = nv >= 16;
+    let mut y = 0;
+    while y < g.ho {
+        let two = pair && y + 1 < g.ho;
+        let mut x0 = 0;
+        while x0 + nv <= wo8 {
+            if two {
+                conv_block::<E, V<E, I>, R, 2>(g, xp, wpm, conv, wo8, y, x0);
+            } else {
+                conv_block::<E, V<E, I>, R, 1>(g, xp, wpm, conv, wo8, y, x0);
+            }
+            x0 += nv;
+        }
+        while x0 < g.wo {
+            if two {
+                conv_block::<E, V8<E, I>, R, 2>(g, xp, wpm, conv, wo8, y, x0);
+            } else {
+                conv_block::<E, V8<E, I>, R, 1>(g, xp, wpm, conv, wo8, y, x0);
+            }
+            x0 += 8;
+        }
+        y += 1 + two as usize;
+    }
+}
+
+/// [`conv_rows`]' products of output rows `y..y + B`, pixels `x0..x0 + L::N` (`x0 + L::N ≤ wo8`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn conv_block<E: Real, L: Vector<E>, const R: usize, const B: usize>(
+    g: &Geom,
+    xp: &[E],
+    wpm: &[E],
+    conv: &mut [E],
+    wo8: usize,
+    y: usize,
+    x0: usize,
+) {
+    let nv = L::N;
+    debug_assert!(x0 + nv <= wo8 && y + B <= g.ho);
     let plane = g.ho * wo8;
-    for y in 0..g.ho {
-        for x0 in (0..g.wo).step_by(8) {
-            let mut acc = [V8::<E, I>::splat(E::zero()); R];
-            let base = y * g.w + x0;
-            for (p, &off) in g.offs.iter().enumerate() {
-                // SAFETY: off + base + 8 ≤ off + (ho−1)·W + wo8 ≤ xp.len() (asserted above), and
-                // p·R + r < k·R = wpm.len().
-                let bv = V8::<E, I>::load(unsafe { xp.get_unchecked(off + base..off + base + 8) });
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let wv = V8::<E, I>::splat(unsafe { *wpm.get_unchecked(p * R + r) });
-                    *a = V8::<E, I>::fma(wv, bv, *a);
-                }
+    let mut acc = [[L::splat(E::zero()); R]; B];
+    let base = y * g.w + x0;
+    for (p, &off) in g.offs.iter().enumerate() {
+        // SAFETY: off + base + (B−1)·W + N ≤ off + (ho−1)·W + wo8 ≤ xp.len() (asserted by
+        // conv_rows), and p·R + r < k·R = wpm.len().
+        let bv: [L; B] = std::array::from_fn(|b| {
+            let at = off + base + b * g.w;
+            L::load(unsafe { xp.get_unchecked(at..at + nv) })
+        });
+        // One broadcast per weight, used by every row: r indexes the B accumulator rows.
+        #[allow(clippy::needless_range_loop)]
+        for r in 0..R {
+            let wv = L::splat(unsafe { *wpm.get_unchecked(p * R + r) });
+            for b in 0..B {
+                acc[b][r] = L::fma(wv, bv[b], acc[b][r]);
             }
-            for (r, a) in acc.iter().enumerate() {
-                let at = r * plane + y * wo8 + x0;
-                V8::<E, I>::store(&mut conv[at..at + 8], *a);
-            }
+        }
+    }
+    for (b, acc) in acc.iter().enumerate() {
+        for (r, a) in acc.iter().enumerate() {
+            let at = r * plane + (y + b) * wo8 + x0;
+            L::store(&mut conv[at..at + nv], *a);
         }
     }
 }

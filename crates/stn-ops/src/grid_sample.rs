@@ -274,6 +274,91 @@ fn dims4(d: &[usize], what: &str) -> Result<[usize; 4], OpError> {
     })
 }
 
+impl GridSample {
+    /// The sampler's forward of one image, `x [C, H, W]` (`h`, `w`) at `grid [P, 2]`, into `out
+    /// [C, P]`, on the calling thread: what [`CustomOp::cpu_fwd`] runs per image, bit for bit.
+    /// `scratch` is the caller's to keep between calls (the framed planes of some modes): a
+    /// one-image caller (the fused forward) then allocates nothing per image, and no thread pool
+    /// is entered.
+    pub fn fwd_one<E: Real>(
+        &self,
+        x: &[E],
+        [h, w]: [usize; 2],
+        grid: &[E],
+        scratch: &mut Vec<E>,
+        out: &mut [E],
+    ) {
+        assert!(h * w > 0 && x.len().is_multiple_of(h * w) && grid.len().is_multiple_of(2));
+        assert_eq!(
+            out.len(),
+            x.len() / (h * w) * (grid.len() / 2),
+            "[C, P] outputs"
+        );
+        let (ax, ay) = (
+            Axis::new(w, self.align_corners),
+            Axis::new(h, self.align_corners),
+        );
+        self.fwd_image(x, grid, &ax, &ay, scratch, out)
+    }
+
+    /// One image's forward (`x [C, H, W]`, `g [P, 2]`, `o [C, P]`); `scratch` holds the framed
+    /// planes where the mode uses them (kept zero where the frame is between calls).
+    fn fwd_image<E: Real>(
+        &self,
+        x: &[E],
+        g: &[E],
+        ax: &Axis<E>,
+        ay: &Axis<E>,
+        scratch: &mut Vec<E>,
+        o: &mut [E],
+    ) {
+        let (h, w) = (ay.size, ax.size);
+        let c = x.len() / (h * w);
+        let p = g.len() / 2;
+        if self.modes_fast(false) {
+            return self.modes_level(
+                #[inline(always)]
+                || self.modes_fast_fwd_image(x, g, ax, ay, scratch, o),
+            );
+        }
+        if self.mode != Mode::Bilinear {
+            return self.modes_level(
+                #[inline(always)]
+                || self.modes_fwd_image(x, g, ax, ay, o),
+            );
+        }
+        if self.padding == Padding::Zeros {
+            // Zero frames once; only the image's pixels are written later.
+            if scratch.len() != paired_len(c, h, w) {
+                scratch.clear();
+                scratch.resize(paired_len(c, h, w), E::zero());
+            }
+            return crate::dispatch!(I => zeros_fwd_image::<E, I>(x, g, ax, ay, scratch, o));
+        }
+        crate::dispatch!(I => {
+            for q0 in (0..p).step_by(LANES) {
+                let s = self.sample8(g, q0, ax, ay);
+                let lanes = (p - q0).min(LANES);
+                for ch in 0..c {
+                    let plane = &x[ch * h * w..(ch + 1) * h * w];
+                    // ((p0·w0 + p1·w1) + p2·w2) + p3·w3, PyTorch's order (no fused multiply-add).
+                    let corner =
+                        |k: usize| V8::<E, I>::vmul(E::gather::<I>(plane, &s.idx[k]), V8::<E, I>::load(&s.wt[k]));
+                    let v =
+                        V8::<E, I>::vadd(V8::<E, I>::vadd(V8::<E, I>::vadd(corner(0), corner(1)), corner(2)), corner(3));
+                    let v = V8::<E, I>::lanes(v);
+                    let o = &mut o[ch * p + q0..];
+                    if lanes == LANES {
+                        o[..LANES].copy_from_slice(&v);
+                    } else {
+                        o[..lanes].copy_from_slice(&v[..lanes]);
+                    }
+                }
+            }
+        })
+    }
+}
+
 impl<E: Real> CustomOp<E> for GridSample {
     const NAME: &'static str = "grid_sample";
 
@@ -312,66 +397,12 @@ impl<E: Real> CustomOp<E> for GridSample {
             Axis::new(w, self.align_corners),
             Axis::new(h, self.align_corners),
         );
-        if self.modes_fast(false) {
-            return out
-                .par_chunks_mut(c * p)
-                .zip(x.par_chunks(c * h * w))
-                .zip(grid.par_chunks(p * 2))
-                .for_each_init(Vec::new, |framed, ((o, x), g)| {
-                    self.modes_level(
-                        #[inline(always)]
-                        || self.modes_fast_fwd_image(x, g, &ax, &ay, framed, o),
-                    )
-                });
-        }
-        if self.mode != Mode::Bilinear {
-            return out
-                .par_chunks_mut(c * p)
-                .zip(x.par_chunks(c * h * w))
-                .zip(grid.par_chunks(p * 2))
-                .for_each(|((o, x), g)| {
-                    self.modes_level(
-                        #[inline(always)]
-                        || self.modes_fwd_image(x, g, &ax, &ay, o),
-                    )
-                });
-        }
-        if self.padding == Padding::Zeros {
-            return out
-                .par_chunks_mut(c * p)
-                .zip(x.par_chunks(c * h * w))
-                .zip(grid.par_chunks(p * 2))
-                .for_each_init(
-                    || vec![E::zero(); paired_len(c, h, w)],
-                    |framed, ((o, x), g)| {
-                        crate::dispatch!(I => zeros_fwd_image::<E, I>(x, g, &ax, &ay, framed, o))
-                    },
-                );
-        }
         out.par_chunks_mut(c * p)
             .zip(x.par_chunks(c * h * w))
             .zip(grid.par_chunks(p * 2))
-            .for_each(|((o, x), g)| crate::dispatch!(I => {
-                for q0 in (0..p).step_by(LANES) {
-                    let s = self.sample8(g, q0, &ax, &ay);
-                    let lanes = (p - q0).min(LANES);
-                    for ch in 0..c {
-                        let plane = &x[ch * h * w..(ch + 1) * h * w];
-                        // ((p0·w0 + p1·w1) + p2·w2) + p3·w3, PyTorch's order (no fused multiply-add).
-                        let corner =
-                            |k: usize| V8::<E, I>::vmul(E::gather::<I>(plane, &s.idx[k]), V8::<E, I>::load(&s.wt[k]));
-                        let v =
-                            V8::<E, I>::vadd(V8::<E, I>::vadd(V8::<E, I>::vadd(corner(0), corner(1)), corner(2)), corner(3));
-                        let v = V8::<E, I>::lanes(v);
-                        let o = &mut o[ch * p + q0..];
-                        if lanes == LANES {
-                            o[..LANES].copy_from_slice(&v);
-                        } else {
-                            o[..lanes].copy_from_slice(&v[..lanes]);
-                        }
-                    }
-                }
-            }));
+            .for_each_init(Vec::new, |scratch, ((o, x), g)| {
+                self.fwd_image(x, g, &ax, &ay, scratch, o)
+            });
     }
 
     fn cpu_bwd(&self, inputs: &[Buf<E>], grad_out: &[E], grads: &mut [Option<&mut [E]>]) {

@@ -6,7 +6,8 @@
 
 use dfdx::prelude::*;
 use stn_ops::{
-    conv2d, conv_pool_relu, conv_pool_relu_scaled, max_pool2d_relu, Dyn4, OpDevice, Real,
+    conv2d, conv_pool_relu, conv_pool_relu_scaled, max_pool2d_relu, ConvPoolRelu, Dyn4, OpDevice,
+    Real,
 };
 
 fn values<E: Real>(n: usize, seed: f64, scale: f64) -> Vec<E> {
@@ -135,4 +136,60 @@ fn bad_shapes_are_errors() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("scale must be 2×4"), "{e}");
+}
+
+/// The inference-only block ([`ConvPoolRelu`], the fused forward's) against `conv2d` then
+/// `max_pool2d_relu`, one image at a time through one reused scratch, bit for bit.
+fn inference_block_same<E: Real>([n, c, h, o, k]: [usize; 5])
+where
+    Cpu: OpDevice<E>,
+{
+    let dev = Cpu::default();
+    let xs: Vec<E> = values(n * c * h * h, 0.3, 1.0);
+    let wv: Vec<E> = values(o * c * k * k, 1.1, 0.4);
+    let bv: Vec<E> = values(o, 2.9, 2.0);
+    let x: Tensor<Dyn4, E, Cpu> = dev.tensor_from_vec(xs.clone(), (n, c, h, h));
+    let w: Tensor<Dyn4, E, Cpu> = dev.tensor_from_vec(wv.clone(), (o, c, k, k));
+    let b: Tensor<(usize,), E, Cpu> = dev.tensor_from_vec(bv.clone(), (o,));
+    let want = max_pool2d_relu(conv2d(x, w, b).unwrap(), 2, 2)
+        .unwrap()
+        .as_vec();
+    let block = ConvPoolRelu::new(c, h, h, o, k);
+    let packed = block.pack(&wv);
+    // NaN-filled: the block must not read what it has not written.
+    let mut scratch = vec![E::nan(); block.scratch_len()];
+    let len = block.out_len();
+    for (i, img) in xs.chunks(c * h * h).enumerate() {
+        let mut out = vec![E::nan(); len];
+        block.run(img, &packed, &bv, &mut scratch, &mut out);
+        let want = &want[i * len..(i + 1) * len];
+        for (j, (g, w)) in out.iter().zip(want).enumerate() {
+            assert!(
+                g == w,
+                "{:?} image {i} out[{j}]: {g:?} vs {w:?}",
+                [n, c, h, o, k]
+            );
+        }
+    }
+}
+
+#[test]
+fn inference_block_equals_conv_then_pool_and_relu_bit_for_bit() {
+    // The one-channel row kernel (8 and 10 channels): rows of 22 (one wide and one 8-pixel
+    // block), 24, 36 (two wide blocks and one), and 23 rows (odd: the last row without a pair);
+    // the packed products: localization.3 (49 columns: the partial block read in place), conv2
+    // (64), and odd shapes through the general kernels.
+    for dims in [
+        [3, 1, 28, 8, 7],
+        [3, 1, 28, 10, 5],
+        [2, 1, 42, 8, 7],
+        [2, 1, 27, 10, 5],
+        [3, 8, 11, 10, 5],
+        [3, 10, 12, 20, 5],
+        [2, 2, 13, 3, 4],
+        [2, 1, 13, 3, 4],
+    ] {
+        inference_block_same::<f32>(dims);
+        inference_block_same::<f64>(dims);
+    }
 }
