@@ -129,6 +129,8 @@ fn numeric_options_are_checked_with_their_range() {
     }
     let o = common::run("stn-infer", &["--batch", "0"]);
     fails_with(&o, &["1 to 100000"]);
+    let o = common::run("stn-infer", &["--warmup", "1001"]);
+    fails_with(&o, &["--warmup", "0 to 1000"]);
     let o = common::run("stn-export", &["x.onnx", "--opset", "17"]);
     assert_eq!(o.status.code(), Some(2));
     fails_with(&o, &["expected 16 or 20"]);
