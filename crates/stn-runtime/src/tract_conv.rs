@@ -1,6 +1,7 @@
 //! ONNX `Conv` for tract, computed by our own kernel (`stn_ops::Conv2d`'s CPU forward) when it is
 //! the plain case: 2-d, stride 1, no padding, no dilation, one group, f32 — every Conv of the
-//! seed network. Anything else goes to tract's own Conv builder, kept from its op table.
+//! seed network. Anything else goes to tract's own Conv builder, kept from its op table, and a
+//! plain Conv of another type (f16, f64) to tract's own Conv op.
 //!
 //! Why: tract's Conv materialises an im2col matrix per image and multiplies it with a packed
 //! GEMM; for these small one-channel layers the im2col copy alone was a third of tract's time
@@ -47,9 +48,11 @@ fn conv(
         )
         && matches!(node.input.len(), 2 | 3);
     if plain {
+        let kernel = node.get_attr_tvec::<usize>("kernel_shape")?;
         return Ok((
             expand(ConvExpansion {
                 bias: node.input.len() == 3,
+                kernel,
             }),
             vec![],
         ));
@@ -65,6 +68,8 @@ fn conv(
 #[derive(Clone, Debug)]
 struct ConvExpansion {
     bias: bool,
+    /// `kernel_shape`: for tract's own Conv, which takes the other types.
+    kernel: TVec<usize>,
 }
 
 impl Expansion for ConvExpansion {
@@ -107,11 +112,20 @@ impl Expansion for ConvExpansion {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        for &i in inputs {
-            let dt = model.outlet_fact(i)?.datum_type;
-            if dt != f32::datum_type() {
-                bail!("Conv {name}: only f32 is supported (an input is {dt:?})");
+        let f32_only = inputs
+            .iter()
+            .map(|&i| Ok(model.outlet_fact(i)?.datum_type == f32::datum_type()))
+            .collect::<TractResult<Vec<bool>>>()?;
+        if !f32_only.iter().all(|&f| f) {
+            // Other types (ONNX allows f16 and f64) by tract's own Conv of the same plain case:
+            // stride 1, no padding, one group.
+            let mut conv = tract_onnx::tract_hir::ops::cnn::Conv::default()
+                .padding(tract_onnx::tract_hir::ops::cnn::PaddingSpec::Valid)
+                .kernel_shape(self.kernel.clone());
+            if self.bias {
+                conv = conv.bias_input(2);
             }
+            return conv.wire(name, model, inputs);
         }
         let mut inputs: TVec<OutletId> = inputs.into();
         if !self.bias {

@@ -35,7 +35,7 @@ fn string(name: &str, s: &str) -> AttributeProto {
     }
 }
 
-fn info(name: &str, dims: &[usize]) -> ValueInfoProto {
+fn info(name: &str, dims: &[usize], elem: DataType) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|&d| tensor_shape_proto::Dimension {
@@ -47,7 +47,7 @@ fn info(name: &str, dims: &[usize]) -> ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Float as i32),
+                elem_type: Some(elem as i32),
                 shape: Some(TensorShapeProto { dim }),
             })),
             denotation: None,
@@ -71,6 +71,28 @@ fn one_node(
     weights: &[(&str, &[usize], Vec<f32>)],
     opset: i64,
 ) -> Vec<u8> {
+    one_node_of(DataType::Float, op, attrs, inputs, weights, opset)
+}
+
+/// [`one_node`] with inputs, weights and output of type `elem` (Float or Double; the weights'
+/// values converted).
+fn one_node_of(
+    elem: DataType,
+    op: &str,
+    attrs: Vec<AttributeProto>,
+    inputs: &[(&str, &[usize])],
+    weights: &[(&str, &[usize], Vec<f32>)],
+    opset: i64,
+) -> Vec<u8> {
+    let raw = |data: &[f32]| -> Vec<u8> {
+        match elem {
+            DataType::Double => data
+                .iter()
+                .flat_map(|&v| (v as f64).to_le_bytes())
+                .collect(),
+            _ => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    };
     let node = NodeProto {
         input: inputs
             .iter()
@@ -92,12 +114,12 @@ fn one_node(
             .map(|(name, dims, data)| TensorProto {
                 name: Some((*name).into()),
                 dims: dims.iter().map(|&d| d as i64).collect(),
-                data_type: Some(DataType::Float as i32),
-                raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                data_type: Some(elem as i32),
+                raw_data: Some(raw(data)),
                 ..Default::default()
             })
             .collect(),
-        input: inputs.iter().map(|(n, d)| info(n, d)).collect(),
+        input: inputs.iter().map(|(n, d)| info(n, d, elem)).collect(),
         output: vec![ValueInfoProto {
             name: Some("y".into()),
             ..Default::default()
@@ -205,6 +227,56 @@ fn conv_matches_tracts_own_and_leaves_it_the_cases_ours_does_not_cover() {
     ] {
         let m = one_node("Conv", attrs, &[("x", x_dims)], &weights(true), 16);
         check(&m, std::slice::from_ref(&x), &[x_dims], "StnConv", false);
+    }
+}
+
+/// Runs the f64 model `bytes` on tract with `onnx`'s op table: the output.
+fn run_f64(onnx: &tract_onnx::model::Onnx, bytes: &[u8], x: &[f64], dims: &[usize]) -> Vec<f64> {
+    let plan = onnx
+        .model_for_read(&mut &bytes[..])
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let out = plan
+        .run(tvec!(Tensor::from_shape(dims, x).unwrap().into()))
+        .unwrap();
+    out[0]
+        .to_plain_array_view::<f64>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+#[test]
+fn a_plain_conv_of_another_type_runs_on_tracts_own_conv() {
+    // Our kernel is f32 only: a plain f64 Conv (with and without bias) must still run, on
+    // tract's Conv, and give tract's own result.
+    let x_dims: &[usize] = &[2, 3, 9, 8];
+    let x: Vec<f64> = values(2 * 3 * 9 * 8, 0.1, 1.0)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    for bias in [true, false] {
+        let mut weights: Vec<(&str, &[usize], Vec<f32>)> =
+            vec![("w", &[4, 3, 3, 2], values(4 * 3 * 3 * 2, 0.2, 0.5))];
+        if bias {
+            weights.push(("b", &[4], values(4, 0.3, 0.5)));
+        }
+        let m = one_node_of(
+            DataType::Double,
+            "Conv",
+            vec![ints("kernel_shape", &[3, 2])],
+            &[("x", x_dims)],
+            &weights,
+            16,
+        );
+        let want = run_f64(&tract_onnx::onnx(), &m, &x, x_dims);
+        let got = run_f64(&TractRunner::onnx(), &m, &x, x_dims);
+        assert_eq!(got.len(), 2 * 4 * 7 * 7);
+        assert_eq!(got, want, "bias {bias}");
     }
 }
 
