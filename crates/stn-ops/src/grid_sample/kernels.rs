@@ -3,6 +3,7 @@
 //! element type and level, and AVX2 forms for f32 (at the AVX2 and AVX-512 levels, whose
 //! eight-lane vectors are the same registers).
 
+use super::modes::{cubic_weight_derivatives, cubic_weights};
 use crate::isa::{Isa, Level};
 use crate::simd::{Simd, Vector, V8};
 
@@ -31,6 +32,78 @@ pub struct AxisMap<E> {
     pub offset: E,
     /// The side in pixels.
     pub size: usize,
+}
+
+/// Bicubic, up to eight points in a plane framed by `border` zero pixels: each point's frame index
+/// of its top-left tap and 16 weights (row by row, `wy_i·wx_j`), and with the grid's gradient the
+/// 16 `wy_i·w'x_j` and `w'y_i·wx_j`. Points past the last, and points that are not finite, have
+/// zero weights at frame index 0 (the frame's corner, zero).
+#[derive(Clone, Copy)]
+pub struct CubicGroup<E> {
+    /// Frame index of each point's top-left tap.
+    pub base: [u32; 8],
+    /// The interpolation weights.
+    pub w: [[E; 16]; 8],
+    /// The weights' derivatives along x (zero without `grads`).
+    pub dx: [[E; 16]; 8],
+    /// The weights' derivatives along y (zero without `grads`).
+    pub dy: [[E; 16]; 8],
+}
+
+impl<E: Simd> CubicGroup<E> {
+    fn zero() -> Self {
+        let z = [[E::zero(); 16]; 8];
+        CubicGroup {
+            base: [0; 8],
+            w: z,
+            dx: z,
+            dy: z,
+        }
+    }
+}
+
+/// [`SampleKernels::cubic_group8`] point by point.
+#[inline(always)]
+fn cubic_group8_portable<E: Simd>(
+    g: &[E],
+    ax: AxisMap<E>,
+    ay: AxisMap<E>,
+    border: usize,
+    grads: bool,
+) -> CubicGroup<E> {
+    let mut q = CubicGroup::zero();
+    let (fw, b) = (ax.size + 2 * border, border as i32);
+    // Loops, not `map` closures (see `corners_portable`'s callers).
+    for k in 0..(g.len() / 2).min(8) {
+        let (x, y) = (
+            g[2 * k] * ax.scale + ax.offset,
+            g[2 * k + 1] * ay.scale + ay.offset,
+        );
+        if !(x.is_finite() && y.is_finite()) {
+            continue;
+        }
+        let (x0, y0) = (x.floor(), y.floor());
+        let (tx, ty) = (x - x0, y - y0);
+        // Clamped so that the taps stay in the frame; a clamped axis has all four taps
+        // outside the image, in the zero border.
+        let cx = E::to_i32_sat(x0).clamp(1 - b, ax.size as i32 + b - 3);
+        let cy = E::to_i32_sat(y0).clamp(1 - b, ay.size as i32 + b - 3);
+        q.base[k] = ((cy - 1 + b) as usize * fw + (cx - 1 + b) as usize) as u32;
+        let (wx, wy) = (cubic_weights(tx), cubic_weights(ty));
+        for m in 0..16 {
+            let (i, j) = (m / 4, m % 4);
+            q.w[k][m] = wy[i] * wx[j];
+        }
+        if grads {
+            let (dwx, dwy) = (cubic_weight_derivatives(tx), cubic_weight_derivatives(ty));
+            for m in 0..16 {
+                let (i, j) = (m / 4, m % 4);
+                q.dx[k][m] = wy[i] * dwx[j];
+                q.dy[k][m] = dwy[i] * wx[j];
+            }
+        }
+    }
+    q
 }
 
 /// The sampler's eight-point kernels at level `I`.
@@ -63,6 +136,21 @@ pub trait SampleKernels: Simd {
     #[inline(always)]
     fn weights8<I: Isa>(f: &Framed8<Self, I>) -> [V8<Self, I>; 4] {
         weights8_portable(f)
+    }
+
+    /// Bicubic weights of the points `g` (x, y pairs, at most eight) in a plane framed by
+    /// `border` zero pixels ([`CubicGroup`]): `x = gx·scale + offset` (a multiply, then an add),
+    /// its floor clamped to [1 − border, size + border − 3], PyTorch's cubic coefficients of the
+    /// fractional part, and their derivatives with `grads`.
+    #[inline(always)]
+    fn cubic_group8<I: Isa>(
+        g: &[Self],
+        ax: AxisMap<Self>,
+        ay: AxisMap<Self>,
+        border: usize,
+        grads: bool,
+    ) -> CubicGroup<Self> {
+        cubic_group8_portable(g, ax, ay, border, grads)
     }
 
     /// Bicubic, eight points at a time: for each point `k`, the sums over its 4×4 window of
@@ -213,6 +301,24 @@ impl SampleKernels for f32 {
         V8::<f32, I>::from_array(idx.map(|i| plane[i as usize]))
     }
 
+    /// AVX2 at the AVX2 levels: the eight points in the lanes of one register instead of one
+    /// at a time (with one channel, the weights were most of the bicubic op); the same values.
+    #[inline(always)]
+    fn cubic_group8<I: Isa>(
+        g: &[f32],
+        ax: AxisMap<f32>,
+        ay: AxisMap<f32>,
+        border: usize,
+        grads: bool,
+    ) -> CubicGroup<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if I::LEVEL >= Level::Avx2 {
+            // SAFETY: the level has AVX2.
+            return unsafe { avx2::cubic_group8(g, ax, ay, border, grads) };
+        }
+        cubic_group8_portable(g, ax, ay, border, grads)
+    }
+
     /// AVX2's form at the AVX2 levels: each window's rows 0–1 and 2–3 in two registers.
     #[inline(always)]
     fn cubic8<I: Isa, const M: usize>(
@@ -236,7 +342,8 @@ impl SampleKernels for f64 {}
 /// levels that call them (AVX2, AVX-512) is an AVX register: the conversions are no-ops.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{AxisMap, Framed8};
+    use super::{AxisMap, CubicGroup, Framed8};
+    use crate::grid_sample::modes::CUBIC_A;
     use crate::isa::Isa;
     use crate::simd::{Vector, V8};
     use std::arch::x86_64::*;
@@ -414,5 +521,265 @@ mod avx2 {
             out[m] = lanes::<I>(lane_sums(acc));
         }
         out
+    }
+
+    /// Bicubic's eight-point weights ([`super::cubic_group8_portable`]'s, bit for bit): the
+    /// coordinates, floors, clamps and cubic polynomials of the eight points in the lanes of one
+    /// register (multiplies and adds in the portable order, no fused multiply-add), then each
+    /// point's 16 products from a 4 × 8 transpose of its axis weights.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    // Compiled with the features, so that its closures are too (inlined or not).
+    #[inline]
+    #[target_feature(enable = "avx,avx2,fma")]
+    pub(super) unsafe fn cubic_group8(
+        g: &[f32],
+        ax: AxisMap<f32>,
+        ay: AxisMap<f32>,
+        border: usize,
+        grads: bool,
+    ) -> CubicGroup<f32> {
+        let n = g.len() / 2;
+        assert!(n <= 8);
+        let mut pts = [0.0f32; 16];
+        pts[..2 * n].copy_from_slice(&g[..2 * n]);
+        let (a, b) = (
+            _mm256_loadu_ps(pts.as_ptr()),
+            _mm256_loadu_ps(pts.as_ptr().add(8)),
+        );
+        // x and y in point order, as `framed8`.
+        let order = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+        };
+        let gx = order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+        let gy = order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+        let map = |g: __m256, m: AxisMap<f32>| {
+            _mm256_add_ps(
+                _mm256_mul_ps(g, _mm256_set1_ps(m.scale)),
+                _mm256_set1_ps(m.offset),
+            )
+        };
+        let (x, y) = (map(gx, ax), map(gy, ay));
+        let (x0, y0) = (_mm256_floor_ps(x), _mm256_floor_ps(y));
+        let finite =
+            |v: __m256| _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_sub_ps(v, v), _mm256_setzero_ps());
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let present = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane));
+        let ok = _mm256_and_ps(_mm256_and_ps(finite(x), finite(y)), present);
+        // The portable clamp of the floor to [1 − border, size + border − 3]; a masked point at
+        // the low end of both, which is frame index 0.
+        let lo = _mm256_set1_ps(1.0 - border as f32);
+        let clamp = |v: __m256, size: usize| {
+            let hi = _mm256_set1_ps((size + border) as f32 - 3.0);
+            _mm256_blendv_ps(lo, _mm256_min_ps(_mm256_max_ps(v, lo), hi), ok)
+        };
+        let (cx, cy) = (
+            _mm256_cvttps_epi32(clamp(x0, ax.size)),
+            _mm256_cvttps_epi32(clamp(y0, ay.size)),
+        );
+        let shift = _mm256_set1_epi32(border as i32 - 1);
+        let base = _mm256_add_epi32(
+            _mm256_mullo_epi32(
+                _mm256_add_epi32(cy, shift),
+                _mm256_set1_epi32((ax.size + 2 * border) as i32),
+            ),
+            _mm256_add_epi32(cx, shift),
+        );
+        let (tx, ty) = (_mm256_sub_ps(x, x0), _mm256_sub_ps(y, y0));
+        let weights = |t: __m256| cubic_lanes(t, ok, false);
+        let (wx, wy) = (weights(tx), weights(ty));
+        let mut q = CubicGroup::<f32>::zero();
+        q.base = std::mem::transmute::<__m256i, [u32; 8]>(base);
+        products(&wy, &wx, &mut q.w);
+        if grads {
+            let (dwx, dwy) = (cubic_lanes(tx, ok, true), cubic_lanes(ty, ok, true));
+            products(&wy, &dwx, &mut q.dx);
+            products(&dwy, &wx, &mut q.dy);
+        }
+        q
+    }
+
+    /// The four cubic weights of taps −1, 0, 1, 2 (or, with `derivative`, their derivatives) at
+    /// fractions `t`, lane by lane, as `cubic_weights` and `cubic_weight_derivatives` compute
+    /// them; zero where `ok` is clear.
+    // Compiled with the features, so that its closures are too (inlined or not).
+    #[inline]
+    #[target_feature(enable = "avx,avx2,fma")]
+    unsafe fn cubic_lanes(t: __m256, ok: __m256, derivative: bool) -> [__m256; 4] {
+        let a = CUBIC_A as f32;
+        let one = _mm256_set1_ps(1.0);
+        let s = _mm256_sub_ps(one, t);
+        let (t1, s1) = (_mm256_add_ps(t, one), _mm256_add_ps(s, one));
+        let k = |v: f32| _mm256_set1_ps(v);
+        let w = if derivative {
+            // d1(x) = (3(A+2)·x − 2(A+3))·x; d2(x) = (3A·x − 10A)·x + 8A; taps 2 and 3 negated.
+            let d1 = |x: __m256| {
+                _mm256_mul_ps(
+                    _mm256_sub_ps(_mm256_mul_ps(k(3.0 * (a + 2.0)), x), k(2.0 * (a + 3.0))),
+                    x,
+                )
+            };
+            let d2 = |x: __m256| {
+                _mm256_add_ps(
+                    _mm256_mul_ps(
+                        _mm256_sub_ps(_mm256_mul_ps(k(3.0 * a), x), k(2.0 * 5.0 * a)),
+                        x,
+                    ),
+                    k(8.0 * a),
+                )
+            };
+            let neg = |v: __m256| _mm256_xor_ps(v, k(-0.0));
+            [d2(t1), d1(t), neg(d1(s)), neg(d2(s1))]
+        } else {
+            // c1(x) = ((A+2)·x − (A+3))·x·x + 1; c2(x) = ((A·x − 5A)·x + 8A)·x − 4A.
+            let c1 = |x: __m256| {
+                _mm256_add_ps(
+                    _mm256_mul_ps(
+                        _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(k(a + 2.0), x), k(a + 3.0)), x),
+                        x,
+                    ),
+                    one,
+                )
+            };
+            let c2 = |x: __m256| {
+                _mm256_sub_ps(
+                    _mm256_mul_ps(
+                        _mm256_add_ps(
+                            _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(k(a), x), k(5.0 * a)), x),
+                            k(8.0 * a),
+                        ),
+                        x,
+                    ),
+                    k(4.0 * a),
+                )
+            };
+            [c2(t1), c1(t), c1(s), c2(s1)]
+        };
+        w.map(|v| _mm256_and_ps(v, ok))
+    }
+
+    /// Point `k`'s 16 products `row[i]·col[j]` (row by row) into `out[k]`, for the eight points
+    /// in the lanes of `row` and `col`: a 4 × 8 transpose of each, then per point the column
+    /// weights in both halves times two row weights, one per half.
+    // Compiled with the features, so that its closures are too (inlined or not).
+    #[inline]
+    #[target_feature(enable = "avx,avx2,fma")]
+    unsafe fn products(row: &[__m256; 4], col: &[__m256; 4], out: &mut [[f32; 16]; 8]) {
+        // Point l in the low half, l + 4 in the high half (as `corners`).
+        let transpose = |v: &[__m256; 4]| {
+            let (t0, t1) = (
+                _mm256_unpacklo_ps(v[0], v[1]),
+                _mm256_unpackhi_ps(v[0], v[1]),
+            );
+            let (t2, t3) = (
+                _mm256_unpacklo_ps(v[2], v[3]),
+                _mm256_unpackhi_ps(v[2], v[3]),
+            );
+            let lo = |a, b| _mm256_shuffle_ps::<0b01_00_01_00>(a, b);
+            let hi = |a, b| _mm256_shuffle_ps::<0b11_10_11_10>(a, b);
+            [lo(t0, t2), hi(t0, t2), lo(t1, t3), hi(t1, t3)]
+        };
+        let (r, c) = (transpose(row), transpose(col));
+        for k in 0..8 {
+            let (rk, ck) = (r[k % 4], c[k % 4]);
+            let h = if k < 4 { 0 } else { 4 };
+            let cols = if k < 4 {
+                _mm256_permute2f128_ps::<0x00>(ck, ck)
+            } else {
+                _mm256_permute2f128_ps::<0x11>(ck, ck)
+            };
+            let pick = |i: i32| {
+                _mm256_permutevar8x32_ps(
+                    rk,
+                    _mm256_setr_epi32(
+                        h + i,
+                        h + i,
+                        h + i,
+                        h + i,
+                        h + i + 1,
+                        h + i + 1,
+                        h + i + 1,
+                        h + i + 1,
+                    ),
+                )
+            };
+            let o = out[k].as_mut_ptr();
+            _mm256_storeu_ps(o, _mm256_mul_ps(pick(0), cols));
+            _mm256_storeu_ps(o.add(8), _mm256_mul_ps(pick(2), cols));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 bicubic weights are the portable ones bit for bit: inside, outside, far outside
+    /// (clamped), non-finite points and groups of fewer than eight, both corner rules, with and
+    /// without the derivatives.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_cubic_weights_are_the_portable_ones_bit_for_bit() {
+        if crate::isa::detected() < Level::Avx2 {
+            return;
+        }
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -1e30,
+            1e30,
+            -1.0,
+            1.0,
+            0.0,
+            -0.0,
+            1.3,
+            -1.25,
+            0.999_999,
+        ];
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 3.4 - 1.7
+        };
+        let mut checked = 0;
+        for round in 0..400 {
+            let n = 1 + round % 8;
+            let g: Vec<f32> = (0..2 * n)
+                .map(|i| {
+                    if (round + i) % 5 == 0 {
+                        special[(round + i) % special.len()]
+                    } else {
+                        next()
+                    }
+                })
+                .collect();
+            for (w, h) in [(28usize, 28usize), (7, 5)] {
+                for align in [false, true] {
+                    let axis = |size: usize| AxisMap {
+                        scale: if align {
+                            (size as f32 - 1.0) / 2.0
+                        } else {
+                            size as f32 / 2.0
+                        },
+                        offset: (size as f32 - 1.0) / 2.0,
+                        size,
+                    };
+                    for grads in [false, true] {
+                        let want = cubic_group8_portable(&g, axis(w), axis(h), 4, grads);
+                        // SAFETY: the CPU has AVX2 (checked above).
+                        let got = unsafe { avx2::cubic_group8(&g, axis(w), axis(h), 4, grads) };
+                        let bits = |q: &CubicGroup<f32>| {
+                            [q.w, q.dx, q.dy].map(|a| a.map(|r| r.map(f32::to_bits)))
+                        };
+                        assert_eq!(got.base, want.base, "{g:?}");
+                        assert_eq!(bits(&got), bits(&want), "{g:?} align {align} grads {grads}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 400 * 8);
     }
 }

@@ -16,13 +16,14 @@
 //! a time from a copy of each plane followed by one zero; bicubic reads each point's 4×4 window
 //! from a zero-framed plane, eight points at a time (`SampleKernels::cubic8`).
 
+use super::kernels::{AxisMap, CubicGroup};
 use super::{clip, reflect, Axis, GridSample, Padding};
 use crate::isa::Isa;
 use crate::op::Real;
-use crate::simd::{Vector, V8};
+use crate::simd::{Simd, Vector, V8};
 
 /// PyTorch's cubic convolution constant.
-const A: f64 = -0.75;
+pub(crate) const CUBIC_A: f64 = -0.75;
 
 /// `nearbyint`: round half to even, as PyTorch's nearest mode.
 #[inline(always)]
@@ -35,21 +36,10 @@ pub(crate) fn round_half_even<E: Real>(x: E) -> E {
 /// point whose taps all fall outside the image reads only zeros (as PyTorch's, which skips them).
 const CUBIC_BORDER: usize = 4;
 
-/// A bicubic point in a framed plane: the frame index of its top-left tap, the weights by axis,
-/// their derivatives (zero for a point that is not finite).
-#[derive(Clone, Copy)]
-struct FramedCubic<E> {
-    base: usize,
-    wx: [E; 4],
-    wy: [E; 4],
-    dwx: [E; 4],
-    dwy: [E; 4],
-}
-
 /// The weights of taps −1, 0, 1, 2 at fraction `t` (PyTorch's `get_cubic_upsample_coefficients`).
 #[inline(always)]
-pub(crate) fn cubic_weights<E: Real>(t: E) -> [E; 4] {
-    let (a, one) = (E::of(A), E::one());
+pub(crate) fn cubic_weights<E: Simd>(t: E) -> [E; 4] {
+    let (a, one) = (E::of(CUBIC_A), E::one());
     let c1 = |x: E| ((a + E::of(2.0)) * x - (a + E::of(3.0))) * x * x + one;
     let c2 = |x: E| ((a * x - E::of(5.0) * a) * x + E::of(8.0) * a) * x - E::of(4.0) * a;
     let s = one - t;
@@ -58,8 +48,8 @@ pub(crate) fn cubic_weights<E: Real>(t: E) -> [E; 4] {
 
 /// d(weights)/dt of [`cubic_weights`].
 #[inline(always)]
-pub(crate) fn cubic_weight_derivatives<E: Real>(t: E) -> [E; 4] {
-    let a = E::of(A);
+pub(crate) fn cubic_weight_derivatives<E: Simd>(t: E) -> [E; 4] {
+    let a = E::of(CUBIC_A);
     let (two, three, five, eight) = (E::of(2.0), E::of(3.0), E::of(5.0), E::of(8.0));
     // c1'(x) = 3(A+2)x² − 2(A+3)x; c2'(x) = 3A x² − 10A x + 8A.
     let d1 = |x: E| (three * (a + two) * x - two * (a + three)) * x;
@@ -307,52 +297,6 @@ impl GridSample {
         }
     }
 
-    /// Bicubic, zero padding: the point `(gx, gy)` in the frame of [`CUBIC_BORDER`] (the
-    /// weights' derivatives only with `grads`, else zero).
-    #[inline(always)]
-    fn cubic_point<E: Real>(
-        gx: E,
-        gy: E,
-        ax: &Axis<E>,
-        ay: &Axis<E>,
-        grads: bool,
-    ) -> FramedCubic<E> {
-        let fw = ax.size + 2 * CUBIC_BORDER;
-        let b = CUBIC_BORDER as i32;
-        let (x, y) = (gx * ax.scale + ax.offset, gy * ay.scale + ay.offset);
-        let (x0, y0) = (x.floor(), y.floor());
-        if !(x.is_finite() && y.is_finite()) {
-            let z = [E::zero(); 4];
-            return FramedCubic {
-                base: 0,
-                wx: z,
-                wy: z,
-                dwx: z,
-                dwy: z,
-            };
-        }
-        let (tx, ty) = (x - x0, y - y0);
-        // Clamped so that the taps stay in the frame; a clamped axis has all four taps
-        // outside the image, in the zero border.
-        let cx = E::to_i32_sat(x0).clamp(1 - b, ax.size as i32 + b - 3);
-        let cy = E::to_i32_sat(y0).clamp(1 - b, ay.size as i32 + b - 3);
-        FramedCubic {
-            base: (cy - 1 + b) as usize * fw + (cx - 1 + b) as usize,
-            wx: cubic_weights(tx),
-            wy: cubic_weights(ty),
-            dwx: if grads {
-                cubic_weight_derivatives(tx)
-            } else {
-                [E::zero(); 4]
-            },
-            dwy: if grads {
-                cubic_weight_derivatives(ty)
-            } else {
-                [E::zero(); 4]
-            },
-        }
-    }
-
     /// The planes of `x` (`[C, H·W]`) in zero frames of [`CUBIC_BORDER`] pixels, into `framed`
     /// (zeroed where the frame is: only the image's pixels are written); returns the framed
     /// width and plane length.
@@ -452,19 +396,10 @@ impl GridSample {
     }
 }
 
-/// Bicubic, zero padding: eight points from `s` of grid `g` (x, y pairs; `P` points in all) —
-/// their frame indices and 16 weights each (row by row, `wy_i·wx_j`), and with `grads` the grid
-/// gradient's `wy_i·w'x_j` and `w'y_i·wx_j`. Points past `P` get zero weights at the frame's
-/// corner, which reads the zero border.
-struct CubicGroup<E> {
-    base: [u32; 8],
-    w: [[E; 16]; 8],
-    dx: [[E; 16]; 8],
-    dy: [[E; 16]; 8],
-}
-
+/// Bicubic, zero padding: the points `s..s + 8` of grid `g` (x, y pairs; fewer at the end) in
+/// the frame of [`CUBIC_BORDER`] ([`SampleKernels::cubic_group8`]).
 #[inline(always)]
-fn cubic_group<E: Real>(
+fn cubic_group<E: Real, I: Isa>(
     g: &[E],
     s: usize,
     ax: &Axis<E>,
@@ -472,27 +407,13 @@ fn cubic_group<E: Real>(
     grads: bool,
 ) -> CubicGroup<E> {
     let p = g.len() / 2;
-    let z = [[E::zero(); 16]; 8];
-    let mut q = CubicGroup {
-        base: [0; 8],
-        w: z,
-        dx: z,
-        dy: z,
+    let map = |a: &Axis<E>| AxisMap {
+        scale: a.scale,
+        offset: a.offset,
+        size: a.size,
     };
-    // Loops, not `map` closures (see `nearest_flat_indices`).
-    for k in 0..(p - s).min(8) {
-        let pt = GridSample::cubic_point(g[2 * (s + k)], g[2 * (s + k) + 1], ax, ay, grads);
-        q.base[k] = pt.base as u32;
-        for m in 0..16 {
-            let (i, j) = (m / 4, m % 4);
-            q.w[k][m] = pt.wy[i] * pt.wx[j];
-            if grads {
-                q.dx[k][m] = pt.wy[i] * pt.dwx[j];
-                q.dy[k][m] = pt.dwy[i] * pt.wx[j];
-            }
-        }
-    }
-    q
+    let end = (s + 8).min(p);
+    E::cubic_group8::<I>(&g[2 * s..2 * end], map(ax), map(ay), CUBIC_BORDER, grads)
 }
 
 /// Bicubic, zero padding, one image `x [C, H, W]` at grid `g [P, 2]` into `out [C, P]`: eight
@@ -510,7 +431,7 @@ fn cubic_zeros_fwd_image<E: Real, I: Isa>(
     let (h, w) = (ay.size, ax.size);
     let (fw, plane) = GridSample::frame_cubic(x, h, w, framed);
     for s in (0..p).step_by(8) {
-        let q = cubic_group(g, s, ax, ay, false);
+        let q = cubic_group::<E, I>(g, s, ax, ay, false);
         let n = (p - s).min(8);
         for (f, o) in framed.chunks_exact(plane).zip(out.chunks_exact_mut(p)) {
             let [v] = E::cubic8::<I, 1>(f, fw, &q.base, [&q.w]);
@@ -536,7 +457,7 @@ fn cubic_zeros_bwd_grid_image<E: Real, I: Isa>(
     let (h, w) = (ay.size, ax.size);
     let (fw, plane) = GridSample::frame_cubic(x, h, w, framed);
     for s in (0..p).step_by(8) {
-        let q = cubic_group(g, s, ax, ay, true);
+        let q = cubic_group::<E, I>(g, s, ax, ay, true);
         let n = (p - s).min(8);
         let (mut acc_x, mut acc_y) = (V8::<E, I>::splat(E::zero()), V8::<E, I>::splat(E::zero()));
         for (f, go) in framed.chunks_exact(plane).zip(go.chunks_exact(p)) {
