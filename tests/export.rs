@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use stn_model::{predict, Batch, Checkpoint};
+use stn_model::{predict, Batch, Checkpoint, Pixels};
 use stn_onnx::{export, read_model, to_bytes, ExportOptions, Output};
 
 fn default_checkpoint() -> PathBuf {
@@ -90,7 +90,7 @@ fn every_variant_passes_the_checker_and_matches_onnxruntime() {
     let (lp, _, _) = predict(
         &ck.params,
         &Batch {
-            images: &images,
+            images: Pixels::Normalized(&images),
             labels: &labels,
             dims: [1, 28, 28],
         },

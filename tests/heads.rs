@@ -9,7 +9,8 @@
 use std::path::Path;
 
 use stn_model::{
-    Arch, Batch, ModelSpec, Network, Optimizer, OptimizerKind, Params, TrainOptions, Trainer,
+    Arch, Batch, ModelSpec, Network, Optimizer, OptimizerKind, Params, Pixels, TrainOptions,
+    Trainer,
 };
 use stn_onnx::{export, to_bytes, ExportOptions, Output};
 use stn_runtime::{Device, DfdxRunner, FusedRunner, OrtRunner, Runner, TractRunner};
@@ -64,7 +65,7 @@ fn trained(net: &Network, mnist: &stn_data::Mnist) -> Params {
     let n = 3000;
     let x = stn_data::normalize(&mnist.train.images[..n * 784]);
     let data = Batch {
-        images: &x,
+        images: Pixels::Normalized(&x),
         labels: &mnist.train.labels[..n],
         dims: [1, 28, 28],
     };

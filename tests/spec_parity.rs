@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use stn_model::{
-    Batch, ModelSpec, Network, Optimizer, OptimizerKind, Params, TrainOptions, Trainer,
+    Batch, ModelSpec, Network, Optimizer, OptimizerKind, Params, Pixels, TrainOptions, Trainer,
 };
 use stn_onnx::{export, to_bytes, ExportOptions, Output};
 use stn_runtime::{Device, DfdxRunner, FusedRunner, OrtRunner, Runner, TractRunner};
@@ -128,7 +128,7 @@ fn trained(net: &Network) -> Params {
     let plan = net.plan();
     let (x, y) = images(96, net.input_dims(), plan.classes, 5);
     let data = Batch {
-        images: &x,
+        images: Pixels::Normalized(&x),
         labels: &y,
         dims: net.input_dims(),
     };

@@ -15,7 +15,7 @@ use stn_data::{
     MNIST_MEAN, MNIST_STD,
 };
 use stn_model::{
-    evaluate, predict, Arch, Batch, Checkpoint, Network, Optimizer, OptimizerKind, Params,
+    evaluate, predict, Arch, Batch, Checkpoint, Network, Optimizer, OptimizerKind, Params, Pixels,
     TrainDevice, TrainError, TrainOptions, Trainer,
 };
 
@@ -610,13 +610,16 @@ fn main() -> ExitCode {
                 let (m, s) = net.spec().normalization().expect("set above");
                 (m.to_vec(), s.to_vec())
             };
-            let norm = |px: &[u8]| stn_data::normalize_planes(px, plane, &mean, &std);
-            let (mut train_x, test_x) = (norm(&train.images), norm(&test.images));
-            // The bytes are not needed past here (fresh distortions start from plain_train).
-            train.images = Vec::new();
+            // The images stay bytes: the trainer normalises each batch as it gathers it.
+            let mut train_x = std::mem::take(&mut train.images);
+            let (test_px, test_labels) = (test.images, test.labels);
             let test = Batch {
-                images: &test_x,
-                labels: &test.labels,
+                images: Pixels::Bytes {
+                    pixels: &test_px,
+                    mean: &mean,
+                    std: &std,
+                },
+                labels: &test_labels,
                 dims,
             };
 
@@ -707,15 +710,18 @@ fn main() -> ExitCode {
                 if let Some(plain) = plain_train.as_ref().filter(|_| epoch > 1) {
                     // Epoch 1 trains on the distortions drawn above (seed), epoch e on seed ⊕ e.
                     let seed = args.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                    // The last epoch's images go first: two float copies of the set at once
-                    // were 0.4 GB of the peak memory on 42×42 canvases.
+                    // The last epoch's images go first: two copies of the set at once are
+                    // twice the peak memory on large canvases.
                     drop(std::mem::take(&mut train_x));
-                    train_x = norm(
-                        &distort_split(plain, args.distort, args.clutter as usize, seed).images,
-                    );
+                    train_x =
+                        distort_split(plain, args.distort, args.clutter as usize, seed).images;
                 }
                 let train = Batch {
-                    images: &train_x,
+                    images: Pixels::Bytes {
+                        pixels: &train_x,
+                        mean: &mean,
+                        std: &std,
+                    },
                     labels: &train.labels,
                     dims,
                 };
@@ -829,13 +835,16 @@ fn main() -> ExitCode {
                 };
                 let k = test.len().min(32);
                 let (_, _, warped) = predict(&trainer.params, &test, 0, k)?;
-                let before: Vec<u8> = denormalize(&test_x[..k * channels * plane], plane, &net);
+                let before = &test_px[..k * channels * plane];
                 let after: Vec<u8> = denormalize(&warped, ho * wo, &net);
                 let l: Vec<&[u8]> = before.chunks(channels * plane).collect();
                 let r: Vec<&[u8]> = after.chunks(channels * ho * wo).collect();
                 // The sampling grid over each input, in red: where the transformer looked.
-                let lines =
-                    stn::sampling_lines(&trainer.params, &test_x[..k * channels * plane], k);
+                let lines = stn::sampling_lines(
+                    &trainer.params,
+                    &stn_data::normalize_planes(before, plane, &mean, &std),
+                    k,
+                );
                 side_by_side_with_lines_png(&l, dims, &lines, &r, [channels, ho, wo], 8, path)
                     .with_context(|| format!("--visualize {}", path.display()))?;
                 eprintln!("wrote {}", path.display());

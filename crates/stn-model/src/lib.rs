@@ -37,5 +37,6 @@ pub use spec::{
     Sampler, Shape, SpecError, TpsHead, TpsMatrix, Transform, PRESETS,
 };
 pub use train::{
-    evaluate, predict, Batch, EpochStats, EvalStats, TrainDevice, TrainError, TrainOptions, Trainer,
+    evaluate, predict, Batch, EpochStats, EvalStats, Pixels, TrainDevice, TrainError, TrainOptions,
+    Trainer,
 };

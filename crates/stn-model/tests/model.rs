@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use stn_model::{
-    evaluate, predict, Arch, Batch, Checkpoint, Optimizer, OptimizerKind, Params, TrainOptions,
-    Trainer,
+    evaluate, predict, Arch, Batch, Checkpoint, Optimizer, OptimizerKind, Params, Pixels,
+    TrainOptions, Trainer,
 };
 
 #[derive(Deserialize)]
@@ -68,7 +68,7 @@ fn reproduces_pytorch_theta_warped_and_log_probs() {
     let n = f.input.shape[0];
     let labels = vec![0u8; n];
     let data = Batch {
-        images: &images,
+        images: Pixels::Normalized(&images),
         labels: &labels,
         dims: [1, 28, 28],
     };
@@ -154,7 +154,7 @@ fn toy(n: usize, side: usize) -> (Vec<f32>, Vec<u8>) {
 fn trained(kind: OptimizerKind, lr: f32, epochs: u64) -> Trainer {
     let (images, labels) = toy(256, 28);
     let data = Batch {
-        images: &images,
+        images: Pixels::Normalized(&images),
         labels: &labels,
         dims: [1, 28, 28],
     };
@@ -179,7 +179,7 @@ fn trained(kind: OptimizerKind, lr: f32, epochs: u64) -> Trainer {
 fn training_learns_and_is_deterministic() {
     let (images, labels) = toy(256, 28);
     let data = Batch {
-        images: &images,
+        images: Pixels::Normalized(&images),
         labels: &labels,
         dims: [1, 28, 28],
     };
@@ -201,7 +201,7 @@ fn training_learns_and_is_deterministic() {
 fn checkpoint_round_trip_and_resume_is_bit_identical() {
     let (images, labels) = toy(192, 28);
     let data = Batch {
-        images: &images,
+        images: Pixels::Normalized(&images),
         labels: &labels,
         dims: [1, 28, 28],
     };

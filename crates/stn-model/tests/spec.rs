@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 use stn_model::{
     evaluate, forward, Arch, Batch, Checkpoint, DropoutMasks, ModelSpec, Network, Optimizer,
-    OptimizerKind, Params, TrainOptions, Trainer, PRESETS,
+    OptimizerKind, Params, Pixels, TrainOptions, Trainer, PRESETS,
 };
 
 fn net(json: &str) -> Network {
@@ -531,7 +531,7 @@ fn a_non_seed_spec_trains_and_checkpoints_with_its_spec() {
     let n = net(&rgb_spec());
     let (images, labels) = banded(240, n.input_dims(), 4);
     let data = Batch {
-        images: &images,
+        images: Pixels::Normalized(&images),
         labels: &labels,
         dims: n.input_dims(),
     };
@@ -567,6 +567,55 @@ fn a_non_seed_spec_trains_and_checkpoints_with_its_spec() {
 }
 
 #[test]
+fn byte_pixels_train_and_evaluate_as_their_normalised_floats() {
+    // The trainer normalises byte images per batch (no float copy of the set); every value must be
+    // the one `normalize_planes` gives, so training and evaluation are bit for bit the same —
+    // three channels with their own mean and std, so a wrong channel's statistics would show.
+    let n = net(&rgb_spec());
+    let dims = n.input_dims();
+    let (_, labels) = banded(48, dims, 4);
+    let mut rnd = lcg(11);
+    let bytes: Vec<u8> = (0..labels.len() * dims.iter().product::<usize>())
+        .map(|_| ((rnd() + 1.0) * 127.9) as u8)
+        .collect();
+    let (mean, std) = ([0.5f32, 0.4, 0.3], [0.2f32, 0.25, 0.3]);
+    let floats = stn_data::normalize_planes(&bytes, dims[1] * dims[2], &mean, &std);
+    let run = |images: Pixels| {
+        let data = Batch {
+            images,
+            labels: &labels,
+            dims,
+        };
+        let params = Params::init(n.clone(), 2);
+        let opt = Optimizer::new(OptimizerKind::Adam, 0.01, 1.0, &params);
+        let opts = TrainOptions {
+            batch: 16,
+            seed: 2,
+            clip: None,
+        };
+        let mut t = Trainer::new(params, opt, opts);
+        t.train_epoch(&data, 1, |_, _, _| {}).unwrap();
+        let ev = evaluate(&t.params, &data, 20).unwrap();
+        (t.params, ev)
+    };
+    let (from_bytes, ev_bytes) = run(Pixels::Bytes {
+        pixels: &bytes,
+        mean: &mean,
+        std: &std,
+    });
+    let (from_floats, ev_floats) = run(Pixels::Normalized(&floats));
+    assert_eq!(from_bytes, from_floats);
+    assert_eq!(ev_bytes, ev_floats);
+    // And the statistics matter: other ones train to other parameters.
+    let (shifted, _) = run(Pixels::Bytes {
+        pixels: &bytes,
+        mean: &[0.5, 0.4, 0.31],
+        std: &std,
+    });
+    assert_ne!(shifted, from_floats);
+}
+
+#[test]
 fn seed_training_is_pinned() {
     // Two steps of the seed with dropout on toy images: the sums of the parameters after them, bit
     // for bit. Pinned when the spec-built forward replaced the hand-written one, after checking
@@ -575,7 +624,7 @@ fn seed_training_is_pinned() {
     let side = 28;
     let (images, labels) = banded(64, [1, side, side], 10);
     let data = Batch {
-        images: &images,
+        images: Pixels::Normalized(&images),
         labels: &labels,
         dims: [1, side, side],
     };
