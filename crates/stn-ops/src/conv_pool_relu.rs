@@ -5,8 +5,9 @@
 //! Why: as two ops the conv's output is a tensor — zeroed by one thread, written by the conv's,
 //! copied again by one thread as the pool's input, and its gradient zeroed by one thread by dfdx:
 //! three serial passes over the largest buffers of a step (1.5 MB for `conv1` at batch 64). Here the
-//! conv writes into a buffer the op keeps for its backward (zeroed in parallel), the pool reads it
-//! in place, and the backward's gradient of the conv output is a buffer zeroed in parallel too; the
+//! conv writes into a recycled buffer the op keeps for its backward (not zeroed: the conv writes
+//! every value), the pool reads it in place, and the backward's gradient of the conv output is a
+//! recycled buffer whose planes the pool's backward zeroes just before scattering into them; the
 //! scale is a multiply per plane instead of dfdx's broadcasting `mul` (generic strided loops, and
 //! two more tensors). The kernels are [`Conv2d`]'s and [`MaxPool2d`]'s, run in the same order on
 //! the same values, and the scale is the same multiply as `mul`'s (forward `y·s`, backward `g·s`),
@@ -21,7 +22,7 @@ use dfdx::prelude::*;
 use dfdx::tensor::Merge;
 use rayon::prelude::*;
 
-use crate::op::{apply, zeroed, Buf, CustomOp, Input, OpDevice, OpError, Real};
+use crate::op::{apply, Buf, CustomOp, HostCopy, Input, OpDevice, OpError, Real};
 use crate::{Conv2d, Dyn4, MaxPool2d};
 
 #[cfg(feature = "cuda")]
@@ -40,7 +41,7 @@ const POOL: MaxPool2d = MaxPool2d {
 /// call: it holds the conv's output from the forward for the backward.
 #[derive(Clone)]
 pub struct ConvPoolReluOp<E: Real> {
-    conv_out: Arc<Mutex<Option<Vec<E>>>>,
+    conv_out: Arc<Mutex<Option<HostCopy<E>>>>,
 }
 
 impl<E: Real> Default for ConvPoolReluOp<E> {
@@ -78,10 +79,11 @@ fn scale_planes<E: Real>(y: &mut [E], scale: &[E]) {
 
 impl<E: Real> ConvPoolReluOp<E> {
     /// The (scaled) conv's output for `inputs` and its dimensions.
-    fn conv(inputs: &[Buf<E>]) -> (Vec<E>, Vec<usize>) {
+    fn conv(inputs: &[Buf<E>]) -> (HostCopy<E>, Vec<usize>) {
         let dims: Vec<&[usize]> = inputs.iter().map(|b| b.dims).collect();
         let cd = conv_dims::<E>(&dims).expect("checked by out_dims");
-        let mut y = zeroed(cd.iter().product());
+        // Recycled, not zeroed: the conv writes every output (`CPU_FWD_WRITES_ALL`).
+        let mut y = HostCopy::take(cd.iter().product());
         Conv2d.cpu_fwd(&inputs[..3], &mut y);
         if let Some(s) = inputs.get(3) {
             scale_planes(&mut y, s.data);
@@ -130,14 +132,16 @@ impl<E: Real> CustomOp<E> for ConvPoolReluOp<E> {
             }
             None => Self::conv(inputs),
         };
-        let mut gy = zeroed(y.len());
-        POOL.cpu_bwd(
-            &[Buf {
+        // Recycled, and each plane zeroed by the pool's backward just before its scatter.
+        let mut gy = HostCopy::take(y.len());
+        POOL.bwd_planes(
+            Buf {
                 data: &y,
                 dims: &cd,
-            }],
+            },
             grad_out,
-            &mut [Some(&mut gy[..])],
+            &mut gy,
+            true,
         );
         drop(y);
         if let Some(s) = inputs.get(3) {

@@ -5,7 +5,6 @@
 
 pub use crate::error::OpError;
 pub use crate::grid_sample::kernels::{AxisMap, Framed8, SampleKernels};
-pub(crate) use crate::host_pool::zeroed;
 pub use crate::host_pool::{HostCopy, HostPool};
 pub use crate::max_pool2d::kernels::PoolKernels;
 pub use crate::simd::{Real, Simd};

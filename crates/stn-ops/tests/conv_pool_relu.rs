@@ -2,7 +2,8 @@
 //! broadcasting `mul` between them, as Dropout2d): the same output and the same gradients for the
 //! input, the weight and the bias, bit for bit (`==`, so a zero's sign may differ: see the op's
 //! docs), in f64 and f32, at the seed network's four conv blocks and an odd size, with the input
-//! traced or not.
+//! traced or not. The runs follow one another in one process, so the fused op's recycled buffers
+//! hold earlier runs' values: one it fails to overwrite or zero shows here.
 
 use dfdx::prelude::*;
 use stn_ops::{
