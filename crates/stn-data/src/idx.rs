@@ -27,6 +27,28 @@ pub struct IdxReader;
 impl IdxReader {
     /// Parses the bytes of an IDX file named `name` (for errors).
     pub fn parse(name: &str, bytes: &[u8]) -> Result<IdxArray, DataError> {
+        let (dims, header) = Self::header(name, bytes)?;
+        Ok(IdxArray {
+            dims,
+            data: bytes[header..].to_vec(),
+        })
+    }
+
+    /// [`IdxReader::parse`] keeping `bytes`' buffer for the data (the header moved out in place):
+    /// no second copy of a file to allocate and fault in.
+    pub fn parse_owned(name: &str, mut bytes: Vec<u8>) -> Result<IdxArray, DataError> {
+        let (dims, header) = Self::header(name, &bytes)?;
+        bytes.drain(..header);
+        Ok(IdxArray { dims, data: bytes })
+    }
+
+    /// Checks that `bytes` are a whole IDX file of unsigned bytes, as [`IdxReader::parse`] does.
+    pub fn check(name: &str, bytes: &[u8]) -> Result<(), DataError> {
+        Self::header(name, bytes).map(|_| ())
+    }
+
+    /// The dimensions and the header's length of a checked IDX file.
+    fn header(name: &str, bytes: &[u8]) -> Result<(Vec<usize>, usize), DataError> {
         let bad = |what: String| DataError::Format {
             file: name.to_string(),
             what,
@@ -85,10 +107,7 @@ impl IdxReader {
             };
             return Err(bad(what));
         }
-        Ok(IdxArray {
-            dims,
-            data: bytes[header..].to_vec(),
-        })
+        Ok((dims, header))
     }
 }
 
@@ -111,6 +130,11 @@ mod tests {
         let a = IdxReader::parse("x", &b).unwrap();
         assert_eq!(a.dims, vec![2, 3]);
         assert_eq!(a.data, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(IdxReader::parse_owned("x", b.clone()).unwrap(), a);
+        IdxReader::check("x", &b).unwrap();
+        b.pop();
+        assert!(IdxReader::check("x", &b).is_err());
+        assert!(IdxReader::parse_owned("x", b).is_err());
     }
 
     #[test]
