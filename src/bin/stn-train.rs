@@ -95,7 +95,7 @@ struct Args {
     /// The classifier alone on the input canvas, without the spatial transformer (the baseline)
     #[arg(long)]
     no_stn: bool,
-    /// The network: a preset (seed, seed-no-stn, rts, rts-no-stn, t, t-no-stn; the paper's
+    /// The network: a preset (seed, seed-no-stn, rts, rts-no-stn, t, t-no-stn, speedrun; the paper's
     /// paper-cnn, paper-st-affine, paper-st-projective, paper-st-tps, each with -42 for RTS; see
     /// --print-spec) or a model-spec file (JSON or TOML) [default: the preset of --distort and
     /// --no-stn, `seed` without them]

@@ -558,6 +558,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     ("t-no-stn", "the baseline on 60×60 (--distort t --no-stn)"),
     (
+        "speedrun",
+        "the seed STN with lighter dropout (0.1 after conv2, 0.25 after fc1): scripts/speedrun.sh",
+    ),
+    (
         "paper-cnn",
         "the paper's CNN baseline on 28×28 (R, P, E; paper-cnn-42 for RTS)",
     ),
@@ -583,6 +587,22 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The speedrun's network (`scripts/speedrun.sh`): the seed's layers and parameters, with its
+/// dropouts lowered from 0.5 to 0.1 (Dropout2d after conv2) and 0.25 (after fc1). The seed's 0.5
+/// suits its 20-epoch recipe; in a 3- or 4-epoch run it holds the net back: at 4 epochs the seed
+/// ends at 98.9–99.2% over seeds 1–5, this one at 99.2–99.4%, and at 3 epochs still 99.1–99.3%.
+fn speedrun_spec() -> ModelSpec {
+    let mut spec = crate::Arch::SEED.spec();
+    for layer in &mut spec.classifier {
+        match layer {
+            Layer::Dropout2d { p } => *p = 0.1,
+            Layer::Dropout { p } => *p = 0.25,
+            _ => {}
+        }
+    }
+    spec
+}
+
 impl ModelSpec {
     /// A preset by name (see [`PRESETS`]).
     pub fn preset(name: &str) -> Option<ModelSpec> {
@@ -593,6 +613,7 @@ impl ModelSpec {
             "rts-no-stn" => (42, false),
             "t" => (60, true),
             "t-no-stn" => (60, false),
+            "speedrun" => return Some(speedrun_spec()),
             _ => return crate::paper::paper_preset(name),
         };
         Some(crate::Arch { canvas, stn }.spec())

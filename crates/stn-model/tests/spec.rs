@@ -79,7 +79,10 @@ fn tutorial_params(arch: Arch) -> Vec<(String, Vec<usize>)> {
 
 #[test]
 fn presets_are_the_seed_family() {
-    for (name, _) in PRESETS.iter().filter(|(n, _)| !n.starts_with("paper-")) {
+    for (name, _) in PRESETS
+        .iter()
+        .filter(|(n, _)| !n.starts_with("paper-") && *n != "speedrun")
+    {
         let spec = ModelSpec::preset(name).unwrap();
         let arch = spec.seed_arch().expect("a preset is of the seed family");
         let plan = spec.plan().unwrap();
@@ -93,6 +96,23 @@ fn presets_are_the_seed_family() {
     }
     assert_eq!(ModelSpec::preset("seed").unwrap(), Arch::SEED.spec());
     assert!(ModelSpec::preset("lenet").is_none());
+}
+
+#[test]
+fn the_speedrun_preset_is_the_seed_with_lighter_dropout() {
+    let spec = ModelSpec::preset("speedrun").unwrap();
+    let seed = ModelSpec::preset("seed").unwrap();
+    // Not the seed (its dropouts differ), so the general path trains and exports it.
+    assert_eq!(spec.seed_arch(), None);
+    let (plan, seed_plan) = (spec.plan().unwrap(), seed.plan().unwrap());
+    assert_eq!(plan.params, seed_plan.params);
+    assert_eq!(plan.dropouts(), vec![(0.1, 20), (0.25, 50)]);
+    // Everything else is the seed's.
+    assert_eq!(spec.input, seed.input);
+    assert_eq!(spec.transform, seed.transform);
+    assert_eq!(spec.localization, seed.localization);
+    assert_eq!(spec.classifier.len(), seed.classifier.len());
+    assert_eq!(ModelSpec::parse(&spec.to_toml()).unwrap(), spec);
 }
 
 #[test]
