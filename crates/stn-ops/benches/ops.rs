@@ -127,6 +127,12 @@ fn bench() {
         sampler_kernels();
         return;
     }
+    // The inference forward's fused conv blocks, one image at a time (asked for by name only:
+    // `-- fused`): where `FusedNet`'s time per image goes.
+    if filter.iter().any(|f| f == "fused") {
+        fused_blocks();
+        return;
+    }
     // The training step's conv blocks alone, outside dfdx (asked for by name only: `-- block`).
     if filter.iter().any(|f| f == "block") {
         // With a layer's name too (`-- block conv1`), that layer only.
@@ -297,6 +303,34 @@ fn block_kernels(wanted: impl Fn(&str) -> bool) {
         println!(
             r#"{{"op":"conv_block_kernels","layer":"{name}","shape":{xd:?},"fwd_us":{fwd:.1},"bwd_us":{bwd:.1}}}"#
         );
+    }
+}
+
+/// The seed's four conv blocks as the fused inference forward runs them ([`stn_ops::ConvPoolRelu`]
+/// on one image, weights packed once), on the calling thread: µs per image.
+fn fused_blocks() {
+    let layers = [
+        ("localization.0", [1, 28, 28], [8, 1, 7, 7]),
+        ("localization.3", [8, 11, 11], [10, 8, 5, 5]),
+        ("conv1", [1, 28, 28], [10, 1, 5, 5]),
+        ("conv2", [10, 12, 12], [20, 10, 5, 5]),
+    ];
+    let fill =
+        |len: usize, k: f32| -> Vec<f32> { (0..len).map(|i| ((i as f32) * k).sin()).collect() };
+    for (name, [c, h, w], [o, _, k, _]) in layers {
+        let block = stn_ops::ConvPoolRelu::new(c, h, w, o, k);
+        let (x, wt, b) = (fill(c * h * w, 0.31), fill(o * c * k * k, 0.17), fill(o, 0.5));
+        let packed = block.pack(&wt);
+        let mut scratch = vec![0f32; block.scratch_len()];
+        let mut out = vec![0f32; block.out_len()];
+        // 100 images per timing: one image's block takes a few microseconds.
+        let us = median_us(|| {
+            for _ in 0..100 {
+                block.run(&x, &packed, &b, &mut scratch, &mut out);
+                std::hint::black_box(&out);
+            }
+        }) / 100.0;
+        println!(r#"{{"op":"fused_block","layer":"{name}","shape":[{c}, {h}, {w}],"us_per_image":{us:.2}}}"#);
     }
 }
 
