@@ -319,7 +319,11 @@ fn fused_blocks() {
         |len: usize, k: f32| -> Vec<f32> { (0..len).map(|i| ((i as f32) * k).sin()).collect() };
     for (name, [c, h, w], [o, _, k, _]) in layers {
         let block = stn_ops::ConvPoolRelu::new(c, h, w, o, k);
-        let (x, wt, b) = (fill(c * h * w, 0.31), fill(o * c * k * k, 0.17), fill(o, 0.5));
+        let (x, wt, b) = (
+            fill(c * h * w, 0.31),
+            fill(o * c * k * k, 0.17),
+            fill(o, 0.5),
+        );
         let packed = block.pack(&wt);
         let mut scratch = vec![0f32; block.scratch_len()];
         let mut out = vec![0f32; block.out_len()];
@@ -330,7 +334,9 @@ fn fused_blocks() {
                 std::hint::black_box(&out);
             }
         }) / 100.0;
-        println!(r#"{{"op":"fused_block","layer":"{name}","shape":[{c}, {h}, {w}],"us_per_image":{us:.2}}}"#);
+        println!(
+            r#"{{"op":"fused_block","layer":"{name}","shape":[{c}, {h}, {w}],"us_per_image":{us:.2}}}"#
+        );
     }
 }
 
