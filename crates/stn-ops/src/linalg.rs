@@ -238,35 +238,37 @@ fn block<E: Real, L: Vector<E>, const R: usize, const NV: usize, const ACC: bool
     }
 }
 
-/// Lane-wise dot products of `a0` and `a1` (equal lengths, a multiple of N) with each of the
-/// rows `bs` (as long): 2·Q accumulators, 2 + Q loads per 2·Q FMAs.
+/// Lane-wise dot products of each of the R rows `a` (equal lengths, a multiple of N) with each
+/// of the Q rows `bs` (as long): R·Q accumulators, R + Q loads per R·Q FMAs. Each sum runs over
+/// the columns in order whatever R and Q are, so the sums are the same bits for every block shape.
 #[inline(always)]
-fn dots<E: Real, L: Vector<E>, const Q: usize>(
-    a0: &[E],
-    a1: &[E],
+fn dots<E: Real, L: Vector<E>, const R: usize, const Q: usize>(
+    a: [&[E]; R],
     bs: [&[E]; Q],
-) -> ([L; Q], [L; Q]) {
-    let (len, nv) = (a0.len(), L::N);
-    assert!(a1.len() == len && bs.iter().all(|b| b.len() == len) && len.is_multiple_of(nv));
+) -> [[L; Q]; R] {
+    let (len, nv) = (a[0].len(), L::N);
+    assert!(a.iter().all(|a| a.len() == len) && bs.iter().all(|b| b.len() == len));
+    assert!(len.is_multiple_of(nv));
     let z = L::splat(E::zero());
-    let (mut s0, mut s1) = ([z; Q], [z; Q]);
-    for (j, (x0, x1)) in a0.chunks_exact(nv).zip(a1.chunks_exact(nv)).enumerate() {
-        let (x0, x1) = (L::load(x0), L::load(x1));
+    let mut s = [[z; Q]; R];
+    for j in (0..len).step_by(nv) {
+        // SAFETY: j + N ≤ len, every row's length (asserted above).
+        let x: [L; R] = std::array::from_fn(|r| L::load(unsafe { a[r].get_unchecked(j..j + nv) }));
         for t in 0..Q {
-            // SAFETY: j·N + N ≤ len = bs[t].len() (asserted above).
-            let y = L::load(unsafe { bs[t].get_unchecked(j * nv..(j + 1) * nv) });
-            s0[t] = L::fma(x0, y, s0[t]);
-            s1[t] = L::fma(x1, y, s1[t]);
+            // SAFETY: as above.
+            let y = L::load(unsafe { bs[t].get_unchecked(j..j + nv) });
+            for r in 0..R {
+                s[r][t] = L::fma(x[r], y, s[r][t]);
+            }
         }
     }
-    (s0, s1)
+    s
 }
 
-/// `dots`' sums in the first Q of 4 places.
+/// `dots`' sums in the first Q of 4 places (the others repeat the last; they are not used).
 #[inline(always)]
-fn pad<L: Copy, const Q: usize>((s0, s1): ([L; Q], [L; Q])) -> ([L; 4], [L; 4]) {
-    let f = |s: [L; Q]| std::array::from_fn(|t| s[t.min(Q - 1)]);
-    (f(s0), f(s1))
+fn pad<L: Copy, const R: usize, const Q: usize>(s: [[L; Q]; R]) -> [[L; 4]; R] {
+    s.map(|s| std::array::from_fn(|t| s[t.min(Q - 1)]))
 }
 
 /// Dot products of long rows, `Σ_j a[i·n + j] · b[boff[p] + j]` for `i < m`, `p < k`, added to
@@ -315,60 +317,79 @@ impl<E: Real> DotAcc<E> {
         assert!(a.len() >= m * n && boff.len() == k);
         assert!(boff.iter().all(|&o| o + n <= b.len()));
         let full = n / nv * nv;
-        let lanes = &mut self.lanes;
-        // Two rows of a against four rows of b: 8 accumulators, 6 loads per 8 FMAs, every slice cut
-        // to its exact length first so the loop has no bounds checks.
+        // R rows of a against four rows of b: 4·R accumulators, R + 4 loads per 4·R FMAs, every
+        // slice cut to its exact length first so the loop has no bounds checks. R = 4 with
+        // AVX-512's 32 registers (16 accumulators: 8 loads per 16 FMAs, where two rows took 6 per
+        // 8), 2 with AVX2's 16.
         let mut i = 0;
         while i < m {
-            let two = i + 1 < m;
-            let a0 = &a[i * n..i * n + full];
-            let a1 = if two {
-                &a[(i + 1) * n..(i + 1) * n + full]
+            let left = m - i;
+            i += if I::LEVEL == crate::isa::Level::Avx512 && left >= 4 {
+                self.row_block::<I, 4>(i, n, full, a, b, boff, store);
+                4
+            } else if left >= 2 {
+                self.row_block::<I, 2>(i, n, full, a, b, boff, store);
+                2
             } else {
-                a0
+                self.row_block::<I, 1>(i, n, full, a, b, boff, store);
+                1
             };
-            let mut p = 0;
-            while p < k {
-                // Groups of 4 rows of b; the last group as long as what is left (k = 25 in
-                // conv1: a group of 4 repeating its last row wasted a ninth of the products).
-                let q = (k - p).min(4);
-                let row = |t: usize| &b[boff[p + t]..boff[p + t] + full];
-                let (s0, s1) = match q {
-                    4 => dots::<E, V<E, I>, 4>(a0, a1, std::array::from_fn(row)),
-                    3 => pad(dots::<E, V<E, I>, 3>(a0, a1, std::array::from_fn(row))),
-                    2 => pad(dots::<E, V<E, I>, 2>(a0, a1, std::array::from_fn(row))),
-                    _ => pad(dots::<E, V<E, I>, 1>(a0, a1, std::array::from_fn(row))),
-                };
-                for t in 0..q {
-                    let idx = i * k + p + t;
-                    for (idx, s) in [(idx, s0[t]), (idx + k, s1[t])]
-                        .into_iter()
-                        .take(1 + two as usize)
-                    {
-                        let l = &mut lanes[idx * nv..(idx + 1) * nv];
-                        let v = if store {
-                            s
-                        } else {
-                            V::<E, I>::vadd(V::<E, I>::load(l), s)
-                        };
-                        V::<E, I>::store(l, v);
-                    }
+        }
+    }
+
+    /// Rows `i..i + R` of [`DotAcc::add_products`]'s products.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn row_block<I: Isa, const R: usize>(
+        &mut self,
+        i: usize,
+        n: usize,
+        full: usize,
+        a: &[E],
+        b: &[E],
+        boff: &[usize],
+        store: bool,
+    ) {
+        let (k, nv) = (self.k, V::<E, I>::N);
+        let lanes = &mut self.lanes;
+        let ar: [&[E]; R] = std::array::from_fn(|r| &a[(i + r) * n..(i + r) * n + full]);
+        let mut p = 0;
+        while p < k {
+            // Groups of 4 rows of b; the last group as long as what is left (k = 25 in conv1: a
+            // group of 4 repeating its last row wasted a ninth of the products).
+            let q = (k - p).min(4);
+            let row = |t: usize| &b[boff[p + t]..boff[p + t] + full];
+            let sums: [[V<E, I>; 4]; R] = match q {
+                4 => dots::<E, V<E, I>, R, 4>(ar, std::array::from_fn(row)),
+                3 => pad(dots::<E, V<E, I>, R, 3>(ar, std::array::from_fn(row))),
+                2 => pad(dots::<E, V<E, I>, R, 2>(ar, std::array::from_fn(row))),
+                _ => pad(dots::<E, V<E, I>, R, 1>(ar, std::array::from_fn(row))),
+            };
+            for (r, sr) in sums.iter().enumerate() {
+                for (t, &sum) in sr.iter().take(q).enumerate() {
+                    let idx = (i + r) * k + p + t;
+                    let l = &mut lanes[idx * nv..(idx + 1) * nv];
+                    let v = if store {
+                        sum
+                    } else {
+                        V::<E, I>::vadd(V::<E, I>::load(l), sum)
+                    };
+                    V::<E, I>::store(l, v);
                 }
-                p += q;
             }
-            // The last n % N columns, in masked lanes: a scalar loop per (row, offset) was a
-            // tenth of localization.3's backward (196 columns per group of images).
-            if full < n {
-                for r in i..(i + 2).min(m) {
-                    let ar = V::<E, I>::load_head(&a[r * n + full..], n - full);
-                    for (p, &o) in boff.iter().enumerate() {
-                        let bt = V::<E, I>::load_head(&b[o + full..], n - full);
-                        let l = &mut lanes[(r * k + p) * nv..(r * k + p + 1) * nv];
-                        V::<E, I>::store(l, V::<E, I>::fma(ar, bt, V::<E, I>::load(l)));
-                    }
+            p += q;
+        }
+        // The last n % N columns, in masked lanes: a scalar loop per (row, offset) was a tenth of
+        // localization.3's backward (196 columns per group of images).
+        if full < n {
+            for r in i..i + R {
+                let ar = V::<E, I>::load_head(&a[r * n + full..], n - full);
+                for (p, &o) in boff.iter().enumerate() {
+                    let bt = V::<E, I>::load_head(&b[o + full..], n - full);
+                    let l = &mut lanes[(r * k + p) * nv..(r * k + p + 1) * nv];
+                    V::<E, I>::store(l, V::<E, I>::fma(ar, bt, V::<E, I>::load(l)));
                 }
             }
-            i += 2;
         }
     }
 
