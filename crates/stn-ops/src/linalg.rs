@@ -402,11 +402,65 @@ impl<E: Real> DotAcc<E> {
         if fresh {
             return vec![E::zero(); self.m * self.k];
         }
-        self.lanes
-            .chunks_exact(self.width)
-            .map(|l| l.iter().fold(E::zero(), |s, &v| s + v))
-            .collect()
+        crate::dispatch!(I => self.sums_at::<I>())
     }
+
+    /// Each result's lanes summed in lane order from zero — a scalar fold's bits — N results at
+    /// a time with [`fold_lanes`]. Why: as a scalar fold per result (16 dependent adds each with
+    /// AVX-512) the sums were 4.5% of a training epoch on Zen 5.
+    #[inline(always)]
+    fn sums_at<I: Isa>(&self) -> Vec<E> {
+        let (count, w) = (self.m * self.k, self.width);
+        let mut out = vec![E::zero(); count];
+        let fold = |l: &[E]| l.iter().fold(E::zero(), |s, &v| s + v);
+        let mut done = 0;
+        if w == V::<E, I>::N && w.is_power_of_two() && w <= MAX_LANES {
+            done = count / w * w;
+            for (src, dst) in self.lanes[..done * w]
+                .chunks_exact(w * w)
+                .zip(out[..done].chunks_exact_mut(w))
+            {
+                fold_lanes::<E, V<E, I>>(src, dst);
+            }
+        }
+        for (o, l) in out[done..]
+            .iter_mut()
+            .zip(self.lanes[done * w..count * w].chunks_exact(w))
+        {
+            *o = fold(l);
+        }
+        out
+    }
+}
+
+/// The widest vector [`fold_lanes`] takes (AVX-512's 16 f32).
+const MAX_LANES: usize = 16;
+
+/// `out[e] = ((0 + x[e][0]) + x[e][1]) + … + x[e][N−1]` for the N vectors `x[e]` of `src`
+/// (`N·N` values, one vector after another): each vector's lanes summed in order, as a scalar
+/// fold sums them, so the bits are the fold's. The vectors are transposed first — log₂N rounds of
+/// interleaving the first half of them with the second, after which vector `l` holds lane `l` of
+/// every `x[e]` — and then N vector adds make all N sums at once.
+#[inline(always)]
+fn fold_lanes<E: Real, L: Vector<E>>(src: &[E], out: &mut [E]) {
+    let nv = L::N;
+    assert!(nv.is_power_of_two() && nv <= MAX_LANES && src.len() >= nv * nv && out.len() >= nv);
+    let z = L::splat(E::zero());
+    let mut v = [z; MAX_LANES];
+    for (e, x) in v.iter_mut().take(nv).enumerate() {
+        *x = L::load(&src[e * nv..]);
+    }
+    let mut round = 1;
+    while round < nv {
+        let mut t = [z; MAX_LANES];
+        for i in 0..nv / 2 {
+            [t[2 * i], t[2 * i + 1]] = L::interleave(v[i], v[i + nv / 2]);
+        }
+        v = t;
+        round *= 2;
+    }
+    let sum = v[..nv].iter().fold(z, |s, &x| L::vadd(s, x));
+    L::store(out, sum);
 }
 
 #[cfg(test)]
@@ -415,6 +469,36 @@ mod tests {
 
     fn data(len: usize, f: f64) -> Vec<f64> {
         (0..len).map(|v| (v as f64 * f).sin()).collect()
+    }
+
+    #[test]
+    fn lane_sums_are_the_scalar_folds_bits() {
+        // Values of every magnitude and sign, -0.0 among them: a sum in another order or from
+        // another start would differ in some last bit.
+        let vals: Vec<f32> = (0..40 * 16)
+            .map(|i| match i % 7 {
+                0 => -0.0,
+                1 => ((i as f32) * 0.37).sin() * 1e6,
+                2 => 1e-7 * (i as f32),
+                _ => ((i as f32) * 1.31).cos(),
+            })
+            .collect();
+        let fold = |l: &[f32]| l.iter().fold(0.0f32, |s, &v| s + v);
+        crate::dispatch!(I => {
+            let nv = V::<f32, I>::N;
+            // 40 results: whole blocks of N and a remainder.
+            let acc = DotAcc::<f32> {
+                lanes: vals[..40 * nv].to_vec(),
+                width: nv,
+                m: 8,
+                k: 5,
+                fresh: false,
+            };
+            let got = acc.sums_at::<I>();
+            let want: Vec<f32> = vals[..40 * nv].chunks_exact(nv).map(fold).collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "at {}", I::LEVEL);
+        });
     }
 
     #[test]
