@@ -64,16 +64,17 @@ impl ConvPoolRelu {
 
     /// Whether the one-channel row kernel serves this block (the seed's 8 and 10 channels).
     fn rows(&self) -> bool {
-        !self.g.packed && matches!(self.g.o, 8 | 10)
+        rows_kernel_serves(&self.g)
     }
 
     /// The kernel `[O, C, K, K]` packed for [`ConvPoolRelu::run`], once for every image.
     pub fn pack<E: Real>(&self, wt: &[E]) -> PackedWeights<E> {
         let k = self.g.k();
         assert_eq!(wt.len(), self.g.o * k, "an {}×{k} kernel", self.g.o);
-        let o = self.g.o;
-        let pm = (0..k * o).map(|i| wt[(i % o) * k + i / o]).collect();
-        PackedWeights(PackedA::new(o, k, wt, (k, 1)), pm)
+        PackedWeights(
+            PackedA::new(self.g.o, k, wt, (k, 1)),
+            pack_rows(&self.g, wt),
+        )
     }
 
     /// `out = relu(max_pool2d(conv2d(x, wt, bias)))` for one image, at the process's ISA level.
@@ -115,10 +116,7 @@ impl ConvPoolRelu {
             xp[..g.image()].copy_from_slice(x);
             xp[g.image()..].fill(E::zero());
             let conv = &mut conv[..g.o * g.ho * wo8];
-            match g.o {
-                8 => conv_rows::<E, I, 8>(g, xp, &wt.1, conv, wo8),
-                _ => conv_rows::<E, I, 10>(g, xp, &wt.1, conv, wo8),
-            }
+            conv_rows_at::<E, I>(g, xp, &wt.1, conv, wo8);
             (conv, wo8, g.ho * wo8)
         } else if g.packed {
             let (cols, res) = scratch.split_at_mut(k * p + COLS_SPARE);
@@ -139,6 +137,35 @@ impl ConvPoolRelu {
                 E::pool2_relu_row::<I>(r0, r1, b, o);
             }
         }
+    }
+}
+
+/// Whether [`conv_rows`] serves a conv: one input channel and 8 or 10 filters (the seed's
+/// one-channel convs; its register blocks are made for those counts).
+pub(crate) fn rows_kernel_serves(g: &Geom) -> bool {
+    !g.packed && matches!(g.o, 8 | 10)
+}
+
+/// The kernel `[O, K]` p-major (`[K][O]`), as [`conv_rows`] reads it.
+pub(crate) fn pack_rows<E: Real>(g: &Geom, wt: &[E]) -> Vec<E> {
+    let (k, o) = (g.k(), g.o);
+    assert_eq!(wt.len(), o * k, "an {o}×{k} kernel");
+    (0..k * o).map(|i| wt[(i % o) * k + i / o]).collect()
+}
+
+/// [`conv_rows`] for the conv's filter count (one that [`rows_kernel_serves`]).
+#[inline(always)]
+pub(crate) fn conv_rows_at<E: Real, I: Isa>(
+    g: &Geom,
+    xp: &[E],
+    wpm: &[E],
+    conv: &mut [E],
+    wo8: usize,
+) {
+    match g.o {
+        8 => conv_rows::<E, I, 8>(g, xp, wpm, conv, wo8),
+        10 => conv_rows::<E, I, 10>(g, xp, wpm, conv, wo8),
+        o => unreachable!("the row kernel has no {o}-filter form"),
     }
 }
 

@@ -53,10 +53,13 @@ fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     let mut add =
         |name: String, run: Box<dyn Fn() -> Vec<Vec<f32>>>| cases.push(Case { name, run });
-    // Convolutions: the implicit im2col (one channel), the explicit one (several), odd widths
+    // Convolutions: the row kernel (one channel, 8 or 10 filters), the implicit im2col (one
+    // channel, other counts), the explicit one (several), odd widths
     // (partial register blocks and masked tails), and the strided direct loops.
     for (n, c, h, w, o, k) in [
         (5, 1, 28, 28, 8, 7),
+        (3, 1, 28, 28, 10, 5),
+        (2, 1, 11, 13, 5, 3),
         (4, 10, 12, 12, 20, 5),
         (3, 3, 9, 13, 5, 3),
     ] {
