@@ -76,9 +76,10 @@ warm() { # port: a second of load first, not counted (each start is a cold proce
   pin "${LOAD_CPUS:-}" wrk -t1 -c4 -d1s -s "$tmp/post.lua" "http://127.0.0.1:$1/v2/models/stn/infer" >/dev/null
 }
 stop() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null || true; }
-# Each server is measured alone (started, loaded, stopped), as it would be deployed: an idle KServe
-# beside stn-serve wakes on timers of its own, and on these 2 vCPUs that alone took stn-serve's
-# one-client p99 from 0.25 ms to 1.4 ms. SERVE_TOGETHER=1 keeps both up throughout, as before.
+# Each server is measured alone (started, loaded, stopped), as it would be deployed: on these 2
+# vCPUs stn-serve's one-client tail is other processes' work (alone, by hand, p99 0.25 ms; beside
+# two busy loops 3.2 ms), and an idle peer is one more process. SERVE_TOGETHER=1 keeps both up
+# throughout, as before.
 together=${SERVE_TOGETHER:-}
 [[ -z $together ]] || { start stn; start peer; }
 if [[ -n $together ]]; then echo "servers measured together"; else echo "servers measured one at a time"; fi

@@ -241,6 +241,11 @@ fn bench() {
     }
 }
 
+/// `len` deterministic test values, `sin(i·k)`.
+fn fill(len: usize, k: f32) -> Vec<f32> {
+    (0..len).map(|i| ((i as f32) * k).sin()).collect()
+}
+
 /// The seed's four conv blocks as training runs them (`ConvPoolReluOp`, one half-batch of 32
 /// images, conv2 with its dropout scale): forward, and backward with the gradients training asks
 /// for (the input's except for localization.0, whose input is the data).
@@ -252,8 +257,6 @@ fn block_kernels(wanted: impl Fn(&str) -> bool) {
         ("conv1", [n, 1, 28, 28], [10, 1, 5, 5], true, false),
         ("conv2", [n, 10, 12, 12], [20, 10, 5, 5], true, true),
     ];
-    let fill =
-        |len: usize, k: f32| -> Vec<f32> { (0..len).map(|i| ((i as f32) * k).sin()).collect() };
     for (name, xd, wd, want_x, scaled) in layers {
         if !wanted(name) {
             continue;
@@ -315,8 +318,6 @@ fn fused_blocks() {
         ("conv1", [1, 28, 28], [10, 1, 5, 5]),
         ("conv2", [10, 12, 12], [20, 10, 5, 5]),
     ];
-    let fill =
-        |len: usize, k: f32| -> Vec<f32> { (0..len).map(|i| ((i as f32) * k).sin()).collect() };
     for (name, [c, h, w], [o, _, k, _]) in layers {
         let block = stn_ops::ConvPoolRelu::new(c, h, w, o, k);
         let (x, wt, b) = (

@@ -266,6 +266,9 @@ impl<E: Real> CustomOp<E> for Conv2d {
         let g = Geom::new(inputs[0].dims, inputs[1].dims);
         let (x, wt, bias) = (inputs[0].data, inputs[1].data, inputs[2].data);
         let (k, p, n) = (g.k(), g.p(), g.cols());
+        if crate::fused::rows_kernel_serves(&g) {
+            return self.fwd_rows(&g, x, wt, bias, out);
+        }
         let wp = PackedA::new(g.o, k, wt, (k, 1));
         if g.packed {
             // Groups of images side by side (see `im2col_group`):
@@ -301,38 +304,6 @@ impl<E: Real> CustomOp<E> for Conv2d {
                     },
                 );
         }
-        if crate::fused::rows_kernel_serves(&g) {
-            // One channel and the seed's 8 or 10 filters: the fused forward's row kernel, each
-            // output row in whole vectors with every channel at once, instead of the wide columns
-            // (a 7×7 kernel on 28×28 computes 610 columns for 484 outputs). The same multiply-adds
-            // in the same order from zero, so the same bits.
-            let wpm = crate::fused::pack_rows(&g, wt);
-            let wo8 = g.wo.next_multiple_of(8);
-            let img = g.image();
-            return out
-                .par_chunks_mut(g.o * p)
-                .zip(x.par_chunks(img))
-                .for_each_init(
-                    || {
-                        // Recycled: the image is copied in and its 8 spare values zeroed below,
-                        // and the kernel writes every product.
-                        (HostCopy::<E>::take(img + 8), HostCopy::<E>::take(g.o * g.ho * wo8))
-                    },
-                    |(xp, conv), (o, x)| {
-                        xp[..img].copy_from_slice(x);
-                        xp[img..].fill(E::zero());
-                        crate::dispatch!(I => crate::fused::conv_rows_at::<E, I>(&g, xp, &wpm, conv, wo8));
-                        for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
-                            for (oy, dst) in orow.chunks_exact_mut(g.wo).enumerate() {
-                                let src = &conv[(oc * g.ho + oy) * wo8..][..g.wo];
-                                for (d, &v) in dst.iter_mut().zip(src) {
-                                    *d = v + b;
-                                }
-                            }
-                        }
-                    },
-                );
-        }
         out.par_chunks_mut(g.o * p)
             .zip(x.par_chunks(g.image()))
             .for_each_init(
@@ -340,17 +311,7 @@ impl<E: Real> CustomOp<E> for Conv2d {
                 |buf, (o, x)| {
                     // wide[O, n] = W[O, K] · im2col(x)[K, n], then the valid columns + bias.
                     gemm_any::<E, false>(&wp, n, x, &g.offs, buf, &g.out_offs);
-                    crate::dispatch!(_I => {
-                        for (oc, (orow, &b)) in o.chunks_exact_mut(p).zip(bias).enumerate() {
-                            for oy in 0..g.ho {
-                                let src = &buf[oc * n + oy * g.w..][..g.wo];
-                                let dst = &mut orow[oy * g.wo..(oy + 1) * g.wo];
-                                for (d, &v) in dst.iter_mut().zip(src) {
-                                    *d = v + b;
-                                }
-                            }
-                        }
-                    })
+                    crate::dispatch!(_I => add_bias_rows(&g, buf, n, g.w, bias, o))
                 },
             );
     }
@@ -575,7 +536,57 @@ const GROUP: usize = 4;
 /// forward 7% slower.
 const GROUP_FLOATS: usize = 79_000;
 
+/// `out[o, y, x] = bias[o] + src[o·plane + y·row + x]` for one image: the valid products of a
+/// conv whose channel `o`'s row `y` starts at `o·plane + y·row` in `src`.
+#[inline(always)]
+fn add_bias_rows<E: Real>(
+    g: &Geom,
+    src: &[E],
+    plane: usize,
+    row: usize,
+    bias: &[E],
+    out: &mut [E],
+) {
+    for (oc, (orow, &b)) in out.chunks_exact_mut(g.p()).zip(bias).enumerate() {
+        for (oy, dst) in orow.chunks_exact_mut(g.wo).enumerate() {
+            let src = &src[oc * plane + oy * row..][..g.wo];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v + b;
+            }
+        }
+    }
+}
+
 impl Conv2d {
+    /// The forward of a one-channel conv with 8 or 10 filters on the fused forward's row kernel:
+    /// each output row in whole vectors with every channel at once, instead of the wide columns
+    /// (a 7×7 kernel on 28×28 computes 610 columns for 484 outputs). The same multiply-adds in
+    /// the same order from zero, so the same bits.
+    fn fwd_rows<E: Real>(&self, g: &Geom, x: &[E], wt: &[E], bias: &[E], out: &mut [E]) {
+        let wpm = crate::fused::pack_rows(g, wt);
+        let (wo8, img) = (g.wo.next_multiple_of(8), g.image());
+        out.par_chunks_mut(g.o * g.p())
+            .zip(x.par_chunks(img))
+            .for_each_init(
+                || {
+                    // Recycled: the image is copied in and its 8 spare values zeroed below, and
+                    // the kernel writes every product.
+                    (
+                        HostCopy::<E>::take(img + 8),
+                        HostCopy::<E>::take(g.o * g.ho * wo8),
+                    )
+                },
+                |(xp, conv), (o, x)| {
+                    xp[..img].copy_from_slice(x);
+                    xp[img..].fill(E::zero());
+                    crate::dispatch!(I => {
+                        crate::fused::conv_rows_at::<E, I>(g, xp, &wpm, conv, wo8);
+                        add_bias_rows(g, conv, g.ho * wo8, wo8, bias, o);
+                    })
+                },
+            );
+    }
+
     fn bias_grad<E: Real>(&self, gb: Option<&mut [E]>, grad_out: &[E], o: usize, p: usize) {
         if let Some(gb) = gb {
             crate::dispatch!(I => {
